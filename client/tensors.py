@@ -1,0 +1,239 @@
+"""numpy ⇄ TensorProto without TensorFlow.
+
+Decoding follows TensorFlow's C++ rules (the server's side of the wire):
+``tensor_content`` must hold exactly the tensor's bytes; a typed field with
+fewer values than elements is padded with its last value (zeros when empty)
+and surplus values are ignored.
+
+Encoding into typed fields never loops over elements in Python: a packed
+repeated field is a length-prefixed run of fixed-width values or varints, so
+we build those bytes with numpy and let protobuf parse them in C.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from math import prod
+from typing import Final
+
+import ml_dtypes
+import numpy as np
+
+from onnx_serving.protos.tensorflow.core.framework import tensor_pb2, types_pb2
+
+TensorProto = tensor_pb2.TensorProto
+
+
+class TensorCodecError(ValueError):
+    """A tensor that cannot be decoded or encoded, with the reason."""
+
+
+@dataclass(frozen=True)
+class _Kind:
+    numpy: np.dtype
+    field: str
+    field_number: int
+    # How values sit in the typed field: "fixed" (raw little-endian bytes),
+    # "varint", "bits16" (the 16 bits of half floats, as varints),
+    # "bytes" (one value per byte, in a bytes field) or "string".
+    wire: str
+
+
+def _kind(numpy: type | np.dtype, field: str, wire: str) -> _Kind:
+    number = TensorProto.DESCRIPTOR.fields_by_name[field].number
+    return _Kind(np.dtype(numpy), field, number, wire)
+
+
+KINDS: Final[dict[int, _Kind]] = {
+    types_pb2.DT_FLOAT: _kind(np.float32, "float_val", "fixed"),
+    types_pb2.DT_DOUBLE: _kind(np.float64, "double_val", "fixed"),
+    types_pb2.DT_COMPLEX64: _kind(np.complex64, "scomplex_val", "fixed"),
+    types_pb2.DT_COMPLEX128: _kind(np.complex128, "dcomplex_val", "fixed"),
+    types_pb2.DT_INT8: _kind(np.int8, "int_val", "varint"),
+    types_pb2.DT_INT16: _kind(np.int16, "int_val", "varint"),
+    types_pb2.DT_INT32: _kind(np.int32, "int_val", "varint"),
+    types_pb2.DT_UINT8: _kind(np.uint8, "int_val", "varint"),
+    types_pb2.DT_UINT16: _kind(np.uint16, "int_val", "varint"),
+    types_pb2.DT_INT64: _kind(np.int64, "int64_val", "varint"),
+    types_pb2.DT_UINT32: _kind(np.uint32, "uint32_val", "varint"),
+    types_pb2.DT_UINT64: _kind(np.uint64, "uint64_val", "varint"),
+    types_pb2.DT_BOOL: _kind(np.bool_, "bool_val", "varint"),
+    types_pb2.DT_HALF: _kind(np.float16, "half_val", "bits16"),
+    types_pb2.DT_BFLOAT16: _kind(ml_dtypes.bfloat16, "half_val", "bits16"),
+    types_pb2.DT_FLOAT8_E5M2: _kind(ml_dtypes.float8_e5m2, "float8_val", "bytes"),
+    types_pb2.DT_FLOAT8_E4M3FN: _kind(ml_dtypes.float8_e4m3fn, "float8_val", "bytes"),
+    types_pb2.DT_FLOAT8_E4M3FNUZ: _kind(ml_dtypes.float8_e4m3fnuz, "float8_val", "bytes"),
+    types_pb2.DT_FLOAT8_E5M2FNUZ: _kind(ml_dtypes.float8_e5m2fnuz, "float8_val", "bytes"),
+    types_pb2.DT_STRING: _kind(np.object_, "string_val", "string"),
+}
+
+_DATATYPE_BY_NUMPY: Final[dict[np.dtype, int]] = {
+    kind.numpy: dt for dt, kind in KINDS.items() if dt != types_pb2.DT_STRING
+}
+
+
+def dtype_name(dtype: int) -> str:
+    """``DT_FLOAT`` for 1, as TF Serving's messages spell types."""
+    try:
+        return types_pb2.DataType.Name(dtype)
+    except ValueError:
+        return f"DataType({dtype})"
+
+
+def numpy_dtype(dtype: int) -> np.dtype:
+    kind = KINDS.get(dtype)
+    if kind is None:
+        raise TensorCodecError(f"unsupported dtype {dtype_name(dtype)}")
+    return kind.numpy
+
+
+def datatype_of(dtype: np.dtype) -> int:
+    """The DataType for a numpy dtype; str, bytes and object arrays are DT_STRING."""
+    if dtype.kind in "OSU":
+        return types_pb2.DT_STRING
+    try:
+        return _DATATYPE_BY_NUMPY[dtype.newbyteorder("=")]
+    except KeyError:
+        raise TensorCodecError(f"no TensorFlow dtype for numpy dtype {dtype}") from None
+
+
+def shape_of(proto: TensorProto) -> tuple[int, ...]:
+    shape = proto.tensor_shape
+    if shape.unknown_rank:
+        raise TensorCodecError("tensor shape has unknown rank")
+    dims = tuple(d.size for d in shape.dim)
+    if any(d < 0 for d in dims):
+        raise TensorCodecError(f"tensor shape {list(dims)} has a negative dimension")
+    return dims
+
+
+def make_ndarray(proto: TensorProto) -> np.ndarray:
+    """Decodes a TensorProto. DT_STRING becomes an object array of ``bytes``."""
+    kind = KINDS.get(proto.dtype)
+    if kind is None:
+        raise TensorCodecError(f"unsupported dtype {dtype_name(proto.dtype)}")
+    shape = shape_of(proto)
+    count = prod(shape)
+    if proto.tensor_content:
+        if kind.wire == "string":
+            raise TensorCodecError("DT_STRING tensors cannot use tensor_content")
+        expected = count * kind.numpy.itemsize
+        if len(proto.tensor_content) != expected:
+            raise TensorCodecError(
+                f"tensor_content has {len(proto.tensor_content)} bytes; "
+                f"shape {list(shape)} of {dtype_name(proto.dtype)} needs {expected}"
+            )
+        flat = np.frombuffer(proto.tensor_content, dtype=kind.numpy.newbyteorder("<"))
+        return flat.astype(kind.numpy, copy=False).reshape(shape)
+    return _fill(_typed_values(proto, kind), count, kind).reshape(shape)
+
+
+def _typed_values(proto: TensorProto, kind: _Kind) -> np.ndarray:
+    field = getattr(proto, kind.field)
+    if kind.wire == "string":
+        values = np.empty(len(field), dtype=object)
+        values[:] = list(field)
+        return values
+    if kind.wire == "bytes":
+        return np.frombuffer(field, dtype=np.uint8).view(kind.numpy)
+    if kind.wire == "bits16":
+        return np.array(field, dtype=np.int32).astype(np.uint16).view(kind.numpy)
+    if kind.numpy.kind == "c":
+        parts = np.array(field, dtype=np.float32 if kind.numpy.itemsize == 8 else np.float64)
+        if parts.size % 2:
+            raise TensorCodecError(f"{kind.field} holds an odd number of values")
+        return parts.view(kind.numpy)
+    return np.array(field).astype(kind.numpy)
+
+
+def _fill(values: np.ndarray, count: int, kind: _Kind) -> np.ndarray:
+    """TF's rule: surplus values are ignored, a short list repeats its last value."""
+    if values.size >= count:
+        return values[:count]
+    if values.size == 0:
+        if kind.wire == "string":
+            return np.full(count, b"", dtype=object)
+        return np.zeros(count, dtype=kind.numpy)
+    out = np.empty(count, dtype=values.dtype)
+    out[: values.size] = values
+    out[values.size :] = values[-1]
+    return out
+
+
+def make_tensor_proto(array: np.ndarray, *, tensor_content: bool = False) -> TensorProto:
+    """Encodes an array; typed fields by default, as TF Serving answers.
+
+    ``str`` elements are encoded as UTF-8. ``tensor_content`` applies to every
+    type but strings, which TensorFlow always sends in ``string_val``.
+    """
+    proto = TensorProto()
+    encode_into(proto, array, tensor_content=tensor_content)
+    return proto
+
+
+def encode_into(proto: TensorProto, array: np.ndarray, *, tensor_content: bool = False) -> None:
+    """Fills an empty TensorProto in place (a map entry, say), saving a copy of the data."""
+    array = np.asarray(array)
+    proto.dtype = datatype_of(array.dtype)
+    for d in array.shape:
+        proto.tensor_shape.dim.add(size=d)
+    if array.size == 0:
+        return
+    kind = KINDS[proto.dtype]
+    if kind.wire == "string":
+        proto.string_val.extend(_as_bytes(v) for v in array.reshape(-1))
+    elif tensor_content:
+        proto.tensor_content = _little_endian(array.astype(kind.numpy, copy=False)).tobytes()
+    else:
+        proto.MergeFromString(_packed_field(kind, array.astype(kind.numpy, copy=False)))
+
+
+def _as_bytes(value: object) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    if isinstance(value, np.bytes_):
+        return bytes(value)
+    raise TensorCodecError(f"string tensor holds a {type(value).__name__}, not str or bytes")
+
+
+def _little_endian(array: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))
+
+
+def _packed_field(kind: _Kind, array: np.ndarray) -> bytes:
+    flat = array.reshape(-1)
+    if kind.wire in ("fixed", "bytes"):
+        payload = _little_endian(flat).tobytes()
+    elif kind.wire == "bits16":
+        payload = encode_varints(flat.view(np.uint16).astype(np.uint64))
+    elif flat.dtype.kind in "iu":
+        # Negative ints are sign-extended to 64 bits, as protobuf encodes int32.
+        wide = flat.astype(np.int64).view(np.uint64) if flat.dtype.kind == "i" else flat
+        payload = encode_varints(wide.astype(np.uint64, copy=False))
+    else:  # bool
+        payload = flat.astype(np.uint8).tobytes()
+    tag = (kind.field_number << 3) | 2
+    return encode_varints(np.array([tag, len(payload)], dtype=np.uint64)) + payload
+
+
+_CHUNK = 1 << 20
+
+
+def encode_varints(values: np.ndarray) -> bytes:
+    """Protobuf base-128 varints of uint64 values, vectorized."""
+    if values.size and int(values.max()) < 0x80:
+        return values.astype(np.uint8).tobytes()
+    return b"".join(_encode_chunk(values[i : i + _CHUNK]) for i in range(0, values.size, _CHUNK))
+
+
+def _encode_chunk(values: np.ndarray) -> bytes:
+    shifts = np.arange(0, 70, 7, dtype=np.uint64)
+    groups = (values[:, None] >> shifts) & np.uint64(0x7F)
+    # Bytes needed: one past the highest non-zero 7-bit group (at least one).
+    nonzero = groups != 0
+    length = np.where(nonzero.any(axis=1), 10 - np.argmax(nonzero[:, ::-1], axis=1), 1)
+    position = np.arange(10)
+    groups[position < (length[:, None] - 1)] |= np.uint64(0x80)
+    return groups.astype(np.uint8)[position < length[:, None]].tobytes()

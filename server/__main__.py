@@ -1,0 +1,5 @@
+import sys
+
+from onnx_serving.server.cli import main
+
+sys.exit(main())

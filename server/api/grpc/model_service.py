@@ -1,0 +1,50 @@
+"""tensorflow.serving.ModelService: version states, and (later) config reload."""
+
+from __future__ import annotations
+
+import grpc
+
+from onnx_serving.protos.tensorflow_serving.apis import (
+    get_model_status_pb2,
+    model_management_pb2,
+    model_service_pb2_grpc,
+)
+from onnx_serving.server.api.grpc.model_spec import checked_spec
+from onnx_serving.server.errors import InvalidArgument, Unimplemented
+from onnx_serving.server.api.grpc.status import translate_errors
+from onnx_serving.server.repository.manager import ModelManager
+from onnx_serving.server.runtime.model import LoadedModel
+
+_Base = model_service_pb2_grpc.ModelServiceServicer
+
+
+@translate_errors(_Base)
+class ModelService(_Base):
+    def __init__(self, manager: ModelManager[LoadedModel]) -> None:
+        self._manager = manager
+
+    def GetModelStatus(  # noqa: N802 (gRPC method names)
+        self, request: get_model_status_pb2.GetModelStatusRequest, context: grpc.ServicerContext
+    ) -> get_model_status_pb2.GetModelStatusResponse:
+        spec = checked_spec(request)
+        if not spec.name:
+            raise InvalidArgument("ModelSpec has no name specified.")
+        # A label is ignored, as TF Serving ignores it here: every version is listed.
+        version = spec.version.value if spec.HasField("version") else None
+        response = get_model_status_pb2.GetModelStatusResponse()
+        for status in self._manager.statuses(spec.name, version):
+            entry = response.model_version_status.add(version=status.version)
+            entry.state = int(status.state)  # type: ignore[assignment]
+            entry.status.SetInParent()
+            if status.error is not None:
+                entry.status.error_code = int(status.error.code)  # type: ignore[assignment]
+                entry.status.error_message = status.error.message
+        return response
+
+    def HandleReloadConfigRequest(  # noqa: N802
+        self, request: model_management_pb2.ReloadConfigRequest, context: grpc.ServicerContext
+    ) -> model_management_pb2.ReloadConfigResponse:
+        raise Unimplemented(
+            "HandleReloadConfigRequest is not implemented by onnx-serving yet; "
+            "restart the server with the new --model_config_file"
+        )

@@ -1,0 +1,47 @@
+"""ModelSpec ⇄ the manager's (name, version, label) request."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from onnx_serving.protos.tensorflow_serving.apis import model_pb2
+from onnx_serving.server.errors import InvalidArgument
+from onnx_serving.server.repository.manager import ModelManager
+from onnx_serving.server.runtime.model import LoadedModel
+
+
+class HasModelSpec(Protocol):
+    @property
+    def model_spec(self) -> model_pb2.ModelSpec: ...
+
+    def HasField(self, field_name: str) -> bool: ...  # noqa: N802 (protobuf's name)
+
+
+def checked_spec(request: HasModelSpec) -> model_pb2.ModelSpec:
+    if not request.HasField("model_spec"):
+        raise InvalidArgument("Missing ModelSpec")
+    return request.model_spec
+
+
+def resolve(
+    manager: ModelManager[LoadedModel], request: HasModelSpec
+) -> tuple[int, LoadedModel]:
+    """TF Serving's ServableRequestFromModelSpec, then the manager's lookup."""
+    spec = checked_spec(request)
+    if not spec.name:
+        raise InvalidArgument("ModelSpec has no name specified.")
+    choice = spec.WhichOneof("version_choice")
+    if choice == "version_label":
+        return manager.resolve(spec.name, label=spec.version_label)
+    if choice == "version":
+        return manager.resolve(spec.name, version=spec.version.value)
+    return manager.resolve(spec.name)
+
+
+def fill_spec(
+    spec: model_pb2.ModelSpec, name: str, version: int, signature_name: str | None = None
+) -> None:
+    spec.name = name
+    spec.version.value = version
+    if signature_name is not None:
+        spec.signature_name = signature_name

@@ -1,0 +1,115 @@
+"""tensorflow.serving.PredictionService over the model manager."""
+
+from __future__ import annotations
+
+import grpc
+import numpy as np
+
+from onnx_serving.client.tensors import TensorCodecError, datatype_of, encode_into, make_ndarray
+from onnx_serving.protos.tensorflow.core.protobuf import meta_graph_pb2
+from onnx_serving.protos.tensorflow_serving.apis import (
+    classification_pb2,
+    get_model_metadata_pb2,
+    inference_pb2,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+    regression_pb2,
+)
+from onnx_serving.server.api.grpc.model_spec import checked_spec, fill_spec, resolve
+from onnx_serving.server.api.grpc.status import translate_errors
+from onnx_serving.server.errors import InvalidArgument, Unimplemented
+from onnx_serving.server.repository.manager import ModelManager
+from onnx_serving.server.runtime.graph import Shape
+from onnx_serving.server.runtime.model import LoadedModel
+from onnx_serving.server.runtime.signature import Signature, TensorSpec, find_signature
+
+SIGNATURE_DEF = "signature_def"
+_Base = prediction_service_pb2_grpc.PredictionServiceServicer
+
+
+@translate_errors(_Base)
+class PredictionService(_Base):
+    def __init__(
+        self, manager: ModelManager[LoadedModel], *, tensor_content: bool = False
+    ) -> None:
+        self._manager = manager
+        self._tensor_content = tensor_content
+
+    def Predict(  # noqa: N802 (gRPC method names)
+        self, request: predict_pb2.PredictRequest, context: grpc.ServicerContext
+    ) -> predict_pb2.PredictResponse:
+        version, model = resolve(self._manager, request)
+        signature = find_signature(model.signatures, request.model_spec.signature_name)
+        inputs = {alias: _decode(alias, proto) for alias, proto in request.inputs.items()}
+        prediction = model.predict(signature, inputs, request.output_filter)
+        response = predict_pb2.PredictResponse()
+        fill_spec(response.model_spec, request.model_spec.name, version, signature.name)
+        for alias, array in prediction.items():
+            encode_into(response.outputs[alias], array, tensor_content=self._tensor_content)
+        return response
+
+    def GetModelMetadata(  # noqa: N802
+        self, request: get_model_metadata_pb2.GetModelMetadataRequest, context: grpc.ServicerContext
+    ) -> get_model_metadata_pb2.GetModelMetadataResponse:
+        checked_spec(request)
+        if not request.metadata_field:
+            raise InvalidArgument(
+                "GetModelMetadataRequest must specify at least one metadata_field"
+            )
+        for field in request.metadata_field:
+            if field != SIGNATURE_DEF:
+                raise InvalidArgument(f"Metadata field {field} is not supported")
+        version, model = resolve(self._manager, request)
+        response = get_model_metadata_pb2.GetModelMetadataResponse()
+        fill_spec(response.model_spec, request.model_spec.name, version)
+        signature_map = get_model_metadata_pb2.SignatureDefMap()
+        for name, signature in model.signatures.items():
+            signature_map.signature_def[name].CopyFrom(signature_def(signature))
+        response.metadata[SIGNATURE_DEF].Pack(signature_map)
+        return response
+
+    def Classify(  # noqa: N802
+        self, request: classification_pb2.ClassificationRequest, context: grpc.ServicerContext
+    ) -> classification_pb2.ClassificationResponse:
+        raise Unimplemented("Classify is not implemented by onnx-serving yet; use Predict")
+
+    def Regress(  # noqa: N802
+        self, request: regression_pb2.RegressionRequest, context: grpc.ServicerContext
+    ) -> regression_pb2.RegressionResponse:
+        raise Unimplemented("Regress is not implemented by onnx-serving yet; use Predict")
+
+    def MultiInference(  # noqa: N802
+        self, request: inference_pb2.MultiInferenceRequest, context: grpc.ServicerContext
+    ) -> inference_pb2.MultiInferenceResponse:
+        raise Unimplemented("MultiInference is not implemented by onnx-serving yet; use Predict")
+
+
+def _decode(alias: str, proto: object) -> np.ndarray:
+    try:
+        return make_ndarray(proto)  # type: ignore[arg-type]
+    except TensorCodecError as exc:
+        raise InvalidArgument(f"tensor parsing error: {alias}: {exc}") from None
+
+
+def signature_def(signature: Signature) -> meta_graph_pb2.SignatureDef:
+    message = meta_graph_pb2.SignatureDef(method_name=signature.method_name)
+    for alias, spec in signature.inputs.items():
+        _fill_tensor_info(message.inputs[alias], spec)
+    for alias, spec in signature.outputs.items():
+        _fill_tensor_info(message.outputs[alias], spec)
+    return message
+
+
+def _fill_tensor_info(info: meta_graph_pb2.TensorInfo, spec: TensorSpec) -> None:
+    info.name = spec.name
+    info.dtype = datatype_of(spec.dtype)  # type: ignore[assignment]
+    _fill_shape(info, spec.declared_shape)
+
+
+def _fill_shape(info: meta_graph_pb2.TensorInfo, shape: Shape) -> None:
+    if shape is None:
+        info.tensor_shape.unknown_rank = True
+        return
+    info.tensor_shape.SetInParent()
+    for dim in shape:
+        info.tensor_shape.dim.add(size=-1 if dim is None else dim)

@@ -1,0 +1,72 @@
+"""``onnx-serving``: the console script.
+
+``onnx-serving serve`` takes tensorflow_model_server's flags, so a
+deployment swaps the binary and keeps its command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from types import FrameType
+
+from onnx_serving.server.app import App
+from onnx_serving.server.errors import ConfigError
+from onnx_serving.server.flags import parse_flags, usage
+
+log = logging.getLogger("onnx_serving")
+
+
+def _version() -> str:
+    from importlib.metadata import version
+
+    return version("onnx-serving")
+
+
+def serve(argv: Sequence[str]) -> int:
+    if any(a in ("-h", "--help", "-help") for a in argv):
+        print(usage())
+        return 0
+    if any(a in ("--version", "-version") for a in argv):
+        print(f"onnx-serving {_version()}")
+        return 0
+    try:
+        app = App(parse_flags(argv))
+        app.start()
+    except ConfigError as exc:
+        print(f"Failed to start server. Error: {exc.message}", file=sys.stderr)
+        return 1
+
+    def stop(signum: int, _frame: FrameType | None) -> None:
+        log.info("Received %s, shutting down", signal.Signals(signum).name)
+        app.stop()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    app.wait()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s.%(msecs)03d %(levelname).1s %(name)s] %(message)s",
+        datefmt="%Y-%m-%d %H:%M:%S",
+    )
+    parser = argparse.ArgumentParser(prog="onnx-serving", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser(
+        "serve", add_help=False, help="serve a model repository (tensorflow_model_server's flags)"
+    )
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "serve":
+        return serve(rest)
+    parser.error(f"unknown command {args.command}")
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,112 @@
+"""What should be served: model configs from flags or a ModelServerConfig file.
+
+Config files are protobuf text format, exactly as tensorflow_model_server
+reads them. Checks follow TF Serving's (unique names, a base path each, no
+custom_model_config); its platform "tensorflow" is accepted beside "onnx" so
+an existing file works unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from google.protobuf import text_format
+
+from onnx_serving.protos.tensorflow_serving.config import model_server_config_pb2
+from onnx_serving.protos.tensorflow_serving.config.file_system_storage_path_source_pb2 import (
+    FileSystemStoragePathSourceConfig,
+)
+from onnx_serving.server.errors import ConfigError
+from onnx_serving.server.repository.policy import All, Latest, Specific, VersionPolicy
+
+PLATFORMS = ("", "onnx", "tensorflow")
+ServableVersionPolicy = FileSystemStoragePathSourceConfig.ServableVersionPolicy
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str
+    base_path: Path
+    policy: VersionPolicy = field(default_factory=Latest)
+    labels: Mapping[str, int] = field(default_factory=dict)
+
+
+def single_model(name: str, base_path: str) -> ModelConfig:
+    """The config ``--model_name`` and ``--model_base_path`` describe."""
+    if not base_path:
+        raise ConfigError("Both server_model_config_file and model_base_path are empty!")
+    return ModelConfig(name=name, base_path=Path(base_path).absolute())
+
+
+def read_config_file(path: Path) -> list[ModelConfig]:
+    """Parses a ModelServerConfig text file; relative base paths are taken from its folder."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"Cannot read model config file {path}: {exc}") from exc
+    message = model_server_config_pb2.ModelServerConfig()
+    try:
+        text_format.Parse(text, message)
+    except text_format.ParseError as exc:
+        where = f"{path}:{exc.GetLine()}:{exc.GetColumn()}" if exc.GetLine() else str(path)
+        detail = str(exc).split(" : ", 1)[-1]
+        raise ConfigError(
+            f"Error parsing text-format tensorflow.serving.ModelServerConfig in {where}: {detail}"
+        ) from exc
+    return from_proto(message, relative_to=path.parent.absolute())
+
+
+def from_proto(
+    message: model_server_config_pb2.ModelServerConfig, relative_to: Path | None = None
+) -> list[ModelConfig]:
+    kind = message.WhichOneof("config")
+    if kind == "custom_model_config":
+        raise ConfigError("ModelServerConfig.custom_model_config is not supported")
+    models: list[ModelConfig] = []
+    seen: set[str] = set()
+    for entry in message.model_config_list.config:
+        if not entry.name:
+            raise ConfigError("A model config has no name")
+        if entry.name in seen:
+            raise ConfigError(f"Illegal to list model {entry.name} multiple times in config list")
+        seen.add(entry.name)
+        if entry.model_platform not in PLATFORMS:
+            raise ConfigError(
+                f"Model {entry.name} has model_platform '{entry.model_platform}'; "
+                "onnx-serving serves 'onnx' (or 'tensorflow' configs converted to ONNX)"
+            )
+        models.append(
+            ModelConfig(
+                name=entry.name,
+                base_path=_base_path(entry.name, entry.base_path, relative_to),
+                policy=_policy(entry.model_version_policy),
+                labels=dict(entry.version_labels),
+            )
+        )
+    return models
+
+
+def _base_path(name: str, raw: str, relative_to: Path | None) -> Path:
+    if not raw:
+        raise ConfigError(f"Model {name} has no base_path")
+    path = Path(raw)
+    if path.is_absolute():
+        return path
+    if relative_to is None:
+        raise ConfigError(
+            f"Expected model {name} to have an absolute path or URI; got base_path()={raw}"
+        )
+    return relative_to / path
+
+
+def _policy(message: ServableVersionPolicy) -> VersionPolicy:
+    choice = message.WhichOneof("policy_choice")
+    if choice == "all":
+        return All()
+    if choice == "specific":
+        if not message.specific.versions:
+            raise ConfigError("A specific version policy must list at least one version")
+        return Specific(frozenset(message.specific.versions))
+    return Latest(message.latest.num_versions or 1)

@@ -1,0 +1,173 @@
+"""tensorflow_model_server's command-line flags, in its ``--flag=value`` syntax.
+
+Every flag of tensorflow_model_server is known here. Those we implement
+parse into ``ServerOptions``; the others are accepted only at their TF
+Serving default (asking for nothing we lack) and otherwise refused with a
+message naming the flag, never silently ignored.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
+from typing import Any
+
+from onnx_serving.server.errors import ConfigError
+
+
+def _default_threads() -> int:
+    return 4 * (os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    port: int = 8500
+    grpc_socket_path: str = ""
+    model_name: str = "default"
+    model_base_path: str = ""
+    model_config_file: str = ""
+    grpc_max_threads: int = 0  # 0: four per CPU, as TF Serving
+    grpc_channel_arguments: str = ""
+    enable_serialization_as_tensor_content: bool = False
+    tensorflow_session_parallelism: int = 0
+    tensorflow_intra_op_parallelism: int = 0
+    tensorflow_inter_op_parallelism: int = 0
+    file_system_poll_wait_seconds: int = 1
+    model_config_file_poll_wait_seconds: int = 0
+    enable_model_warmup: bool = True
+    rest_api_port: int = 0
+
+    @property
+    def grpc_threads(self) -> int:
+        return self.grpc_max_threads or _default_threads()
+
+    @property
+    def intra_op_threads(self) -> int:
+        return self.tensorflow_intra_op_parallelism or self.tensorflow_session_parallelism
+
+    @property
+    def inter_op_threads(self) -> int:
+        return self.tensorflow_inter_op_parallelism or self.tensorflow_session_parallelism
+
+
+# What a flag we accept but do not implement may be set to, and why not more.
+_LIMITS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "file_system_poll_wait_seconds": (
+        lambda v: v <= 0 or v == 1,
+        "polling base paths for new versions is not supported yet; versions are read once "
+        "at start-up (use 0)",
+    ),
+    "model_config_file_poll_wait_seconds": (
+        lambda v: v <= 0, "re-reading the model config file is not supported yet"
+    ),
+    "rest_api_port": (lambda v: v == 0, "the REST API is not supported yet"),
+}
+
+# TF Serving flags not implemented yet, with their defaults.
+_NOT_YET: dict[str, str] = {
+    "rest_api_num_threads": "",
+    "rest_api_timeout_in_ms": "30000",
+    "rest_api_enable_cors_support": "false",
+    "enable_batching": "false",
+    "batching_parameters_file": "",
+    "enable_per_model_batching_parameters": "false",
+    "allow_version_labels_for_unavailable_models": "false",
+    "monitoring_config_file": "",
+    "num_request_iterations_for_warmup": "0",
+    "num_load_threads": "0",
+    "num_unload_threads": "0",
+    "max_num_load_retries": "5",
+    "load_retry_interval_micros": "60000000",
+    "flush_filesystem_caches": "true",
+    "saved_model_tags": "serve",
+    "tensorflow_session_config_file": "",
+    "platform_config_file": "",
+    "per_process_gpu_memory_fraction": "0",
+    "ssl_config_file": "",
+    "use_alts_credentials": "false",
+    "enable_signature_method_name_check": "false",
+    "enable_profiler": "true",
+    "enable_grpc_healthcheck_service": "false",
+    "prefer_tflite_model": "false",
+    "use_tflite_model": "false",
+    "thread_pool_factory_config_file": "",
+    "mixed_precision": "",
+    "remove_unused_fields_from_bundle_metagraph": "true",
+    "xla_cpu_compilation_enabled": "false",
+    "enable_model_warmup_in_parallel": "false",
+}
+
+_TYPES = {f.name: f.type for f in fields(ServerOptions)}
+_TRUE = ("true", "1")
+_FALSE = ("false", "0")
+
+
+def _parse_value(name: str, raw: str) -> Any:
+    kind = _TYPES[name]
+    if kind == "bool":
+        if raw.lower() in _TRUE:
+            return True
+        if raw.lower() in _FALSE:
+            return False
+        raise ConfigError(f"Illegal value '{raw}' for flag --{name}: expected true or false")
+    if kind == "int":
+        try:
+            return int(raw)
+        except ValueError:
+            raise ConfigError(f"Illegal value '{raw}' for flag --{name}: expected an integer")
+    return raw
+
+
+def _same(raw: str, default: str) -> bool:
+    if raw.lower() == default:
+        return True
+    try:
+        return float(raw) == float(default)
+    except ValueError:
+        return raw.lower() in _FALSE and default in _FALSE or raw.lower() in _TRUE and default in _TRUE
+
+
+def parse_flags(argv: Sequence[str]) -> ServerOptions:
+    values: dict[str, Any] = {}
+    args = list(argv)
+    while args:
+        token = args.pop(0)
+        if not token.startswith("-") or token in ("-", "--"):
+            raise ConfigError(f"Unexpected argument '{token}': flags take the form --flag=value")
+        name, has_value, raw = token.lstrip("-").partition("=")
+        known = name in _TYPES or name in _NOT_YET
+        if not known:
+            raise ConfigError(f"Unknown command line flag '{name}'")
+        if not has_value:
+            if _TYPES.get(name) == "bool" or _NOT_YET.get(name) in _TRUE + _FALSE:
+                raw = "true"
+            elif args:
+                raw = args.pop(0)
+            else:
+                raise ConfigError(f"Flag --{name} needs a value")
+        if name in _NOT_YET:
+            if not _same(raw, _NOT_YET[name]):
+                raise ConfigError(
+                    f"Flag --{name}={raw} is a TF Serving flag that onnx-serving does not "
+                    "support yet; remove it or leave it at its default"
+                )
+            continue
+        value = _parse_value(name, raw)
+        limit = _LIMITS.get(name)
+        if limit is not None and not limit[0](value):
+            raise ConfigError(f"Flag --{name}={raw} is not supported: {limit[1]}")
+        values[name] = value
+    options = ServerOptions(**values)
+    if not options.port and not options.grpc_socket_path:
+        raise ConfigError("Server must listen on at least one of --port or --grpc_socket_path")
+    return options
+
+
+def usage() -> str:
+    lines = ["Flags (tensorflow_model_server's, as --flag=value):"]
+    for f in fields(ServerOptions):
+        lines.append(f"  --{f.name}={str(f.default).lower() if f.type == 'bool' else f.default}")
+    lines.append("TF Serving flags accepted only at their default, not implemented yet:")
+    lines.extend(f"  --{name}" for name in _NOT_YET)
+    return "\n".join(lines)

@@ -1,0 +1,57 @@
+"""What an ONNX file's graph takes and gives, read with the onnx package.
+
+ONNX Runtime reports an input of unknown rank and a scalar input alike (as
+``[]``), so the graph's own type information is read instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeAlias
+
+import numpy as np
+import onnx
+from google.protobuf.message import DecodeError
+
+from onnx_serving.server.errors import ModelLoadError
+from onnx_serving.server.runtime.dtypes import NUMPY_BY_ONNX
+
+# None: unknown rank. A None dimension: any size.
+Shape: TypeAlias = tuple[int | None, ...] | None
+
+
+@dataclass(frozen=True)
+class Graph:
+    file: str
+    inputs: dict[str, tuple[np.dtype, Shape]]
+    # Inputs without an initializer: a request must feed them.
+    required_inputs: dict[str, tuple[np.dtype, Shape]]
+    outputs: dict[str, tuple[np.dtype, Shape]]
+
+
+def read_graph(path: Path) -> Graph:
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except (OSError, DecodeError) as exc:
+        raise ModelLoadError(f"cannot read ONNX model {path}: {exc}") from exc
+    graph = model.graph
+    initialized = {init.name for init in graph.initializer}
+    inputs = {v.name: _tensor_type(v, path) for v in graph.input}
+    required = {name: info for name, info in inputs.items() if name not in initialized}
+    outputs = {v.name: _tensor_type(v, path) for v in graph.output}
+    return Graph(path.name, inputs, required, outputs)
+
+
+def _tensor_type(value: onnx.ValueInfoProto, path: Path) -> tuple[np.dtype, Shape]:
+    if value.type.WhichOneof("value") != "tensor_type":
+        raise ModelLoadError(f"{path.name}: '{value.name}' is not a tensor; only tensors are served")
+    tensor = value.type.tensor_type
+    dtype = NUMPY_BY_ONNX.get(tensor.elem_type)
+    if dtype is None:
+        type_name = onnx.TensorProto.DataType.Name(tensor.elem_type)
+        raise ModelLoadError(f"{path.name}: '{value.name}' has unsupported type {type_name}")
+    if not tensor.HasField("shape"):
+        return dtype, None
+    dims = tuple(d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim)
+    return dtype, dims

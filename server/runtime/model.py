@@ -1,0 +1,85 @@
+"""A loaded model version: its signatures and the sessions that run them."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from onnx_serving.server.errors import ModelLoadError
+from onnx_serving.server.runtime.graph import Graph, read_graph
+from onnx_serving.server.runtime.session import OnnxSession, SessionOptions
+from onnx_serving.server.runtime.signature import (
+    DEFAULT_MODEL_FILE,
+    SIGNATURES_FILE,
+    Signature,
+    build_signature,
+    default_signatures,
+    read_signature_file,
+)
+
+log = logging.getLogger(__name__)
+
+WARMUP_FILE = Path("assets.extra") / "tf_serving_warmup_requests"
+
+
+class LoadedModel:
+    """Everything one version directory serves. Built by ``load``; immutable after."""
+
+    def __init__(self, signatures: Mapping[str, Signature], sessions: Mapping[str, OnnxSession]):
+        self.signatures = dict(signatures)
+        self._sessions = dict(sessions)
+
+    @property
+    def providers(self) -> list[str]:
+        return sorted({p for s in self._sessions.values() for p in s.providers})
+
+    def predict(
+        self,
+        signature: Signature,
+        inputs: Mapping[str, np.ndarray],
+        output_filter: Sequence[str] = (),
+    ) -> dict[str, np.ndarray]:
+        """Outputs by alias, in the order asked for. ``signature`` is one of ours."""
+        signature.check_input_keys(inputs.keys())
+        outputs = signature.select_outputs(output_filter)
+        for alias, array in inputs.items():
+            signature.check_input(alias, array)
+        feeds = {signature.inputs[alias].name: array for alias, array in inputs.items()}
+        session = self._sessions[signature.model_file]
+        values = session.run(feeds, [spec.name for spec in outputs])
+        return {spec.alias: v for spec, v in zip(outputs, values, strict=True)}
+
+
+def load(version_dir: Path, options: SessionOptions) -> LoadedModel:
+    """Reads the signatures, then opens one session per ONNX file they use."""
+    if (version_dir / WARMUP_FILE).exists():
+        log.warning(
+            "%s has a warmup file, which this server does not replay yet", version_dir
+        )
+    graphs: dict[str, Graph] = {}
+
+    def graph(model_file: str) -> Graph:
+        if model_file not in graphs:
+            path = version_dir / model_file
+            if path.parent != version_dir or not path.is_file():
+                raise ModelLoadError(f"{version_dir} has no model file {model_file}")
+            graphs[model_file] = read_graph(path)
+        return graphs[model_file]
+
+    signature_path = version_dir / SIGNATURES_FILE
+    if signature_path.exists():
+        signatures = {
+            name: build_signature(
+                name, entry, graph(entry.get("model_file", DEFAULT_MODEL_FILE)), signature_path
+            )
+            for name, entry in read_signature_file(signature_path).items()
+        }
+    else:
+        signatures = default_signatures(graph(DEFAULT_MODEL_FILE))
+    sessions = {
+        file: OnnxSession(version_dir / file, graphs[file], options) for file in graphs
+    }
+    return LoadedModel(signatures, sessions)
