@@ -115,7 +115,9 @@ def _parse_value(name: str, raw: str) -> Any:
         try:
             return int(raw)
         except ValueError:
-            raise ConfigError(f"Illegal value '{raw}' for flag --{name}: expected an integer")
+            raise ConfigError(
+                f"Illegal value '{raw}' for flag --{name}: expected an integer"
+            ) from None
     return raw
 
 
@@ -125,7 +127,7 @@ def _same(raw: str, default: str) -> bool:
     try:
         return float(raw) == float(default)
     except ValueError:
-        return raw.lower() in _FALSE and default in _FALSE or raw.lower() in _TRUE and default in _TRUE
+        return (raw.lower() in _FALSE and default in _FALSE) or (raw.lower() in _TRUE and default in _TRUE)
 
 
 def parse_flags(argv: Sequence[str]) -> ServerOptions:

@@ -27,7 +27,7 @@ from onnx_serving.protos.tensorflow.core.framework import tensor_pb2 as tensorfl
 from onnx_serving.protos.tensorflow_serving.apis import model_pb2 as tensorflow__serving_dot_apis_dot_model__pb2
 
 
-DESCRIPTOR = _POOL.AddSerializedFile(b'\n%tensorflow_serving/apis/predict.proto\x12\x12tensorflow.serving\x1a&tensorflow/core/framework/tensor.proto\x1a#tensorflow_serving/apis/model.proto\"\xb3\x07\n\x0ePredictRequest\x12\x31\n\nmodel_spec\x18\x01 \x01(\x0b\x32\x1d.tensorflow.serving.ModelSpec\x12>\n\x06inputs\x18\x02 \x03(\x0b\x32..tensorflow.serving.PredictRequest.InputsEntry\x12\x15\n\routput_filter\x18\x03 \x03(\t\x12L\n\x18predict_streamed_options\x18\x05 \x01(\x0b\x32*.tensorflow.serving.PredictStreamedOptions\x12\x16\n\tclient_id\x18\x06 \x01(\x0cH\x00\x88\x01\x01\x12O\n\x0frequest_options\x18\x07 \x01(\x0b\x32\x31.tensorflow.serving.PredictRequest.RequestOptionsH\x01\x88\x01\x01\x1a\x46\n\x0bInputsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12&\n\x05value\x18\x02 \x01(\x0b\x32\x17.tensorflow.TensorProto:\x02\x38\x01\x1a\xef\x03\n\x0eRequestOptions\x12\x16\n\tclient_id\x18\x01 \x01(\x0cH\x00\x88\x01\x01\x12\x64\n\x12\x64\x65terministic_mode\x18\x02 \x01(\x0e\x32\x43.tensorflow.serving.PredictRequest.RequestOptions.DeterministicModeH\x01\x88\x01\x01\x12\x32\n%return_additional_arrays_from_prefill\x18\x03 \x01(\x08H\x02\x88\x01\x01\x12\x19\n\x11return_stoptokens\x18\x04 \x03(\x03\x12\"\n\x15return_all_stoptokens\x18\t \x01(\x08H\x03\x88\x01\x01\x12\x1d\n\x10max_cache_length\x18\x06 \x01(\x03H\x04\x88\x01\x01\"O\n\x11\x44\x65terministicMode\x12\"\n\x1e\x44\x45TERMINISTIC_MODE_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46IXED_DECODER_SLOT\x10\x01\x42\x0c\n\n_client_idB\x15\n\x13_deterministic_modeB(\n&_return_additional_arrays_from_prefillB\x18\n\x16_return_all_stoptokensB\x13\n\x11_max_cache_lengthB\x0c\n\n_client_idB\x12\n\x10_request_optionsJ\x04\x08\x04\x10\x05\"\xdb\x02\n\x16PredictStreamedOptions\x12N\n\rrequest_state\x18\x01 \x01(\x0e\x32\x37.tensorflow.serving.PredictStreamedOptions.RequestState\x12Y\n\x10split_dimensions\x18\x02 \x03(\x0b\x32?.tensorflow.serving.PredictStreamedOptions.SplitDimensionsEntry\x12\x1e\n\x16return_single_response\x18\x03 \x01(\x08\x1a\x36\n\x14SplitDimensionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x05:\x02\x38\x01\">\n\x0cRequestState\x12\x08\n\x04NONE\x10\x00\x12\t\n\x05SPLIT\x10\x01\x12\r\n\tEND_SPLIT\x10\x02\x12\n\n\x06\x43\x41NCEL\x10\x03\"\xd0\x01\n\x0fPredictResponse\x12\x31\n\nmodel_spec\x18\x02 \x01(\x0b\x32\x1d.tensorflow.serving.ModelSpec\x12\x41\n\x07outputs\x18\x01 \x03(\x0b\x32\x30.tensorflow.serving.PredictResponse.OutputsEntry\x1aG\n\x0cOutputsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12&\n\x05value\x18\x02 \x01(\x0b\x32\x17.tensorflow.TensorProto:\x02\x38\x01\x62\x06proto3')
+DESCRIPTOR = _POOL.AddSerializedFile(b'\n%tensorflow_serving/apis/predict.proto\x12\x12tensorflow.serving\x1a&tensorflow/core/framework/tensor.proto\x1a#tensorflow_serving/apis/model.proto\"\xc4\x08\n\x0ePredictRequest\x12\x31\n\nmodel_spec\x18\x01 \x01(\x0b\x32\x1d.tensorflow.serving.ModelSpec\x12>\n\x06inputs\x18\x02 \x03(\x0b\x32..tensorflow.serving.PredictRequest.InputsEntry\x12\x15\n\routput_filter\x18\x03 \x03(\t\x12L\n\x18predict_streamed_options\x18\x05 \x01(\x0b\x32*.tensorflow.serving.PredictStreamedOptions\x12\x16\n\tclient_id\x18\x06 \x01(\x0cH\x00\x88\x01\x01\x12O\n\x0frequest_options\x18\x07 \x01(\x0b\x32\x31.tensorflow.serving.PredictRequest.RequestOptionsH\x01\x88\x01\x01\x1a\x46\n\x0bInputsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12&\n\x05value\x18\x02 \x01(\x0b\x32\x17.tensorflow.TensorProto:\x02\x38\x01\x1a\x80\x05\n\x0eRequestOptions\x12\x16\n\tclient_id\x18\x01 \x01(\x0cH\x00\x88\x01\x01\x12\x64\n\x12\x64\x65terministic_mode\x18\x02 \x01(\x0e\x32\x43.tensorflow.serving.PredictRequest.RequestOptions.DeterministicModeH\x01\x88\x01\x01\x12\x32\n%return_additional_arrays_from_prefill\x18\x03 \x01(\x08H\x02\x88\x01\x01\x12\x19\n\x11return_stoptokens\x18\x04 \x03(\x03\x12\"\n\x15return_all_stoptokens\x18\t \x01(\x08H\x03\x88\x01\x01\x12\x1d\n\x10max_cache_length\x18\x06 \x01(\x03H\x04\x88\x01\x01\x12S\n\thandshake\x18\r \x01(\x0b\x32;.tensorflow.serving.PredictRequest.RequestOptions.HandshakeH\x05\x88\x01\x01\x1a,\n\tHandshake\x12\x1f\n\x17\x65stimated_payload_bytes\x18\x01 \x01(\x03\"O\n\x11\x44\x65terministicMode\x12\"\n\x1e\x44\x45TERMINISTIC_MODE_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46IXED_DECODER_SLOT\x10\x01\x42\x0c\n\n_client_idB\x15\n\x13_deterministic_modeB(\n&_return_additional_arrays_from_prefillB\x18\n\x16_return_all_stoptokensB\x13\n\x11_max_cache_lengthB\x0c\n\n_handshakeB\x0c\n\n_client_idB\x12\n\x10_request_optionsJ\x04\x08\x04\x10\x05\"\xdb\x02\n\x16PredictStreamedOptions\x12N\n\rrequest_state\x18\x01 \x01(\x0e\x32\x37.tensorflow.serving.PredictStreamedOptions.RequestState\x12Y\n\x10split_dimensions\x18\x02 \x03(\x0b\x32?.tensorflow.serving.PredictStreamedOptions.SplitDimensionsEntry\x12\x1e\n\x16return_single_response\x18\x03 \x01(\x08\x1a\x36\n\x14SplitDimensionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x05:\x02\x38\x01\">\n\x0cRequestState\x12\x08\n\x04NONE\x10\x00\x12\t\n\x05SPLIT\x10\x01\x12\r\n\tEND_SPLIT\x10\x02\x12\n\n\x06\x43\x41NCEL\x10\x03\"\xd0\x01\n\x0fPredictResponse\x12\x31\n\nmodel_spec\x18\x02 \x01(\x0b\x32\x1d.tensorflow.serving.ModelSpec\x12\x41\n\x07outputs\x18\x01 \x03(\x0b\x32\x30.tensorflow.serving.PredictResponse.OutputsEntry\x1aG\n\x0cOutputsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12&\n\x05value\x18\x02 \x01(\x0b\x32\x17.tensorflow.TensorProto:\x02\x38\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,21 +41,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PREDICTRESPONSE_OUTPUTSENTRY']._loaded_options = None
   _globals['_PREDICTRESPONSE_OUTPUTSENTRY']._serialized_options = b'8\001'
   _globals['_PREDICTREQUEST']._serialized_start=139
-  _globals['_PREDICTREQUEST']._serialized_end=1086
+  _globals['_PREDICTREQUEST']._serialized_end=1231
   _globals['_PREDICTREQUEST_INPUTSENTRY']._serialized_start=478
   _globals['_PREDICTREQUEST_INPUTSENTRY']._serialized_end=548
   _globals['_PREDICTREQUEST_REQUESTOPTIONS']._serialized_start=551
-  _globals['_PREDICTREQUEST_REQUESTOPTIONS']._serialized_end=1046
-  _globals['_PREDICTREQUEST_REQUESTOPTIONS_DETERMINISTICMODE']._serialized_start=841
-  _globals['_PREDICTREQUEST_REQUESTOPTIONS_DETERMINISTICMODE']._serialized_end=920
-  _globals['_PREDICTSTREAMEDOPTIONS']._serialized_start=1089
-  _globals['_PREDICTSTREAMEDOPTIONS']._serialized_end=1436
-  _globals['_PREDICTSTREAMEDOPTIONS_SPLITDIMENSIONSENTRY']._serialized_start=1318
-  _globals['_PREDICTSTREAMEDOPTIONS_SPLITDIMENSIONSENTRY']._serialized_end=1372
-  _globals['_PREDICTSTREAMEDOPTIONS_REQUESTSTATE']._serialized_start=1374
-  _globals['_PREDICTSTREAMEDOPTIONS_REQUESTSTATE']._serialized_end=1436
-  _globals['_PREDICTRESPONSE']._serialized_start=1439
-  _globals['_PREDICTRESPONSE']._serialized_end=1647
-  _globals['_PREDICTRESPONSE_OUTPUTSENTRY']._serialized_start=1576
-  _globals['_PREDICTRESPONSE_OUTPUTSENTRY']._serialized_end=1647
+  _globals['_PREDICTREQUEST_REQUESTOPTIONS']._serialized_end=1191
+  _globals['_PREDICTREQUEST_REQUESTOPTIONS_HANDSHAKE']._serialized_start=926
+  _globals['_PREDICTREQUEST_REQUESTOPTIONS_HANDSHAKE']._serialized_end=970
+  _globals['_PREDICTREQUEST_REQUESTOPTIONS_DETERMINISTICMODE']._serialized_start=972
+  _globals['_PREDICTREQUEST_REQUESTOPTIONS_DETERMINISTICMODE']._serialized_end=1051
+  _globals['_PREDICTSTREAMEDOPTIONS']._serialized_start=1234
+  _globals['_PREDICTSTREAMEDOPTIONS']._serialized_end=1581
+  _globals['_PREDICTSTREAMEDOPTIONS_SPLITDIMENSIONSENTRY']._serialized_start=1463
+  _globals['_PREDICTSTREAMEDOPTIONS_SPLITDIMENSIONSENTRY']._serialized_end=1517
+  _globals['_PREDICTSTREAMEDOPTIONS_REQUESTSTATE']._serialized_start=1519
+  _globals['_PREDICTSTREAMEDOPTIONS_REQUESTSTATE']._serialized_end=1581
+  _globals['_PREDICTRESPONSE']._serialized_start=1584
+  _globals['_PREDICTRESPONSE']._serialized_end=1792
+  _globals['_PREDICTRESPONSE_OUTPUTSENTRY']._serialized_start=1721
+  _globals['_PREDICTRESPONSE_OUTPUTSENTRY']._serialized_end=1792
 # @@protoc_insertion_point(module_scope)

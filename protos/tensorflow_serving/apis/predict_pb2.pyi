@@ -19,26 +19,33 @@ class PredictRequest(_message.Message):
         value: _tensor_pb2.TensorProto
         def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[_tensor_pb2.TensorProto, _Mapping]] = ...) -> None: ...
     class RequestOptions(_message.Message):
-        __slots__ = ("client_id", "deterministic_mode", "return_additional_arrays_from_prefill", "return_stoptokens", "return_all_stoptokens", "max_cache_length")
+        __slots__ = ("client_id", "deterministic_mode", "return_additional_arrays_from_prefill", "return_stoptokens", "return_all_stoptokens", "max_cache_length", "handshake")
         class DeterministicMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
             __slots__ = ()
             DETERMINISTIC_MODE_UNSPECIFIED: _ClassVar[PredictRequest.RequestOptions.DeterministicMode]
             FIXED_DECODER_SLOT: _ClassVar[PredictRequest.RequestOptions.DeterministicMode]
         DETERMINISTIC_MODE_UNSPECIFIED: PredictRequest.RequestOptions.DeterministicMode
         FIXED_DECODER_SLOT: PredictRequest.RequestOptions.DeterministicMode
+        class Handshake(_message.Message):
+            __slots__ = ("estimated_payload_bytes",)
+            ESTIMATED_PAYLOAD_BYTES_FIELD_NUMBER: _ClassVar[int]
+            estimated_payload_bytes: int
+            def __init__(self, estimated_payload_bytes: _Optional[int] = ...) -> None: ...
         CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
         DETERMINISTIC_MODE_FIELD_NUMBER: _ClassVar[int]
         RETURN_ADDITIONAL_ARRAYS_FROM_PREFILL_FIELD_NUMBER: _ClassVar[int]
         RETURN_STOPTOKENS_FIELD_NUMBER: _ClassVar[int]
         RETURN_ALL_STOPTOKENS_FIELD_NUMBER: _ClassVar[int]
         MAX_CACHE_LENGTH_FIELD_NUMBER: _ClassVar[int]
+        HANDSHAKE_FIELD_NUMBER: _ClassVar[int]
         client_id: bytes
         deterministic_mode: PredictRequest.RequestOptions.DeterministicMode
         return_additional_arrays_from_prefill: bool
         return_stoptokens: _containers.RepeatedScalarFieldContainer[int]
         return_all_stoptokens: bool
         max_cache_length: int
-        def __init__(self, client_id: _Optional[bytes] = ..., deterministic_mode: _Optional[_Union[PredictRequest.RequestOptions.DeterministicMode, str]] = ..., return_additional_arrays_from_prefill: _Optional[bool] = ..., return_stoptokens: _Optional[_Iterable[int]] = ..., return_all_stoptokens: _Optional[bool] = ..., max_cache_length: _Optional[int] = ...) -> None: ...
+        handshake: PredictRequest.RequestOptions.Handshake
+        def __init__(self, client_id: _Optional[bytes] = ..., deterministic_mode: _Optional[_Union[PredictRequest.RequestOptions.DeterministicMode, str]] = ..., return_additional_arrays_from_prefill: _Optional[bool] = ..., return_stoptokens: _Optional[_Iterable[int]] = ..., return_all_stoptokens: _Optional[bool] = ..., max_cache_length: _Optional[int] = ..., handshake: _Optional[_Union[PredictRequest.RequestOptions.Handshake, _Mapping]] = ...) -> None: ...
     MODEL_SPEC_FIELD_NUMBER: _ClassVar[int]
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_FILTER_FIELD_NUMBER: _ClassVar[int]

@@ -10,8 +10,8 @@ from onnx_serving.protos.tensorflow_serving.apis import (
     model_service_pb2_grpc,
 )
 from onnx_serving.server.api.grpc.model_spec import checked_spec
-from onnx_serving.server.errors import InvalidArgument, Unimplemented
 from onnx_serving.server.api.grpc.status import translate_errors
+from onnx_serving.server.errors import InvalidArgument, Unimplemented
 from onnx_serving.server.repository.manager import ModelManager
 from onnx_serving.server.runtime.model import LoadedModel
 
@@ -23,7 +23,7 @@ class ModelService(_Base):
     def __init__(self, manager: ModelManager[LoadedModel]) -> None:
         self._manager = manager
 
-    def GetModelStatus(  # noqa: N802 (gRPC method names)
+    def GetModelStatus(
         self, request: get_model_status_pb2.GetModelStatusRequest, context: grpc.ServicerContext
     ) -> get_model_status_pb2.GetModelStatusResponse:
         spec = checked_spec(request)
@@ -41,7 +41,7 @@ class ModelService(_Base):
                 entry.status.error_message = status.error.message
         return response
 
-    def HandleReloadConfigRequest(  # noqa: N802
+    def HandleReloadConfigRequest(
         self, request: model_management_pb2.ReloadConfigRequest, context: grpc.ServicerContext
     ) -> model_management_pb2.ReloadConfigResponse:
         raise Unimplemented(

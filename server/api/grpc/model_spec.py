@@ -14,7 +14,7 @@ class HasModelSpec(Protocol):
     @property
     def model_spec(self) -> model_pb2.ModelSpec: ...
 
-    def HasField(self, field_name: str) -> bool: ...  # noqa: N802 (protobuf's name)
+    def HasField(self, field_name: str) -> bool: ...
 
 
 def checked_spec(request: HasModelSpec) -> model_pb2.ModelSpec:

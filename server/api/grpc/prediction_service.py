@@ -35,7 +35,7 @@ class PredictionService(_Base):
         self._manager = manager
         self._tensor_content = tensor_content
 
-    def Predict(  # noqa: N802 (gRPC method names)
+    def Predict(
         self, request: predict_pb2.PredictRequest, context: grpc.ServicerContext
     ) -> predict_pb2.PredictResponse:
         version, model = resolve(self._manager, request)
@@ -48,7 +48,7 @@ class PredictionService(_Base):
             encode_into(response.outputs[alias], array, tensor_content=self._tensor_content)
         return response
 
-    def GetModelMetadata(  # noqa: N802
+    def GetModelMetadata(
         self, request: get_model_metadata_pb2.GetModelMetadataRequest, context: grpc.ServicerContext
     ) -> get_model_metadata_pb2.GetModelMetadataResponse:
         checked_spec(request)
@@ -68,17 +68,17 @@ class PredictionService(_Base):
         response.metadata[SIGNATURE_DEF].Pack(signature_map)
         return response
 
-    def Classify(  # noqa: N802
+    def Classify(
         self, request: classification_pb2.ClassificationRequest, context: grpc.ServicerContext
     ) -> classification_pb2.ClassificationResponse:
         raise Unimplemented("Classify is not implemented by onnx-serving yet; use Predict")
 
-    def Regress(  # noqa: N802
+    def Regress(
         self, request: regression_pb2.RegressionRequest, context: grpc.ServicerContext
     ) -> regression_pb2.RegressionResponse:
         raise Unimplemented("Regress is not implemented by onnx-serving yet; use Predict")
 
-    def MultiInference(  # noqa: N802
+    def MultiInference(
         self, request: inference_pb2.MultiInferenceRequest, context: grpc.ServicerContext
     ) -> inference_pb2.MultiInferenceResponse:
         raise Unimplemented("MultiInference is not implemented by onnx-serving yet; use Predict")

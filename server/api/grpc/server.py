@@ -26,7 +26,9 @@ def parse_channel_arguments(raw: str) -> list[tuple[str, int | str]]:
     for item in filter(None, (part.strip() for part in raw.split(","))):
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise ConfigError(f"Invalid --grpc_channel_arguments entry '{item}': expected key=value")
+            raise ConfigError(
+                f"Invalid --grpc_channel_arguments entry '{item}': expected key=value"
+            )
         try:
             arguments.append((key, int(value)))
         except ValueError:
@@ -41,12 +43,17 @@ def build_server(
     channel_arguments: str = "",
     tensor_content: bool = False,
 ) -> grpc.Server:
-    options = [
-        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-        *parse_channel_arguments(channel_arguments),
-    ]
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_threads), options=options)
+    options: dict[str, int | str] = {
+        "grpc.max_receive_message_length": MAX_MESSAGE_BYTES,
+        "grpc.max_send_message_length": MAX_MESSAGE_BYTES,
+        # gRPC Python shares ports by default, so a second server on a busy port would
+        # start "fine" and split the traffic. Opt back in with grpc.so_reuseport=1.
+        "grpc.so_reuseport": 0,
+    }
+    options.update(parse_channel_arguments(channel_arguments))
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=max_threads), options=list(options.items())
+    )
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
         PredictionService(manager, tensor_content=tensor_content), server
     )

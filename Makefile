@@ -1,0 +1,43 @@
+# The two commands a newcomer needs: `make serve` and `make test`.
+# Each sets up its own virtual environment in .venv/ first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PORT ?= 8500
+
+.PHONY: serve test test-slow lint protos docker clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.serve-installed: $(BIN)/python pyproject.toml setup.py
+	$(BIN)/python -m pip install --quiet -e '.[cpu]'
+	touch $@
+
+$(VENV)/.test-installed: $(BIN)/python pyproject.toml setup.py
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@ $(VENV)/.serve-installed
+
+# Serves the bundled example models (half_plus_two, half_plus_three) on port 8500.
+serve: $(VENV)/.serve-installed
+	$(BIN)/onnx-serving serve --port=$(PORT) --model_config_file=examples/models.config
+
+test: $(VENV)/.test-installed lint
+	$(BIN)/python -m pytest
+
+test-slow: $(VENV)/.test-installed
+	$(BIN)/python -m pytest -m slow
+
+lint: $(VENV)/.test-installed
+	$(BIN)/ruff check .
+
+# After editing a .proto file.
+protos: $(VENV)/.test-installed
+	$(BIN)/python protos/generate.py
+
+docker:
+	docker build -t onnx-serving .
+
+clean:
+	rm -rf $(VENV) build *.egg-info

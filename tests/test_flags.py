@@ -1,0 +1,124 @@
+"""tensorflow_model_server's flags and config file, parsed without starting a server."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from onnx_serving.server.api.grpc.server import parse_channel_arguments
+from onnx_serving.server.config import read_config_file
+from onnx_serving.server.errors import ConfigError
+from onnx_serving.server.flags import ServerOptions, parse_flags
+from onnx_serving.server.repository.policy import All, Latest, Specific
+
+
+def test_defaults_are_tf_servings() -> None:
+    options = parse_flags(["--model_base_path=/models/m"])
+    assert options == ServerOptions(model_base_path="/models/m")
+    assert (options.port, options.model_name) == (8500, "default")
+    assert options.grpc_threads > 0
+
+
+def test_flag_syntaxes() -> None:
+    options = parse_flags([
+        "--port=9000", "--model_name", "m", "--model_base_path=/x",
+        "--enable_serialization_as_tensor_content", "--tensorflow_intra_op_parallelism=2",
+        "--tensorflow_session_parallelism=3", "--grpc_socket_path=/tmp/s.sock",
+        "--grpc_channel_arguments=grpc.max_connection_age_ms=2000,grpc.lb_policy_name=grpclb",
+    ])
+    assert options.port == 9000 and options.model_name == "m"
+    assert options.enable_serialization_as_tensor_content is True
+    assert (options.intra_op_threads, options.inter_op_threads) == (2, 3)
+    assert parse_channel_arguments(options.grpc_channel_arguments) == [
+        ("grpc.max_connection_age_ms", 2000), ("grpc.lb_policy_name", "grpclb"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--no_such_flag=1"], "Unknown command line flag 'no_such_flag'"),
+        (["--port=eighty"], "Illegal value 'eighty' for flag --port"),
+        (["--enable_batching=true"], "Flag --enable_batching=true is a TF Serving flag"),
+        (["--monitoring_config_file=/m.txt"], "--monitoring_config_file=/m.txt"),
+        (["--rest_api_port=8501"], "the REST API is not supported yet"),
+        (["--file_system_poll_wait_seconds=30"], "polling base paths"),
+        (["--port=0"], "at least one of --port or --grpc_socket_path"),
+        (["positional"], "Unexpected argument 'positional'"),
+    ],
+)
+def test_refused_flags(argv: list[str], message: str) -> None:
+    with pytest.raises(ConfigError, match=None) as info:
+        parse_flags(argv)
+    assert message in info.value.message
+
+
+def test_unsupported_flags_at_their_default_are_accepted() -> None:
+    parse_flags([
+        "--rest_api_port=0", "--enable_batching=false", "--max_num_load_retries=5",
+        "--file_system_poll_wait_seconds=0", "--enable_model_warmup=true", "--saved_model_tags=serve",
+    ])
+
+
+def test_bad_channel_arguments() -> None:
+    with pytest.raises(ConfigError, match="expected key=value"):
+        parse_channel_arguments("grpc.keepalive_time_ms")
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "models.config"
+    path.write_text(text)
+    return path
+
+
+def test_config_file(tmp_path: Path) -> None:
+    path = write(tmp_path, """
+model_config_list {
+  config { name: "a" base_path: "/models/a" model_platform: "tensorflow" }
+  config {
+    name: "b" base_path: "rel/b" model_platform: "onnx"
+    model_version_policy { specific { versions: 1 versions: 3 } }
+    version_labels { key: "stable" value: 1 }
+  }
+  config { name: "c" base_path: "/c" model_version_policy { all {} } }
+  config { name: "d" base_path: "/d" model_version_policy { latest { num_versions: 2 } } }
+}""")
+    a, b, c, d = read_config_file(path)
+    assert (a.name, a.base_path, a.policy) == ("a", Path("/models/a"), Latest(1))
+    assert b.base_path == tmp_path / "rel" / "b"
+    assert b.policy == Specific(frozenset({1, 3})) and dict(b.labels) == {"stable": 1}
+    assert c.policy == All() and d.policy == Latest(2)
+    assert Latest(2).select([1, 5, 3]) == {3, 5} and b.policy.select([1, 2]) == {1}
+
+
+def test_bad_config_file_names_file_and_line(tmp_path: Path) -> None:
+    path = write(tmp_path, 'model_config_list {\n  config {\n    name: "a"\n    bogus: 1\n  }\n}\n')
+    with pytest.raises(ConfigError) as info:
+        read_config_file(path)
+    message = info.value.message
+    assert "Error parsing text-format tensorflow.serving.ModelServerConfig" in message
+    assert f"{path}:4:" in message and "bogus" in message
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('model_config_list { config { name: "a" base_path: "/a" }'
+         ' config { name: "a" base_path: "/b" } }', "Illegal to list model a multiple times"),
+        ('model_config_list { config { name: "a" } }', "Model a has no base_path"),
+        ('model_config_list { config { base_path: "/a" } }', "has no name"),
+        ('model_config_list { config { name: "a" base_path: "/a" model_platform: "pytorch" } }',
+         "model_platform 'pytorch'"),
+        ('custom_model_config { }', "custom_model_config is not supported"),
+    ],
+)
+def test_invalid_configs(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        read_config_file(write(tmp_path, text))
+    assert message in info.value.message
+
+
+def test_missing_config_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="Cannot read model config file"):
+        read_config_file(tmp_path / "absent.config")

@@ -1,0 +1,121 @@
+"""Our generated protos: fresh, wire-identical to TF Serving's, and importable beside them."""
+
+from __future__ import annotations
+
+import filecmp
+import importlib
+from pathlib import Path
+
+import pytest
+from google.protobuf import descriptor_pool
+from google.protobuf.descriptor import Descriptor, FileDescriptor
+
+from onnx_serving.protos import generate
+from onnx_serving.protos._pool import POOL
+
+# Every message file we ship, paired with tensorflow-serving-api's module of the same file.
+OUR_FILES = [str(p) for p in generate.proto_files()]
+
+# Fields TF declares that ours leave undeclared on purpose (they still parse as unknown fields).
+OMITTED = {
+    "tensorflow.TensorInfo": {"composite_tensor"},
+    "tensorflow.RunOptions": None,  # a subset of TensorFlow's RunOptions
+    "tensorflow.RunMetadata": None,
+}
+
+
+def test_generated_code_is_fresh(tmp_path: Path) -> None:
+    written = generate.generate(tmp_path)
+    assert written
+    stale = [
+        str(rel)
+        for rel in written
+        if not (generate.PROTO_ROOT / rel).exists()
+        or not filecmp.cmp(tmp_path / rel, generate.PROTO_ROOT / rel, shallow=False)
+    ]
+    assert not stale, f"run `make protos`: generated modules differ for {stale}"
+
+
+def _import_tf_serving() -> None:
+    from tensorflow_serving.apis import (  # noqa: F401
+        get_model_metadata_pb2,
+        get_model_status_pb2,
+        inference_pb2,
+        model_management_pb2,
+        model_service_pb2,
+        prediction_log_pb2,
+        prediction_service_pb2,
+    )
+
+
+def _our_messages() -> list[Descriptor]:
+    messages: list[Descriptor] = []
+
+    def walk(descriptor: Descriptor) -> None:
+        messages.append(descriptor)
+        for nested in descriptor.nested_types:
+            walk(nested)
+
+    for name in OUR_FILES:
+        module = name.removesuffix(".proto").replace("/", ".") + "_pb2"
+        importlib.import_module(f"{generate.PACKAGE}.{module}")
+        file: FileDescriptor = POOL.FindFileByName(name)
+        for message in file.message_types_by_name.values():
+            walk(message)
+    return messages
+
+
+@pytest.mark.parametrize("ours", _our_messages(), ids=lambda d: d.full_name)
+def test_messages_match_tensorflow_serving(ours: Descriptor) -> None:
+    """Same field names, numbers, types and labels as tensorflow-serving-api's messages."""
+    _import_tf_serving()
+    theirs = descriptor_pool.Default().FindMessageTypeByName(ours.full_name)
+    omitted = OMITTED.get(ours.full_name, set())
+    for field in ours.fields:
+        tf_field = theirs.fields_by_name.get(field.name)
+        assert tf_field is not None, f"{ours.full_name}.{field.name} not in TF's message"
+        assert (field.number, field.type, field.is_repeated) == (
+            tf_field.number, tf_field.type, tf_field.is_repeated,
+        ), f"{ours.full_name}.{field.name}"
+        if field.message_type is not None:
+            assert field.message_type.full_name == tf_field.message_type.full_name
+        if field.enum_type is not None:
+            ours_values = {v.name: v.number for v in field.enum_type.values}
+            tf_values = {v.name: v.number for v in tf_field.enum_type.values}
+            assert ours_values.items() <= tf_values.items() or ours_values == tf_values
+    if omitted is None:
+        return
+    missing = {f.name for f in theirs.fields} - {f.name for f in ours.fields} - omitted
+    assert not missing, f"{ours.full_name} lacks TF's fields {missing}"
+
+
+def test_services_have_tf_serving_method_paths() -> None:
+    _import_tf_serving()
+    for service in ("tensorflow.serving.PredictionService", "tensorflow.serving.ModelService"):
+        ours = POOL.FindServiceByName(service)
+        theirs = descriptor_pool.Default().FindServiceByName(service)
+        assert [(m.name, m.input_type.full_name, m.output_type.full_name) for m in ours.methods] == [
+            (m.name, m.input_type.full_name, m.output_type.full_name) for m in theirs.methods
+        ]
+
+
+def test_coexists_with_tensorflow_in_one_process() -> None:
+    """Both sets of messages import and interoperate, bytes for bytes, in one process."""
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2 as tf_predict_pb2
+
+    from onnx_serving.client.tensors import make_ndarray, make_tensor_proto
+    from onnx_serving.protos.tensorflow_serving.apis import predict_pb2
+
+    ours = predict_pb2.PredictRequest()
+    ours.model_spec.name = "m"
+    ours.model_spec.version.value = 3
+    ours.inputs["x"].CopyFrom(make_tensor_proto(__import__("numpy").arange(4.0)))
+    theirs = tf_predict_pb2.PredictRequest.FromString(ours.SerializeToString())
+    assert theirs.model_spec.version.value == 3
+    assert tf.make_ndarray(theirs.inputs["x"]).tolist() == [0.0, 1.0, 2.0, 3.0]
+
+    theirs.inputs["z"].CopyFrom(tf.make_tensor_proto([[1, 2]]))
+    back = predict_pb2.PredictRequest.FromString(theirs.SerializeToString())
+    assert make_ndarray(back.inputs["z"]).tolist() == [[1, 2]]
+    assert type(ours) is not type(theirs)
