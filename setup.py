@@ -6,7 +6,11 @@ plainly ``server`` or ``client`` lands in site-packages.
 
 from setuptools import find_packages, setup
 
-FOLDERS = {"server": "onnx_serving.server", "client": "onnx_serving.client", "protos": "onnx_serving.protos"}
+FOLDERS = {
+    "server": "onnx_serving.server",
+    "client": "onnx_serving.client",
+    "protos": "onnx_serving.protos",
+}
 
 package_dir: dict[str, str] = {}
 packages: list[str] = []

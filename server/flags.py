@@ -127,7 +127,8 @@ def _same(raw: str, default: str) -> bool:
     try:
         return float(raw) == float(default)
     except ValueError:
-        return (raw.lower() in _FALSE and default in _FALSE) or (raw.lower() in _TRUE and default in _TRUE)
+        value = raw.lower()
+        return (value in _FALSE and default in _FALSE) or (value in _TRUE and default in _TRUE)
 
 
 def parse_flags(argv: Sequence[str]) -> ServerOptions:

@@ -57,7 +57,8 @@ def test_refused_flags(argv: list[str], message: str) -> None:
 def test_unsupported_flags_at_their_default_are_accepted() -> None:
     parse_flags([
         "--rest_api_port=0", "--enable_batching=false", "--max_num_load_retries=5",
-        "--file_system_poll_wait_seconds=0", "--enable_model_warmup=true", "--saved_model_tags=serve",
+        "--file_system_poll_wait_seconds=0", "--enable_model_warmup=true",
+        "--saved_model_tags=serve",
     ])
 
 

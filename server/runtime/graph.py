@@ -45,7 +45,7 @@ def read_graph(path: Path) -> Graph:
 
 def _tensor_type(value: onnx.ValueInfoProto, path: Path) -> tuple[np.dtype, Shape]:
     if value.type.WhichOneof("value") != "tensor_type":
-        raise ModelLoadError(f"{path.name}: '{value.name}' is not a tensor; only tensors are served")
+        raise ModelLoadError(f"{path.name}: '{value.name}' is not a tensor; only tensors serve")
     tensor = value.type.tensor_type
     dtype = NUMPY_BY_ONNX.get(tensor.elem_type)
     if dtype is None:
