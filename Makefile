@@ -29,8 +29,13 @@ test: $(VENV)/.test-installed lint
 test-slow: $(VENV)/.test-installed
 	$(BIN)/python -m pytest -m slow
 
+# mypy sees the installed names (onnx_serving.server, ...) through a tree of links.
 lint: $(VENV)/.test-installed
 	$(BIN)/ruff check .
+	mkdir -p $(VENV)/typecheck/onnx_serving
+	for d in server client protos; do ln -sfn ../../../$$d $(VENV)/typecheck/onnx_serving/$$d; done
+	cd $(VENV)/typecheck && MYPYPATH=. ../bin/mypy --config-file ../../pyproject.toml \
+		-p onnx_serving.server -p onnx_serving.client
 
 # After editing a .proto file.
 protos: $(VENV)/.test-installed

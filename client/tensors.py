@@ -97,6 +97,13 @@ def datatype_of(dtype: np.dtype) -> int:
         raise TensorCodecError(f"no TensorFlow dtype for numpy dtype {dtype}") from None
 
 
+# numpy's limit on dimensions (TensorFlow allows 254).
+MAX_RANK: Final = 64
+# No decoded tensor may be larger than the largest message that can carry it:
+# a short typed field could otherwise ask for any amount of memory.
+MAX_TENSOR_BYTES: Final = 2**31 - 1
+
+
 def shape_of(proto: TensorProto) -> tuple[int, ...]:
     shape = proto.tensor_shape
     if shape.unknown_rank:
@@ -104,6 +111,8 @@ def shape_of(proto: TensorProto) -> tuple[int, ...]:
     dims = tuple(d.size for d in shape.dim)
     if any(d < 0 for d in dims):
         raise TensorCodecError(f"tensor shape {list(dims)} has a negative dimension")
+    if len(dims) > MAX_RANK:
+        raise TensorCodecError(f"tensor has {len(dims)} dimensions; at most {MAX_RANK} are served")
     return dims
 
 
@@ -114,9 +123,17 @@ def make_ndarray(proto: TensorProto) -> np.ndarray:
         raise TensorCodecError(f"unsupported dtype {dtype_name(proto.dtype)}")
     shape = shape_of(proto)
     count = prod(shape)
+    if count * kind.numpy.itemsize > MAX_TENSOR_BYTES:
+        raise TensorCodecError(
+            f"tensor of shape {list(shape)} and {dtype_name(proto.dtype)} would take "
+            f"{count * kind.numpy.itemsize} bytes, over the limit of {MAX_TENSOR_BYTES}"
+        )
+    if count == 0:
+        # TF allocates no buffer for an empty tensor, so its values go unread.
+        return np.empty(shape, dtype=kind.numpy)
     if proto.tensor_content:
         if kind.wire == "string":
-            raise TensorCodecError("DT_STRING tensors cannot use tensor_content")
+            return _decode_string_list(proto.tensor_content, count).reshape(shape)
         expected = count * kind.numpy.itemsize
         if len(proto.tensor_content) != expected:
             raise TensorCodecError(
@@ -126,6 +143,32 @@ def make_ndarray(proto: TensorProto) -> np.ndarray:
         flat = np.frombuffer(proto.tensor_content, dtype=kind.numpy.newbyteorder("<"))
         return flat.astype(kind.numpy, copy=False).reshape(shape)
     return _fill(_typed_values(proto, kind), count, kind).reshape(shape)
+
+
+def _decode_string_list(content: bytes, count: int) -> np.ndarray:
+    """TensorFlow's own string encoding: every length as a varint, then every string."""
+    lengths: list[int] = []
+    position = 0
+    try:
+        for _ in range(count):
+            length, shift = 0, 0
+            while True:
+                byte = content[position]
+                position += 1
+                length |= (byte & 0x7F) << shift
+                shift += 7
+                if byte < 0x80:
+                    break
+            lengths.append(length)
+    except IndexError:
+        raise TensorCodecError("DT_STRING tensor_content ends inside its lengths") from None
+    if position + sum(lengths) != len(content):
+        raise TensorCodecError("DT_STRING tensor_content does not match its lengths")
+    values = np.empty(count, dtype=object)
+    for i, length in enumerate(lengths):
+        values[i] = content[position : position + length]
+        position += length
+    return values
 
 
 def _typed_values(proto: TensorProto, kind: _Kind) -> np.ndarray:
@@ -140,9 +183,8 @@ def _typed_values(proto: TensorProto, kind: _Kind) -> np.ndarray:
         return np.array(field, dtype=np.int32).astype(np.uint16).view(kind.numpy)
     if kind.numpy.kind == "c":
         parts = np.array(field, dtype=np.float32 if kind.numpy.itemsize == 8 else np.float64)
-        if parts.size % 2:
-            raise TensorCodecError(f"{kind.field} holds an odd number of values")
-        return parts.view(kind.numpy)
+        # TF counts whole (real, imaginary) pairs: a dangling real part is ignored.
+        return parts[: parts.size - parts.size % 2].view(kind.numpy)
     return np.array(field).astype(kind.numpy)
 
 
@@ -174,7 +216,7 @@ def make_tensor_proto(array: np.ndarray, *, tensor_content: bool = False) -> Ten
 def encode_into(proto: TensorProto, array: np.ndarray, *, tensor_content: bool = False) -> None:
     """Fills an empty TensorProto in place (a map entry, say), saving a copy of the data."""
     array = np.asarray(array)
-    proto.dtype = datatype_of(array.dtype)
+    proto.dtype = datatype_of(array.dtype)  # type: ignore[assignment]
     for d in array.shape:
         proto.tensor_shape.dim.add(size=d)
     if array.size == 0:

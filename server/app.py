@@ -15,7 +15,7 @@ from onnx_serving.server.errors import ConfigError
 from onnx_serving.server.flags import ServerOptions
 from onnx_serving.server.repository.manager import ModelManager
 from onnx_serving.server.runtime.model import LoadedModel, load
-from onnx_serving.server.runtime.session import SessionOptions
+from onnx_serving.server.runtime.session import SessionOptions, describe_install
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,7 @@ class App:
 
     def start(self) -> None:
         """Loads the initial models, then opens the ports (as TF Serving does)."""
+        log.info(describe_install())
         if self.options.file_system_poll_wait_seconds > 0:
             log.info("Model versions are read once at start-up; polling is not supported yet")
         self.manager.load(self.configs)

@@ -71,6 +71,11 @@ class ModelManager(Generic[S]):
                 self._models[config.name] = model
             for version in aspired:
                 self._load_version(model, version, on_disk[version])
+            for label, version in sorted(config.labels.items()):
+                if version not in model.servables:
+                    log.warning("Version label %s of model %s names version %d, which is not "
+                                "available; requests with it get NOT_FOUND", label, config.name,
+                                version)
 
     def _load_version(self, model: _Model[S], version: int, path: Path) -> None:
         name = model.config.name

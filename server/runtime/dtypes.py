@@ -63,6 +63,9 @@ NUMPY_BY_TF_NAME: Final[dict[str, np.dtype]] = {
     "DT_UINT64": np.dtype(np.uint64),
     "DT_BOOL": np.dtype(np.bool_),
     "DT_STRING": np.dtype(object),
+    # Not run by ONNX Runtime, named only so messages say what came.
+    "DT_COMPLEX64": np.dtype(np.complex64),
+    "DT_COMPLEX128": np.dtype(np.complex128),
 }
 
 

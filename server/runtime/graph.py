@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
 
-from onnx_serving.server.errors import ModelLoadError
+from onnx_serving.server.errors import Code, ModelLoadError
 from onnx_serving.server.runtime.dtypes import NUMPY_BY_ONNX
 
 # None: unknown rank. A None dimension: any size.
@@ -33,8 +33,11 @@ class Graph:
 def read_graph(path: Path) -> Graph:
     try:
         model = onnx.load(str(path), load_external_data=False)
-    except (OSError, DecodeError) as exc:
+    except OSError as exc:
         raise ModelLoadError(f"cannot read ONNX model {path}: {exc}") from exc
+    except DecodeError as exc:
+        message = f"cannot parse {path} as an ONNX model: {exc}"
+        raise ModelLoadError(message, Code.DATA_LOSS) from exc
     graph = model.graph
     initialized = {init.name for init in graph.initializer}
     inputs = {v.name: _tensor_type(v, path) for v in graph.input}

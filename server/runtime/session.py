@@ -32,6 +32,25 @@ _ORT_ERRORS = (
 )
 
 
+def describe_install() -> str:
+    """One log line on the ONNX Runtime in use, warning of a doubled install."""
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    installed = []
+    for name in ("onnxruntime", "onnxruntime-gpu"):
+        try:
+            installed.append(f"{name} {distribution(name).version}")
+        except PackageNotFoundError:
+            continue
+    line = (
+        f"ONNX Runtime {ort.__version__} ({', '.join(installed) or 'unknown package'}), "
+        f"providers available: {ort.get_available_providers()}"
+    )
+    if len(installed) > 1:
+        line += "; WARNING: both packages install the same module, uninstall one of them"
+    return line
+
+
 @dataclass(frozen=True)
 class SessionOptions:
     """Per-session settings; 0 threads lets ONNX Runtime choose."""

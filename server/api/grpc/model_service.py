@@ -11,7 +11,7 @@ from onnx_serving.protos.tensorflow_serving.apis import (
 )
 from onnx_serving.server.api.grpc.model_spec import checked_spec
 from onnx_serving.server.api.grpc.status import translate_errors
-from onnx_serving.server.errors import InvalidArgument, Unimplemented
+from onnx_serving.server.errors import Unimplemented
 from onnx_serving.server.repository.manager import ModelManager
 from onnx_serving.server.runtime.model import LoadedModel
 
@@ -27,8 +27,6 @@ class ModelService(_Base):
         self, request: get_model_status_pb2.GetModelStatusRequest, context: grpc.ServicerContext
     ) -> get_model_status_pb2.GetModelStatusResponse:
         spec = checked_spec(request)
-        if not spec.name:
-            raise InvalidArgument("ModelSpec has no name specified.")
         # A label is ignored, as TF Serving ignores it here: every version is listed.
         version = spec.version.value if spec.HasField("version") else None
         response = get_model_status_pb2.GetModelStatusResponse()

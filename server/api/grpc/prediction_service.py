@@ -40,6 +40,8 @@ class PredictionService(_Base):
     ) -> predict_pb2.PredictResponse:
         version, model = resolve(self._manager, request)
         signature = find_signature(model.signatures, request.model_spec.signature_name)
+        # Checked again by predict(); first here so key errors precede decoding ones, as in TF.
+        signature.check_input_keys(request.inputs.keys())
         inputs = {alias: _decode(alias, proto) for alias, proto in request.inputs.items()}
         prediction = model.predict(signature, inputs, request.output_filter)
         response = predict_pb2.PredictResponse()
