@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 
 from onnx_serving.server.api.grpc.server import build_server
 from onnx_serving.server.config import ModelConfig, read_config_file, single_model
-from onnx_serving.server.errors import ConfigError
+from onnx_serving.server.errors import ConfigError, ServingError
 from onnx_serving.server.flags import ServerOptions
-from onnx_serving.server.repository.manager import ModelManager
+from onnx_serving.server.repository.core import RepositoryCore
+from onnx_serving.server.repository.manager import LoadOptions, ModelManager, Transition
+from onnx_serving.server.repository.poller import Poller
 from onnx_serving.server.runtime.model import LoadedModel, load
 from onnx_serving.server.runtime.session import SessionOptions, describe_install
+from onnx_serving.server.warmup import WarmupOptions, warm_up
+
+if TYPE_CHECKING:
+    from onnx_serving.server.api.rest.server import RestServer
 
 log = logging.getLogger(__name__)
 
@@ -29,25 +35,54 @@ def model_configs(options: ServerOptions) -> list[ModelConfig]:
 class App:
     def __init__(self, options: ServerOptions) -> None:
         self.options = options
-        self.configs = model_configs(options)
-        session_options = SessionOptions(
+        self._initial_configs = model_configs(options)
+        self._session_options = SessionOptions(
             intra_op_threads=options.intra_op_threads,
             inter_op_threads=options.inter_op_threads,
         )
+        self._warmup_options = WarmupOptions(
+            enabled=options.enable_model_warmup,
+            iterations=options.num_request_iterations_for_warmup,
+            synthetic=options.enable_synthetic_warmup,
+            synthetic_dim=options.synthetic_warmup_dim,
+        )
         self.manager: ModelManager[LoadedModel] = ModelManager(
-            functools.partial(load, options=session_options)
+            self._load,
+            LoadOptions(
+                max_retries=options.max_num_load_retries,
+                retry_interval=options.load_retry_interval_micros / 1e6,
+                load_threads=options.num_load_threads,
+                unload_threads=options.num_unload_threads,
+                transition=Transition(options.version_transition_policy),
+            ),
+        )
+        self._poller = Poller(self.manager, options.file_system_poll_wait_seconds)
+        self.core = RepositoryCore(
+            self.manager, self._poller,
+            allow_unavailable_labels=options.allow_version_labels_for_unavailable_models,
         )
         self._server: grpc.Server | None = None
+        self._rest: RestServer | None = None
         self._stopped = threading.Event()
+
+    def _load(self, version_dir: Path) -> LoadedModel:
+        model = load(version_dir, self._session_options)
+        warm_up(model, version_dir, self._warmup_options)
+        return model
 
     def start(self) -> None:
         """Loads the initial models, then opens the ports (as TF Serving does)."""
         log.info(describe_install())
-        if self.options.file_system_poll_wait_seconds > 0:
-            log.info("Model versions are read once at start-up; polling is not supported yet")
-        self.manager.load(self.configs)
+        try:
+            self.core.apply(self._initial_configs)
+        except ServingError as exc:
+            # Unlike TF Serving, one bad model does not stop the others from serving.
+            log.error("Not every model is available at start-up: %s", exc.message)
+        self._poller.start()
+        self._start_config_polling()
         server = build_server(
             self.manager,
+            reload=self.core.apply,
             max_threads=self.options.grpc_threads,
             channel_arguments=self.options.grpc_channel_arguments,
             tensor_content=self.options.enable_serialization_as_tensor_content,
@@ -68,12 +103,55 @@ class App:
         self._server = server
         for address in addresses:
             log.info("Running gRPC ModelServer at %s ...", address)
+        if self.options.rest_api_port:
+            # Imported here: a gRPC-only server never loads the HTTP stack.
+            from onnx_serving.server.api.rest.server import RestServer
+
+            self._rest = RestServer(
+                self.manager,
+                port=self.options.rest_api_port,
+                threads=self.options.rest_threads,
+                timeout_ms=self.options.rest_api_timeout_in_ms,
+            )
+            self._rest.start()
+            log.info("Exporting HTTP/REST API at:localhost:%d ...", self.options.rest_api_port)
+
+    def _start_config_polling(self) -> None:
+        interval = self.options.model_config_file_poll_wait_seconds
+        if not self.options.model_config_file or interval <= 0:
+            return
+        path = Path(self.options.model_config_file)
+        threading.Thread(
+            target=self._poll_config, args=(path, interval), name="config-poller", daemon=True
+        ).start()
+
+    def _poll_config(self, path: Path, interval: float) -> None:
+        """Re-reads the config file; a file that does not parse changes nothing."""
+        last = path.read_text() if path.exists() else ""
+        while not self._stopped.wait(interval):
+            try:
+                text = path.read_text()
+            except OSError as exc:
+                log.error("Cannot re-read model config file %s: %s", path, exc)
+                continue
+            if text == last:
+                continue
+            last = text
+            log.info("Model config file %s changed; reloading", path)
+            try:
+                self.core.apply(read_config_file(path))
+            except ServingError as exc:
+                log.error("Reloading %s: %s", path, exc.message)
 
     def wait(self) -> None:
         self._stopped.wait()
 
     def stop(self, grace: float = 5.0) -> None:
         """Stops taking requests and lets those in flight finish, for at most ``grace`` seconds."""
+        self._stopped.set()
+        self._poller.stop()
+        if self._rest is not None:
+            self._rest.stop()
         if self._server is not None:
             self._server.stop(grace).wait()
-        self._stopped.set()
+        self.manager.close()

@@ -33,14 +33,30 @@ class ServerOptions:
     tensorflow_session_parallelism: int = 0
     tensorflow_intra_op_parallelism: int = 0
     tensorflow_inter_op_parallelism: int = 0
-    file_system_poll_wait_seconds: int = 1
-    model_config_file_poll_wait_seconds: int = 0
+    file_system_poll_wait_seconds: int = 1  # 0: scan once at start-up; negative: the same
+    model_config_file_poll_wait_seconds: int = 0  # 0: read once
+    max_num_load_retries: int = 5
+    load_retry_interval_micros: int = 60_000_000
+    num_load_threads: int = 0  # 0: one
+    num_unload_threads: int = 0  # 0: one
+    allow_version_labels_for_unavailable_models: bool = False
     enable_model_warmup: bool = True
-    rest_api_port: int = 0
+    num_request_iterations_for_warmup: int = 0  # 0: once
+    # onnx-serving's own, beyond TF Serving's.
+    enable_synthetic_warmup: bool = False
+    synthetic_warmup_dim: int = 1
+    version_transition_policy: str = "availability_preserving"
+    rest_api_port: int = 0  # 0: no REST API, as TF Serving
+    rest_api_num_threads: int = 0  # 0: four per CPU
+    rest_api_timeout_in_ms: int = 30000
 
     @property
     def grpc_threads(self) -> int:
         return self.grpc_max_threads or _default_threads()
+
+    @property
+    def rest_threads(self) -> int:
+        return self.rest_api_num_threads or _default_threads()
 
     @property
     def intra_op_threads(self) -> int:
@@ -51,34 +67,24 @@ class ServerOptions:
         return self.tensorflow_inter_op_parallelism or self.tensorflow_session_parallelism
 
 
-# What a flag we accept but do not implement may be set to, and why not more.
+# Values a flag may not take, and why.
 _LIMITS: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "file_system_poll_wait_seconds": (
-        lambda v: v <= 0 or v == 1,
-        "polling base paths for new versions is not supported yet; versions are read once "
-        "at start-up (use 0)",
+    "version_transition_policy": (
+        lambda v: v in ("availability_preserving", "resource_preserving"),
+        "expected availability_preserving or resource_preserving",
     ),
-    "model_config_file_poll_wait_seconds": (
-        lambda v: v <= 0, "re-reading the model config file is not supported yet"
-    ),
-    "rest_api_port": (lambda v: v == 0, "the REST API is not supported yet"),
+    "max_num_load_retries": (lambda v: v >= 0, "expected a count of 0 or more"),
+    "load_retry_interval_micros": (lambda v: v >= 0, "expected 0 or more microseconds"),
+    "synthetic_warmup_dim": (lambda v: v >= 1, "expected a size of 1 or more"),
 }
 
 # TF Serving flags not implemented yet, with their defaults.
 _NOT_YET: dict[str, str] = {
-    "rest_api_num_threads": "",
-    "rest_api_timeout_in_ms": "30000",
     "rest_api_enable_cors_support": "false",
     "enable_batching": "false",
     "batching_parameters_file": "",
     "enable_per_model_batching_parameters": "false",
-    "allow_version_labels_for_unavailable_models": "false",
     "monitoring_config_file": "",
-    "num_request_iterations_for_warmup": "0",
-    "num_load_threads": "0",
-    "num_unload_threads": "0",
-    "max_num_load_retries": "5",
-    "load_retry_interval_micros": "60000000",
     "flush_filesystem_caches": "true",
     "saved_model_tags": "serve",
     "tensorflow_session_config_file": "",
@@ -164,6 +170,8 @@ def parse_flags(argv: Sequence[str]) -> ServerOptions:
     options = ServerOptions(**values)
     if not options.port and not options.grpc_socket_path:
         raise ConfigError("Server must listen on at least one of --port or --grpc_socket_path")
+    if options.rest_api_port and options.rest_api_port == options.port:
+        raise ConfigError("--port and --rest_api_port must differ")
     return options
 
 

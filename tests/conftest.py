@@ -20,7 +20,14 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def server(repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """One server over the whole test repository, shared by the API tests."""
     log = tmp_path_factory.mktemp("logs") / "server.log"
-    process = ServerProcess([f"--model_config_file={repository}"], log).start()
+    flags = [
+        f"--model_config_file={repository}",
+        # TF Serving would refuse to start on the label to missing version 9 without it.
+        "--allow_version_labels_for_unavailable_models",
+        # The broken model ends at once rather than retrying (test_lifecycle covers retries).
+        "--max_num_load_retries=0",
+    ]
+    process = ServerProcess(flags, log).start()
     yield process
     process.stop()
 

@@ -42,8 +42,9 @@ def test_flag_syntaxes() -> None:
         (["--port=eighty"], "Illegal value 'eighty' for flag --port"),
         (["--enable_batching=true"], "Flag --enable_batching=true is a TF Serving flag"),
         (["--monitoring_config_file=/m.txt"], "--monitoring_config_file=/m.txt"),
-        (["--rest_api_port=8501"], "the REST API is not supported yet"),
-        (["--file_system_poll_wait_seconds=30"], "polling base paths"),
+        (["--rest_api_port=8500"], "--port and --rest_api_port must differ"),
+        (["--version_transition_policy=eager"], "expected availability_preserving or"),
+        (["--max_num_load_retries=-1"], "expected a count of 0 or more"),
         (["--port=0"], "at least one of --port or --grpc_socket_path"),
         (["positional"], "Unexpected argument 'positional'"),
     ],
@@ -56,7 +57,7 @@ def test_refused_flags(argv: list[str], message: str) -> None:
 
 def test_unsupported_flags_at_their_default_are_accepted() -> None:
     parse_flags([
-        "--rest_api_port=0", "--enable_batching=false", "--max_num_load_retries=5",
+        "--rest_api_port=0", "--enable_batching=false", "--ssl_config_file=",
         "--file_system_poll_wait_seconds=0", "--enable_model_warmup=true",
         "--saved_model_tags=serve",
     ])

@@ -576,13 +576,24 @@ def test_status_error(models, request_message, code, message):
         ("prediction", "Classify", spec(classification_pb2.ClassificationRequest(), "m")),
         ("prediction", "Regress", spec(regression_pb2.RegressionRequest(), "m")),
         ("prediction", "MultiInference", inference_pb2.MultiInferenceRequest()),
-        ("models", "HandleReloadConfigRequest", model_management_pb2.ReloadConfigRequest()),
     ],
-    ids=["Classify", "Regress", "MultiInference", "HandleReloadConfigRequest"],
+    ids=["Classify", "Regress", "MultiInference"],
 )
 def test_unimplemented(request, service, method, request_message):
     error = rpc_error(request.getfixturevalue(service), method, request_message)
     assert_error(error, Code.UNIMPLEMENTED, Contains(method))
+
+
+def test_reload_config_needs_a_model_config_list(models):
+    """TF Serving's model_service_impl.cc: only ModelConfigList is taken."""
+    request = model_management_pb2.ReloadConfigRequest()
+    error = rpc_error(models, "HandleReloadConfigRequest", request)
+    assert_error(
+        error,
+        Code.INVALID_ARGUMENT,
+        "ServerModelConfig type not supported by HandleReloadConfigRequest. "
+        "Only ModelConfigList is currently supported",
+    )
 
 
 # ---------------------------------------------------------------------------

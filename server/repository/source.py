@@ -1,13 +1,32 @@
-"""Finds the version directories under a model's base path."""
+"""Finds the version directories under a model's base path.
+
+A version is offered for loading only once it looks finished: its files
+(names, sizes, modification times) must be unchanged between two scans. A
+version copied in slowly therefore waits rather than loads half-written; the
+safe way to publish is still to write elsewhere and rename the finished
+directory into place (docs/lifecycle.md).
+"""
 
 from __future__ import annotations
 
 import logging
+import os
+from dataclasses import dataclass
 from pathlib import Path
 
 log = logging.getLogger(__name__)
 
 _INT64_MAX = 2**63 - 1
+
+# (relative path, size, mtime in ns) of every file: what changes while a copy runs.
+Fingerprint = tuple[tuple[str, int, int], ...]
+
+
+@dataclass(frozen=True)
+class VersionDir:
+    version: int
+    path: Path
+    fingerprint: Fingerprint
 
 
 def parse_version(name: str) -> int | None:
@@ -18,21 +37,66 @@ def parse_version(name: str) -> int | None:
     return version if version <= _INT64_MAX else None
 
 
-def scan_versions(model_name: str, base_path: Path) -> dict[int, Path]:
+def fingerprint(path: Path) -> Fingerprint:
+    entries: list[tuple[str, int, int]] = []
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            full = os.path.join(root, name)
+            try:
+                stat = os.stat(full)
+            except OSError:  # removed while we looked: the next scan sees the new state
+                continue
+            entries.append((os.path.relpath(full, path), stat.st_size, stat.st_mtime_ns))
+    return tuple(sorted(entries))
+
+
+def scan_versions(model_name: str, base_path: Path) -> dict[int, VersionDir]:
     """Version → directory. A base path that holds no version is warned about, not fatal."""
     try:
         children = list(base_path.iterdir())
     except OSError as exc:
         log.error("Cannot list base path %s of model %s: %s", base_path, model_name, exc)
         return {}
-    versions: dict[int, Path] = {}
+    versions: dict[int, VersionDir] = {}
     for child in children:
         version = parse_version(child.name)
         if version is not None and child.is_dir():
-            versions[version] = child
+            versions[version] = VersionDir(version, child, fingerprint(child))
     if not versions:
         log.warning(
             "No versions of servable %s found under base path %s. Did you forget to name "
             "your leaf directory as a number (eg. '/1/')?", model_name, base_path,
         )
     return versions
+
+
+class SettleFilter:
+    """Passes a version on once two consecutive scans saw the same files in it.
+
+    A version keeps being passed on while its directory exists, with the files
+    of its last settled scan, so touching a served version never unloads it;
+    a changed copy is passed on once it has settled again.
+    """
+
+    def __init__(self) -> None:
+        self._models: set[str] = set()
+        self._seen: dict[tuple[str, int], Fingerprint] = {}
+        self._stable: dict[tuple[str, int], VersionDir] = {}
+
+    def forget(self, model_name: str) -> None:
+        self._models.discard(model_name)
+
+    def settled(self, model_name: str, scanned: dict[int, VersionDir]) -> dict[int, VersionDir]:
+        """A model's first scan (start-up, or just added) is taken as it is, as TF Serving does."""
+        initial = model_name not in self._models
+        self._models.add(model_name)
+        for version, found in scanned.items():
+            key = (model_name, version)
+            if found.fingerprint and (initial or self._seen.get(key) == found.fingerprint):
+                self._stable[key] = found
+            self._seen[key] = found.fingerprint
+        for table in (self._seen, self._stable):
+            for key in [k for k in table if k[0] == model_name and k[1] not in scanned]:
+                del table[key]
+        stable = {v: self._stable.get((model_name, v)) for v in scanned}
+        return {v: found for v, found in stable.items() if found is not None}

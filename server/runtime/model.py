@@ -22,8 +22,6 @@ from onnx_serving.server.runtime.signature import (
 
 log = logging.getLogger(__name__)
 
-WARMUP_FILE = Path("assets.extra") / "tf_serving_warmup_requests"
-
 
 class LoadedModel:
     """Everything one version directory serves. Built by ``load``; immutable after."""
@@ -55,10 +53,6 @@ class LoadedModel:
 
 def load(version_dir: Path, options: SessionOptions) -> LoadedModel:
     """Reads the signatures, then opens one session per ONNX file they use."""
-    if (version_dir / WARMUP_FILE).exists():
-        log.warning(
-            "%s has a warmup file, which this server does not replay yet", version_dir
-        )
     graphs: dict[str, Graph] = {}
 
     def graph(model_file: str) -> Graph:

@@ -1,6 +1,8 @@
-"""tensorflow.serving.ModelService: version states, and (later) config reload."""
+"""tensorflow.serving.ModelService: version states and config reload."""
 
 from __future__ import annotations
+
+from typing import Protocol
 
 import grpc
 
@@ -11,17 +13,23 @@ from onnx_serving.protos.tensorflow_serving.apis import (
 )
 from onnx_serving.server.api.grpc.model_spec import checked_spec
 from onnx_serving.server.api.grpc.status import translate_errors
-from onnx_serving.server.errors import Unimplemented
+from onnx_serving.server.config import ModelConfig, from_proto
+from onnx_serving.server.errors import InvalidArgument
 from onnx_serving.server.repository.manager import ModelManager
 from onnx_serving.server.runtime.model import LoadedModel
 
 _Base = model_service_pb2_grpc.ModelServiceServicer
 
 
+class Reload(Protocol):
+    def __call__(self, configs: list[ModelConfig], *, timeout: float | None = None) -> None: ...
+
+
 @translate_errors(_Base)
 class ModelService(_Base):
-    def __init__(self, manager: ModelManager[LoadedModel]) -> None:
+    def __init__(self, manager: ModelManager[LoadedModel], reload: Reload) -> None:
         self._manager = manager
+        self._reload = reload
 
     def GetModelStatus(
         self, request: get_model_status_pb2.GetModelStatusRequest, context: grpc.ServicerContext
@@ -42,7 +50,18 @@ class ModelService(_Base):
     def HandleReloadConfigRequest(
         self, request: model_management_pb2.ReloadConfigRequest, context: grpc.ServicerContext
     ) -> model_management_pb2.ReloadConfigResponse:
-        raise Unimplemented(
-            "HandleReloadConfigRequest is not implemented by onnx-serving yet; "
-            "restart the server with the new --model_config_file"
-        )
+        """Replies once new models are available (or with why not), as TF Serving does.
+
+        A failure is both the RPC's status and the reply's ``status``; metric deltas
+        (``metric_names``) are not reported yet.
+        """
+        if request.config.WhichOneof("config") != "model_config_list":
+            raise InvalidArgument(
+                "ServerModelConfig type not supported by HandleReloadConfigRequest. "
+                "Only ModelConfigList is currently supported"
+            )
+        remaining = context.time_remaining()
+        self._reload(from_proto(request.config), timeout=remaining)
+        response = model_management_pb2.ReloadConfigResponse()
+        response.status.SetInParent()
+        return response

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from typing import Protocol
 
 from onnx_serving.protos.tensorflow_serving.apis import model_pb2
@@ -23,19 +24,19 @@ def checked_spec(request: HasModelSpec) -> model_pb2.ModelSpec:
     return request.model_spec
 
 
-def resolve(
+def acquire(
     manager: ModelManager[LoadedModel], request: HasModelSpec
-) -> tuple[int, LoadedModel]:
-    """TF Serving's ServableRequestFromModelSpec, then the manager's lookup."""
+) -> AbstractContextManager[tuple[int, LoadedModel]]:
+    """TF Serving's ServableRequestFromModelSpec, then the manager pins that version."""
     spec = checked_spec(request)
     if not spec.name:
         raise InvalidArgument("ModelSpec has no name specified.")
     choice = spec.WhichOneof("version_choice")
     if choice == "version_label":
-        return manager.resolve(spec.name, label=spec.version_label)
+        return manager.acquire(spec.name, label=spec.version_label)
     if choice == "version":
-        return manager.resolve(spec.name, version=spec.version.value)
-    return manager.resolve(spec.name)
+        return manager.acquire(spec.name, version=spec.version.value)
+    return manager.acquire(spec.name)
 
 
 def fill_spec(

@@ -15,7 +15,7 @@ from onnx_serving.protos.tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
     regression_pb2,
 )
-from onnx_serving.server.api.grpc.model_spec import checked_spec, fill_spec, resolve
+from onnx_serving.server.api.grpc.model_spec import acquire, checked_spec, fill_spec
 from onnx_serving.server.api.grpc.status import translate_errors
 from onnx_serving.server.errors import InvalidArgument, Unimplemented
 from onnx_serving.server.repository.manager import ModelManager
@@ -38,17 +38,8 @@ class PredictionService(_Base):
     def Predict(
         self, request: predict_pb2.PredictRequest, context: grpc.ServicerContext
     ) -> predict_pb2.PredictResponse:
-        version, model = resolve(self._manager, request)
-        signature = find_signature(model.signatures, request.model_spec.signature_name)
-        # Checked again by predict(); first here so key errors precede decoding ones, as in TF.
-        signature.check_input_keys(request.inputs.keys())
-        inputs = {alias: _decode(alias, proto) for alias, proto in request.inputs.items()}
-        prediction = model.predict(signature, inputs, request.output_filter)
-        response = predict_pb2.PredictResponse()
-        fill_spec(response.model_spec, request.model_spec.name, version, signature.name)
-        for alias, array in prediction.items():
-            encode_into(response.outputs[alias], array, tensor_content=self._tensor_content)
-        return response
+        with acquire(self._manager, request) as (version, model):
+            return run_predict(model, version, request, tensor_content=self._tensor_content)
 
     def GetModelMetadata(
         self, request: get_model_metadata_pb2.GetModelMetadataRequest, context: grpc.ServicerContext
@@ -61,11 +52,12 @@ class PredictionService(_Base):
         for field in request.metadata_field:
             if field != SIGNATURE_DEF:
                 raise InvalidArgument(f"Metadata field {field} is not supported")
-        version, model = resolve(self._manager, request)
+        with acquire(self._manager, request) as (version, model):
+            signatures = model.signatures
         response = get_model_metadata_pb2.GetModelMetadataResponse()
         fill_spec(response.model_spec, request.model_spec.name, version)
         signature_map = get_model_metadata_pb2.SignatureDefMap()
-        for name, signature in model.signatures.items():
+        for name, signature in signatures.items():
             signature_map.signature_def[name].CopyFrom(signature_def(signature))
         response.metadata[SIGNATURE_DEF].Pack(signature_map)
         return response
@@ -84,6 +76,22 @@ class PredictionService(_Base):
         self, request: inference_pb2.MultiInferenceRequest, context: grpc.ServicerContext
     ) -> inference_pb2.MultiInferenceResponse:
         raise Unimplemented("MultiInference is not implemented by onnx-serving yet; use Predict")
+
+
+def run_predict(
+    model: LoadedModel, version: int, request: predict_pb2.PredictRequest, *, tensor_content: bool
+) -> predict_pb2.PredictResponse:
+    """Predict on one pinned version; warmup replays requests through here too."""
+    signature = find_signature(model.signatures, request.model_spec.signature_name)
+    # Checked again by predict(); first here so key errors precede decoding ones, as in TF.
+    signature.check_input_keys(request.inputs.keys())
+    inputs = {alias: _decode(alias, proto) for alias, proto in request.inputs.items()}
+    prediction = model.predict(signature, inputs, request.output_filter)
+    response = predict_pb2.PredictResponse()
+    fill_spec(response.model_spec, request.model_spec.name, version, signature.name)
+    for alias, array in prediction.items():
+        encode_into(response.outputs[alias], array, tensor_content=tensor_content)
+    return response
 
 
 def _decode(alias: str, proto: object) -> np.ndarray:

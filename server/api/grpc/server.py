@@ -10,7 +10,7 @@ from onnx_serving.protos.tensorflow_serving.apis import (
     model_service_pb2_grpc,
     prediction_service_pb2_grpc,
 )
-from onnx_serving.server.api.grpc.model_service import ModelService
+from onnx_serving.server.api.grpc.model_service import ModelService, Reload
 from onnx_serving.server.api.grpc.prediction_service import PredictionService
 from onnx_serving.server.errors import ConfigError
 from onnx_serving.server.repository.manager import ModelManager
@@ -39,6 +39,7 @@ def parse_channel_arguments(raw: str) -> list[tuple[str, int | str]]:
 def build_server(
     manager: ModelManager[LoadedModel],
     *,
+    reload: Reload,
     max_threads: int,
     channel_arguments: str = "",
     tensor_content: bool = False,
@@ -57,5 +58,7 @@ def build_server(
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
         PredictionService(manager, tensor_content=tensor_content), server
     )
-    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(manager), server)
+    model_service_pb2_grpc.add_ModelServiceServicer_to_server(
+        ModelService(manager, reload), server
+    )
     return server

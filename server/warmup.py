@@ -1,0 +1,102 @@
+"""Warmup: a version is AVAILABLE only after its first requests have run.
+
+With ``<version>/assets.extra/tf_serving_warmup_requests`` (a TFRecord of
+PredictionLog, as TF Serving reads it), every record's request is replayed
+``iterations`` times against the loading version, and any failure fails the
+load. Without one, an optional synthetic warmup runs each signature once on
+zeros shaped from the graph, so the first client does not pay for lazy
+initialization either.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from google.protobuf.message import DecodeError
+
+from onnx_serving.client.tfrecord import TFRecordError, read_records
+from onnx_serving.protos.tensorflow_serving.apis import prediction_log_pb2
+from onnx_serving.server.api.grpc.prediction_service import run_predict
+from onnx_serving.server.errors import Code, ModelLoadError, ServingError
+from onnx_serving.server.runtime.model import LoadedModel
+
+log = logging.getLogger(__name__)
+
+WARMUP_FILE = Path("assets.extra") / "tf_serving_warmup_requests"
+MAX_RECORDS = 1000
+# Record kinds TF Serving replays but whose APIs onnx-serving does not serve yet.
+_NOT_YET = ("classify_log", "regress_log", "multi_inference_log")
+
+
+@dataclass(frozen=True)
+class WarmupOptions:
+    enabled: bool = True
+    iterations: int = 1
+    synthetic: bool = False
+    synthetic_dim: int = 1
+
+
+def warm_up(model: LoadedModel, version_dir: Path, options: WarmupOptions) -> None:
+    if not options.enabled:
+        return
+    path = version_dir / WARMUP_FILE
+    if path.exists():
+        _replay(model, path, max(1, options.iterations))
+    elif options.synthetic:
+        _synthetic(model, version_dir, options.synthetic_dim)
+
+
+def _replay(model: LoadedModel, path: Path, iterations: int) -> None:
+    try:
+        records = list(read_records(path))
+    except (OSError, TFRecordError) as exc:
+        raise ModelLoadError(f"cannot read warmup file: {exc}", Code.DATA_LOSS) from exc
+    if len(records) > MAX_RECORDS:
+        raise ModelLoadError(
+            f"Number of warmup records exceeds the maximum ({MAX_RECORDS}) at {path}",
+            Code.INVALID_ARGUMENT,
+        )
+    replayed = 0
+    for index, data in enumerate(records):
+        try:
+            record = prediction_log_pb2.PredictionLog.FromString(data)
+        except DecodeError as exc:
+            raise ModelLoadError(f"warmup record {index} of {path} is not a PredictionLog: {exc}",
+                                 Code.DATA_LOSS) from exc
+        kind = record.WhichOneof("log_type")
+        if kind in _NOT_YET:
+            log.warning("Skipping warmup record %d of %s: %s is not served yet", index, path, kind)
+            continue
+        if kind != "predict_log":
+            raise ModelLoadError(f"Unsupported log_type for warmup: {kind}", Code.UNIMPLEMENTED)
+        for _ in range(iterations):
+            try:
+                run_predict(model, 0, record.predict_log.request, tensor_content=False)
+            except ServingError as exc:
+                raise ModelLoadError(
+                    f"warmup record {index} of {path} failed: {exc.message}", exc.code
+                ) from exc
+        replayed += 1
+    log.info("Finished reading warmup data for model at %s. Number of warmup records read: %d.",
+             path.parent.parent, replayed)
+
+
+def _synthetic(model: LoadedModel, version_dir: Path, dim: int) -> None:
+    """Best effort: zeros may not suit every model, so a failure is logged, not fatal."""
+    for signature in model.signatures.values():
+        inputs = {}
+        for alias, spec in signature.inputs.items():
+            dims = (None,) if spec.shape is None else spec.shape
+            shape = tuple(dim if d is None else d for d in dims)
+            fill = b"" if spec.dtype == object else 0
+            inputs[alias] = np.full(shape, fill, dtype=spec.dtype)
+        try:
+            model.predict(signature, inputs)
+        except ServingError as exc:
+            log.warning("Synthetic warmup of signature %s in %s failed: %s",
+                        signature.name, version_dir, exc.message)
+        else:
+            log.info("Synthetic warmup of signature %s in %s done", signature.name, version_dir)

@@ -1,0 +1,96 @@
+"""Warmup replay, with files written by TensorFlow's own TFRecordWriter and PredictionLog."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
+
+from onnx_serving.client import Client
+from onnx_serving.client.tfrecord import TFRecordError, read_records, write_records
+from tests.models import add_constant
+from tests.server_process import ServerProcess
+
+
+def predict_log(x: list[float], input_name: str = "x") -> bytes:
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "ignored by warmup"
+    request.inputs[input_name].CopyFrom(tf.make_tensor_proto(np.array([x], np.float32).T))
+    return prediction_log_pb2.PredictionLog(
+        predict_log=prediction_log_pb2.PredictLog(request=request)
+    ).SerializeToString()
+
+
+def version_with_warmup(base: Path, records: list[bytes] | None) -> None:
+    version = base / "1"
+    version.mkdir(parents=True)
+    (version / "model.onnx").write_bytes(add_constant(1).SerializeToString())
+    if records is not None:
+        (version / "assets.extra").mkdir()
+        path = version / "assets.extra" / "tf_serving_warmup_requests"
+        with tf.io.TFRecordWriter(str(path)) as writer:
+            for record in records:
+                writer.write(record)
+
+
+def test_tfrecord_reader_matches_tensorflows_writer(tmp_path: Path) -> None:
+    records = [b"", b"abc", bytes(range(256)) * 400]
+    with tf.io.TFRecordWriter(str(tmp_path / "tf")) as writer:
+        for record in records:
+            writer.write(record)
+    assert list(read_records(tmp_path / "tf")) == records
+    write_records(tmp_path / "ours", records)
+    assert (tmp_path / "ours").read_bytes() == (tmp_path / "tf").read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda b: b[:-1], "cut short"),
+        (lambda b: b[:5], "cut short in its header"),
+        (lambda b: b[:20] + bytes([b[20] ^ 1]) + b[21:], "fails its checksum"),
+        (lambda b: struct.pack("<Q", 99) + b[8:], "corrupt length"),
+    ],
+)
+def test_tfrecord_reader_refuses_damaged_files(tmp_path: Path, damage, message: str) -> None:
+    write_records(tmp_path / "r", [b"x" * 32])
+    (tmp_path / "r").write_bytes(damage((tmp_path / "r").read_bytes()))
+    with pytest.raises(TFRecordError, match=message):
+        list(read_records(tmp_path / "r"))
+
+
+def test_warmup_replays_before_a_version_is_available(tmp_path: Path) -> None:
+    version_with_warmup(tmp_path / "good", [predict_log([1.0]), predict_log([2.0, 3.0])])
+    version_with_warmup(tmp_path / "bad", [predict_log([1.0]), predict_log([1.0], "nope")])
+    version_with_warmup(tmp_path / "many", [predict_log([1.0])] * 1001)
+    version_with_warmup(tmp_path / "synthetic", None)
+    config = tmp_path / "models.config"
+    config.write_text("model_config_list { " + " ".join(
+        f'config {{ name: "{name}" base_path: "{tmp_path / name}" }}'
+        for name in ("good", "bad", "many", "synthetic")
+    ) + " }")
+    server = ServerProcess(
+        [f"--model_config_file={config}", "--num_request_iterations_for_warmup=2",
+         "--max_num_load_retries=0", "--enable_synthetic_warmup"],
+        tmp_path / "server.log",
+    ).start()
+    try:
+        with Client(server.address) as client:
+            assert client.predict("good", {"x": np.array([[1.0]], np.float32)})["y"][0, 0] == 2.0
+            [bad] = client.status("bad")
+            assert bad.state == "END"
+            assert "warmup record 1 of" in bad.error_message
+            assert "Signature input alias: x(feed name: x) not found" in bad.error_message
+            [many] = client.status("many")
+            assert "Number of warmup records exceeds the maximum (1000)" in many.error_message
+            assert client.status("synthetic")[0].state == "AVAILABLE"
+        logs = server.logs()
+        warmed = logs.index("Number of warmup records read: 2.")
+        assert warmed < logs.index("Successfully loaded servable version {name: good")
+        assert "Synthetic warmup of signature serving_default" in logs
+    finally:
+        server.stop()
