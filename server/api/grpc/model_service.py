@@ -37,15 +37,7 @@ class ModelService(_Base):
         spec = checked_spec(request)
         # A label is ignored, as TF Serving ignores it here: every version is listed.
         version = spec.version.value if spec.HasField("version") else None
-        response = get_model_status_pb2.GetModelStatusResponse()
-        for status in self._manager.statuses(spec.name, version):
-            entry = response.model_version_status.add(version=status.version)
-            entry.state = int(status.state)  # type: ignore[assignment]
-            entry.status.SetInParent()
-            if status.error is not None:
-                entry.status.error_code = int(status.error.code)  # type: ignore[assignment]
-                entry.status.error_message = status.error.message
-        return response
+        return status_response(self._manager, spec.name, version)
 
     def HandleReloadConfigRequest(
         self, request: model_management_pb2.ReloadConfigRequest, context: grpc.ServicerContext
@@ -65,3 +57,18 @@ class ModelService(_Base):
         response = model_management_pb2.ReloadConfigResponse()
         response.status.SetInParent()
         return response
+
+
+def status_response(
+    manager: ModelManager[LoadedModel], name: str, version: int | None
+) -> get_model_status_pb2.GetModelStatusResponse:
+    """GetModelStatus's answer; REST prints the same message."""
+    response = get_model_status_pb2.GetModelStatusResponse()
+    for status in manager.statuses(name, version):
+        entry = response.model_version_status.add(version=status.version)
+        entry.state = int(status.state)  # type: ignore[assignment]
+        entry.status.SetInParent()
+        if status.error is not None:
+            entry.status.error_code = int(status.error.code)  # type: ignore[assignment]
+            entry.status.error_message = status.error.message
+    return response

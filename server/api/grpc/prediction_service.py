@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import grpc
 import numpy as np
 
@@ -56,10 +58,7 @@ class PredictionService(_Base):
             signatures = model.signatures
         response = get_model_metadata_pb2.GetModelMetadataResponse()
         fill_spec(response.model_spec, request.model_spec.name, version)
-        signature_map = get_model_metadata_pb2.SignatureDefMap()
-        for name, signature in signatures.items():
-            signature_map.signature_def[name].CopyFrom(signature_def(signature))
-        response.metadata[SIGNATURE_DEF].Pack(signature_map)
+        response.metadata[SIGNATURE_DEF].Pack(signature_def_map(signatures))
         return response
 
     def Classify(
@@ -99,6 +98,15 @@ def _decode(alias: str, proto: object) -> np.ndarray:
         return make_ndarray(proto)  # type: ignore[arg-type]
     except TensorCodecError as exc:
         raise InvalidArgument(f"tensor parsing error: {alias}: {exc}") from None
+
+
+def signature_def_map(
+    signatures: Mapping[str, Signature],
+) -> get_model_metadata_pb2.SignatureDefMap:
+    signature_map = get_model_metadata_pb2.SignatureDefMap()
+    for name, signature in signatures.items():
+        signature_map.signature_def[name].CopyFrom(signature_def(signature))
+    return signature_map
 
 
 def signature_def(signature: Signature) -> meta_graph_pb2.SignatureDef:

@@ -1,0 +1,118 @@
+"""The ASGI application: requests are read on the event loop and answered on the thread pool.
+
+Only reading the body happens on the loop; parsing, the model run and
+writing the response all run in the pool of ``--rest_api_num_threads``
+threads, under ``--rest_api_timeout_in_ms``. A request that runs out of
+time is answered DEADLINE_EXCEEDED (504) at once; its thread finishes the
+run it started (ONNX Runtime cannot be interrupted) and keeps its slot
+until then, so the pool's bound holds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Callable
+from concurrent.futures import Executor
+from typing import Final
+from urllib.parse import quote
+
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from onnx_serving.server.api.rest.body import MAX_BODY_BYTES, is_gzip, too_large
+from onnx_serving.server.api.rest.handlers import RestHandler
+from onnx_serving.server.api.rest.http_status import error_body, http_status
+from onnx_serving.server.api.rest.routes import V1_PATH
+from onnx_serving.server.errors import Code, FailedPrecondition, ServingError
+
+log = logging.getLogger(__name__)
+
+JSON: Final = "application/json"
+# What TF Serving's HTTP server (libevent) answers for paths outside /v1/.
+_NOT_FOUND: Final = (
+    b"<HTML><HEAD>\n<TITLE>404 Not Found</TITLE>\n</HEAD><BODY>\n<H1>Not Found</H1>\n"
+    b"</BODY></HTML>\n"
+)
+_CORS_ORIGIN: Final = re.compile(r"https?://")
+
+
+class RestApp:
+    def __init__(self, handler: RestHandler, executor: Executor, timeout_ms: int) -> None:
+        self._handler = handler
+        self._executor = executor
+        self._timeout_ms = timeout_ms
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        path = request_path(scope)
+        if not V1_PATH.fullmatch(path):
+            response = Response(_NOT_FOUND, 404, media_type="text/html")
+        else:
+            try:
+                response = await self._answer(Request(scope, receive), path)
+            except ClientDisconnect:
+                return  # nobody is left to answer
+        await response(scope, receive, send)
+
+    async def _answer(self, request: Request, path: str) -> Response:
+        method = request.method
+        try:
+            if method == "OPTIONS":
+                return _preflight(request)
+            body = await _read_body(request)
+            gzipped = is_gzip(request.headers.get("content-encoding", ""))
+
+            def work() -> bytes:
+                return self._handler.handle(method, path, body, gzipped).encode("utf-8")
+
+            return Response(await self._run(work), 200, media_type=JSON)
+        except ServingError as exc:
+            return Response(error_body(exc.message), http_status(exc), media_type=JSON)
+        except Exception as exc:
+            log.exception("Unexpected error answering %s %s", method, path)
+            return Response(error_body(f"internal error: {exc}"), 500, media_type=JSON)
+
+    async def _run(self, work: Callable[[], bytes]) -> bytes:
+        future = asyncio.get_running_loop().run_in_executor(self._executor, work)
+        if self._timeout_ms <= 0:
+            return await future
+        try:
+            return await asyncio.wait_for(future, self._timeout_ms / 1000)
+        except asyncio.TimeoutError:  # not yet the builtin TimeoutError on Python 3.10
+            raise ServingError(
+                f"Request did not complete within --rest_api_timeout_in_ms={self._timeout_ms}",
+                Code.DEADLINE_EXCEEDED,
+            ) from None
+
+
+def request_path(scope: Scope) -> str:
+    """The path as TF Serving matches it: raw, with the query string (its ``uri_path()``)."""
+    raw = scope.get("raw_path")
+    path = raw.decode("latin-1") if raw else quote(scope["path"])
+    query = scope.get("query_string") or b""
+    return f"{path}?{query.decode('latin-1')}" if query else path
+
+
+async def _read_body(request: Request) -> bytes:
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise too_large()
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise too_large()
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _preflight(request: Request) -> Response:
+    """CORS preflight, answered as TF Serving answers it."""
+    if _CORS_ORIGIN.search(request.headers.get("origin", "")):
+        return Response(b"", 200)
+    raise FailedPrecondition("Origin header is missing in CORS preflight")

@@ -1,0 +1,107 @@
+"""RestServer: uvicorn on its own thread and event loop, so REST traffic never waits on gRPC's.
+
+The port is bound here before uvicorn starts, so a busy port fails
+``start()`` with a ConfigError as the gRPC port does. Model work runs in a
+thread pool of ``threads`` workers (TF's --rest_api_num_threads), never on
+the event loop.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Final
+
+import uvicorn
+
+from onnx_serving.server.api.rest.app import RestApp
+from onnx_serving.server.api.rest.handlers import RestHandler
+from onnx_serving.server.errors import ConfigError
+from onnx_serving.server.repository.manager import ModelManager
+from onnx_serving.server.runtime.model import LoadedModel
+
+_HOST: Final = "0.0.0.0"
+# uvloop is not built for Windows; asyncio's own loop serves there.
+_LOOP: Final = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
+_START_TIMEOUT_S: Final = 30.0
+_STOP_TIMEOUT_S: Final = 10.0
+_GRACE_S: Final = 5
+
+
+class RestServer:
+    def __init__(
+        self,
+        manager: ModelManager[LoadedModel],
+        *,
+        port: int,
+        threads: int,
+        timeout_ms: int,
+    ) -> None:
+        self._manager = manager
+        self._port = port
+        self._threads = threads
+        self._timeout_ms = timeout_ms
+        self._executor: ThreadPoolExecutor | None = None
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Returns once the port listens and the loop serves it."""
+        sock = _listen(self._port)
+        self._executor = ThreadPoolExecutor(max(1, self._threads), thread_name_prefix="rest")
+        app = RestApp(RestHandler(self._manager), self._executor, self._timeout_ms)
+        config = uvicorn.Config(
+            app,
+            http="httptools",
+            loop=_LOOP,
+            ws="none",
+            lifespan="off",
+            interface="asgi3",
+            log_config=None,
+            access_log=False,
+            server_header=False,
+            proxy_headers=False,
+            timeout_graceful_shutdown=_GRACE_S,
+        )
+        self._server = uvicorn.Server(config)
+        # Run in a thread, uvicorn leaves signal handling to the main thread (the CLI's).
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [sock]}, name="rest-api", daemon=True
+        )
+        self._thread.start()
+        deadline = time.monotonic() + _START_TIMEOUT_S
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                self._server.should_exit = True
+                sock.close()
+                self._shutdown_pool()
+                raise ConfigError(f"Cannot serve the REST API on {_HOST}:{self._port}")
+            time.sleep(0.01)
+
+    def stop(self) -> None:
+        """Stops taking requests, lets those in flight finish (a few seconds at most)."""
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(_STOP_TIMEOUT_S)
+        self._shutdown_pool()
+
+    def _shutdown_pool(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _listen(port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        # As uvicorn binds: a restart may reuse a port whose old connections linger.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((_HOST, port))
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"Cannot listen on {_HOST}:{port}: {exc.strerror or exc}") from exc
+    return sock
