@@ -1,6 +1,6 @@
-# CPU image with TF Serving's Docker conventions: gRPC on 8500 (8501 is kept for
-# the REST API), and the model at ${MODEL_BASE_PATH}/${MODEL_NAME}, e.g.
-#   docker run -p 8500:8500 -v /path/to/half_plus_two:/models/half_plus_two \
+# CPU image with TF Serving's Docker conventions: gRPC on 8500, REST on 8501, and
+# the model at ${MODEL_BASE_PATH}/${MODEL_NAME}, e.g.
+#   docker run -p 8500:8500 -p 8501:8501 -v /path/to/half_plus_two:/models/half_plus_two \
 #     -e MODEL_NAME=half_plus_two onnx-serving
 # Flags after the image name reach the server, as with tensorflow/serving.
 FROM python:3.11-slim
@@ -12,7 +12,7 @@ COPY server server
 COPY client client
 RUN pip install --no-cache-dir '.[cpu]' \
  && printf '%s\n' '#!/bin/sh' \
-    'exec onnx-serving serve --port=8500 --model_name="${MODEL_NAME}" --model_base_path="${MODEL_BASE_PATH}/${MODEL_NAME}" "$@"' \
+    'exec onnx-serving serve --port=8500 --rest_api_port=8501 --model_name="${MODEL_NAME}" --model_base_path="${MODEL_BASE_PATH}/${MODEL_NAME}" "$@"' \
     > /usr/bin/tf_serving_entrypoint.sh \
  && chmod +x /usr/bin/tf_serving_entrypoint.sh
 

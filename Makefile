@@ -19,9 +19,12 @@ $(VENV)/.test-installed: $(BIN)/python pyproject.toml setup.py
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $@ $(VENV)/.serve-installed
 
-# Serves the bundled example models (half_plus_two, half_plus_three) on port 8500.
+# Serves the bundled example models (half_plus_two, half_plus_three): gRPC on port 8500,
+# REST on 8501.
+REST_PORT ?= 8501
 serve: $(VENV)/.serve-installed
-	$(BIN)/onnx-serving serve --port=$(PORT) --model_config_file=examples/models.config
+	$(BIN)/onnx-serving serve --port=$(PORT) --rest_api_port=$(REST_PORT) \
+		--model_config_file=examples/models.config
 
 test: $(VENV)/.test-installed lint
 	$(BIN)/python -m pytest

@@ -4,15 +4,24 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
+from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import grpc
+from grpc_health.v1.health import HealthServicer
 
 from onnx_serving.server.api.grpc.server import build_server
-from onnx_serving.server.config import ModelConfig, read_config_file, single_model
-from onnx_serving.server.errors import ConfigError, ServingError
+from onnx_serving.server.config import (
+    ModelConfig,
+    read_config_file,
+    read_monitoring_config,
+    single_model,
+)
+from onnx_serving.server.errors import ConfigError, ModelLoadError, ServingError
 from onnx_serving.server.flags import ServerOptions
+from onnx_serving.server.metrics import Metrics, VersionCounts
 from onnx_serving.server.repository.core import RepositoryCore
 from onnx_serving.server.repository.manager import LoadOptions, ModelManager, Transition
 from onnx_serving.server.repository.poller import Poller
@@ -46,6 +55,16 @@ class App:
             synthetic=options.enable_synthetic_warmup,
             synthetic_dim=options.synthetic_warmup_dim,
         )
+        self._metrics_path = (
+            read_monitoring_config(Path(options.monitoring_config_file))
+            if options.monitoring_config_file else None
+        )
+        if self._metrics_path is not None and not options.rest_api_port:
+            raise ConfigError(
+                "--monitoring_config_file enables Prometheus, which is served on the REST "
+                "port: set --rest_api_port too"
+            )
+        self.metrics = Metrics(versions=self._version_counts)
         self.manager: ModelManager[LoadedModel] = ModelManager(
             self._load,
             LoadOptions(
@@ -55,6 +74,8 @@ class App:
                 unload_threads=options.num_unload_threads,
                 transition=Transition(options.version_transition_policy),
             ),
+            observer=self.metrics,
+            describe=lambda model: f" on {', '.join(model.providers)}",
         )
         self._poller = Poller(self.manager, options.file_system_poll_wait_seconds)
         self.core = RepositoryCore(
@@ -62,13 +83,27 @@ class App:
             allow_unavailable_labels=options.allow_version_labels_for_unavailable_models,
         )
         self._server: grpc.Server | None = None
+        self._health = HealthServicer() if options.enable_grpc_healthcheck_service else None
         self._rest: RestServer | None = None
         self._stopped = threading.Event()
 
     def _load(self, version_dir: Path) -> LoadedModel:
         model = load(version_dir, self._session_options)
-        warm_up(model, version_dir, self._warmup_options)
+        started = time.perf_counter()
+        try:
+            warm_up(model, version_dir, self._warmup_options)
+        except ModelLoadError:
+            self.metrics.warmup(str(version_dir), False, time.perf_counter() - started)
+            raise
+        self.metrics.warmup(str(version_dir), True, time.perf_counter() - started)
         return model
+
+    def _version_counts(self) -> list[VersionCounts]:
+        counts = []
+        for name, models in self.manager.available().items():
+            providers = Counter(p for model in models for p in model.providers)
+            counts.append(VersionCounts(name, len(models), dict(providers)))
+        return counts
 
     def start(self) -> None:
         """Loads the initial models, then opens the ports (as TF Serving does)."""
@@ -83,9 +118,12 @@ class App:
         server = build_server(
             self.manager,
             reload=self.core.apply,
+            metrics=self.metrics,
             max_threads=self.options.grpc_threads,
             channel_arguments=self.options.grpc_channel_arguments,
             tensor_content=self.options.enable_serialization_as_tensor_content,
+            access_log=self.options.enable_access_log,
+            health_servicer=self._health,
         )
         addresses = []
         if self.options.port:
@@ -112,6 +150,9 @@ class App:
                 port=self.options.rest_api_port,
                 threads=self.options.rest_threads,
                 timeout_ms=self.options.rest_api_timeout_in_ms,
+                metrics=self.metrics,
+                metrics_path=self._metrics_path,
+                access_log=self.options.enable_access_log,
             )
             self._rest.start()
             log.info("Exporting HTTP/REST API at:localhost:%d ...", self.options.rest_api_port)
@@ -149,6 +190,8 @@ class App:
     def stop(self, grace: float = 5.0) -> None:
         """Stops taking requests and lets those in flight finish, for at most ``grace`` seconds."""
         self._stopped.set()
+        if self._health is not None:
+            self._health.enter_graceful_shutdown()
         self._poller.stop()
         if self._rest is not None:
             self._rest.stop()

@@ -14,7 +14,10 @@ from pathlib import Path
 
 from google.protobuf import text_format
 
-from onnx_serving.protos.tensorflow_serving.config import model_server_config_pb2
+from onnx_serving.protos.tensorflow_serving.config import (
+    model_server_config_pb2,
+    monitoring_config_pb2,
+)
 from onnx_serving.protos.tensorflow_serving.config.file_system_storage_path_source_pb2 import (
     FileSystemStoragePathSourceConfig,
 )
@@ -22,6 +25,7 @@ from onnx_serving.server.errors import ConfigError
 from onnx_serving.server.repository.policy import All, Latest, Specific, VersionPolicy
 
 PLATFORMS = ("", "onnx", "tensorflow")
+DEFAULT_METRICS_PATH = "/monitoring/prometheus/metrics"
 ServableVersionPolicy = FileSystemStoragePathSourceConfig.ServableVersionPolicy
 
 
@@ -110,3 +114,22 @@ def _policy(message: ServableVersionPolicy) -> VersionPolicy:
             raise ConfigError("A specific version policy must list at least one version")
         return Specific(frozenset(message.specific.versions))
     return Latest(message.latest.num_versions or 1)
+
+
+def read_monitoring_config(path: Path) -> str | None:
+    """The path metrics are served at on the REST port, or None when Prometheus is off."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"Cannot read monitoring config file {path}: {exc}") from exc
+    message = monitoring_config_pb2.MonitoringConfig()
+    try:
+        text_format.Parse(text, message)
+    except text_format.ParseError as exc:
+        raise ConfigError(
+            f"Error parsing text-format tensorflow.serving.MonitoringConfig in {path}: {exc}"
+        ) from exc
+    prometheus = message.prometheus_config
+    if not prometheus.enable:
+        return None
+    return prometheus.path or DEFAULT_METRICS_PATH

@@ -46,9 +46,12 @@ class ServerOptions:
     enable_synthetic_warmup: bool = False
     synthetic_warmup_dim: int = 1
     version_transition_policy: str = "availability_preserving"
+    enable_access_log: bool = False
     rest_api_port: int = 0  # 0: no REST API, as TF Serving
     rest_api_num_threads: int = 0  # 0: four per CPU
     rest_api_timeout_in_ms: int = 30000
+    monitoring_config_file: str = ""
+    enable_grpc_healthcheck_service: bool = False
 
     @property
     def grpc_threads(self) -> int:
@@ -84,7 +87,6 @@ _NOT_YET: dict[str, str] = {
     "enable_batching": "false",
     "batching_parameters_file": "",
     "enable_per_model_batching_parameters": "false",
-    "monitoring_config_file": "",
     "flush_filesystem_caches": "true",
     "saved_model_tags": "serve",
     "tensorflow_session_config_file": "",
@@ -94,7 +96,6 @@ _NOT_YET: dict[str, str] = {
     "use_alts_credentials": "false",
     "enable_signature_method_name_check": "false",
     "enable_profiler": "true",
-    "enable_grpc_healthcheck_service": "false",
     "prefer_tflite_model": "false",
     "use_tflite_model": "false",
     "thread_pool_factory_config_file": "",

@@ -41,7 +41,7 @@ def test_flag_syntaxes() -> None:
         (["--no_such_flag=1"], "Unknown command line flag 'no_such_flag'"),
         (["--port=eighty"], "Illegal value 'eighty' for flag --port"),
         (["--enable_batching=true"], "Flag --enable_batching=true is a TF Serving flag"),
-        (["--monitoring_config_file=/m.txt"], "--monitoring_config_file=/m.txt"),
+        (["--ssl_config_file=/ssl.txt"], "--ssl_config_file=/ssl.txt"),
         (["--rest_api_port=8500"], "--port and --rest_api_port must differ"),
         (["--version_transition_policy=eager"], "expected availability_preserving or"),
         (["--max_num_load_retries=-1"], "expected a count of 0 or more"),

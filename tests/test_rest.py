@@ -35,6 +35,7 @@ from onnx_serving.server.api.rest.rapidjson_compat import debug_string, double_t
 from onnx_serving.server.api.rest.server import RestServer
 from onnx_serving.server.api.rest.tensor_text import element_texts, tensor_json
 from onnx_serving.server.errors import Code, ConfigError, InvalidArgument
+from onnx_serving.server.metrics import Metrics
 from onnx_serving.server.repository.manager import ModelManager
 from tests.models import EXAMPLES
 from tests.server_process import ServerProcess, free_port
@@ -676,7 +677,7 @@ def test_busy_port_is_a_config_error() -> None:
         holder.bind(("0.0.0.0", 0))
         holder.listen()
         port = holder.getsockname()[1]
-        server = RestServer(manager, port=port, threads=1, timeout_ms=0)
+        server = RestServer(manager, port=port, threads=1, timeout_ms=0, metrics=Metrics())
         with pytest.raises(ConfigError, match=f"Cannot listen on 0.0.0.0:{port}"):
             server.start()
     manager.close()
@@ -685,7 +686,7 @@ def test_busy_port_is_a_config_error() -> None:
 def test_start_answers_and_stop_frees_the_port() -> None:
     manager: ModelManager[Any] = ModelManager(lambda path: path)
     port = free_port()
-    server = RestServer(manager, port=port, threads=2, timeout_ms=1000)
+    server = RestServer(manager, port=port, threads=2, timeout_ms=1000, metrics=Metrics())
     server.start()
     try:
         response = requests.get(f"http://127.0.0.1:{port}/v1/models/x", timeout=TIMEOUT)

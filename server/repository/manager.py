@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 from onnx_serving.server.config import ModelConfig
 from onnx_serving.server.errors import (
@@ -110,16 +110,29 @@ class _Model(Generic[S]):
         return [v for v, s in self.versions.items() if s.state is State.AVAILABLE]
 
 
+class LifecycleObserver(Protocol):
+    """Told of every load and unload (the metrics are one)."""
+
+    def load(self, model: str, ok: bool, seconds: float) -> None: ...
+
+    def unload(self, model: str, seconds: float) -> None: ...
+
+
 class ModelManager(Generic[S]):
     def __init__(
         self,
         loader: Callable[[Path], S],
         options: LoadOptions | None = None,
         *,
+        observer: LifecycleObserver | None = None,
+        describe: Callable[[S], str] = lambda servable: "",
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``describe`` adds to the log line of a load (the providers in use, say)."""
         self._loader = loader
         self._options = options or LoadOptions()
+        self._observer = observer
+        self._describe = describe
         self._clock = clock
         self._lock = threading.Condition()
         self._models: dict[str, _Model[S]] = {}
@@ -254,6 +267,15 @@ class ModelManager(Generic[S]):
         with self._lock:
             return sorted(n for n, m in self._models.items() if not m.removed)
 
+    def available(self) -> dict[str, list[S]]:
+        """A snapshot of what serves now, by model (for metrics)."""
+        with self._lock:
+            return {
+                name: [s.servable for s in m.versions.values()
+                       if s.state is State.AVAILABLE and s.servable is not None]
+                for name, m in self._models.items() if not m.removed
+            }
+
     def wait_settled(self, names: Iterable[str], timeout: float | None = None) -> dict[str, str]:
         """Waits until every aspired version of these models has loaded or failed its first
         attempt (retries go on in the background).
@@ -369,20 +391,29 @@ class ModelManager(Generic[S]):
         try:
             servable = self._loader(state.path)
         except ModelLoadError as exc:
+            self._observe_load(name, False, started)
             self._load_failed(model, state, exc)
             return
         except Exception as exc:  # a loader bug must not kill the worker or hide the version
             log.exception("Unexpected error loading %s version %d", name, state.version)
+            self._observe_load(name, False, started)
             self._load_failed(model, state, ModelLoadError(f"unexpected error: {exc}"))
             return
+        seconds = self._observe_load(name, True, started)
         with self._lock:
             state.servable, state.state, state.error, state.busy = (
                 servable, State.AVAILABLE, None, False
             )
-            log.info("Successfully loaded servable version {name: %s version: %d} in %.0f ms",
-                     name, state.version, (self._clock() - started) * 1000)
+            log.info("Successfully loaded servable version {name: %s version: %d} in %.0f ms%s",
+                     name, state.version, seconds * 1000, self._describe(servable))
             self._reconcile(model)
             self._lock.notify_all()
+
+    def _observe_load(self, name: str, ok: bool, started: float) -> float:
+        seconds = self._clock() - started
+        if self._observer is not None:
+            self._observer.load(name, ok, seconds)
+        return seconds
 
     def _load_failed(self, model: _Model[S], state: _Version[S], error: ServingError) -> None:
         with self._lock:
@@ -403,6 +434,7 @@ class ModelManager(Generic[S]):
             self._lock.notify_all()
 
     def _unload(self, model: _Model[S], state: _Version[S]) -> None:
+        started = self._clock()
         with self._lock:
             while state.in_flight:
                 self._lock.wait()
@@ -410,10 +442,13 @@ class ModelManager(Generic[S]):
         del servable
         gc.collect()
         _return_freed_memory()
+        seconds = self._clock() - started
+        if self._observer is not None:
+            self._observer.unload(model.config.name, seconds)
         with self._lock:
             state.state, state.busy = State.END, False
-            log.info("Unloaded servable version {name: %s version: %d}",
-                     model.config.name, state.version)
+            log.info("Unloaded servable version {name: %s version: %d} in %.0f ms",
+                     model.config.name, state.version, seconds * 1000)
             self._reconcile(model)
             self._lock.notify_all()
 

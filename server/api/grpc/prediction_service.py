@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import grpc
 import numpy as np
@@ -20,6 +20,7 @@ from onnx_serving.protos.tensorflow_serving.apis import (
 from onnx_serving.server.api.grpc.model_spec import acquire, checked_spec, fill_spec
 from onnx_serving.server.api.grpc.status import translate_errors
 from onnx_serving.server.errors import InvalidArgument, Unimplemented
+from onnx_serving.server.metrics import GRPC, Metrics, StageClock
 from onnx_serving.server.repository.manager import ModelManager
 from onnx_serving.server.runtime.graph import Shape
 from onnx_serving.server.runtime.model import LoadedModel
@@ -32,16 +33,28 @@ _Base = prediction_service_pb2_grpc.PredictionServiceServicer
 @translate_errors(_Base)
 class PredictionService(_Base):
     def __init__(
-        self, manager: ModelManager[LoadedModel], *, tensor_content: bool = False
+        self,
+        manager: ModelManager[LoadedModel],
+        metrics: Metrics,
+        *,
+        tensor_content: bool = False,
     ) -> None:
         self._manager = manager
+        self._metrics = metrics
         self._tensor_content = tensor_content
 
     def Predict(
         self, request: predict_pb2.PredictRequest, context: grpc.ServicerContext
     ) -> predict_pb2.PredictResponse:
+        name = request.model_spec.name
+
+        def observe(stage: str, seconds: float) -> None:
+            self._metrics.stage(name, GRPC, stage, seconds)
+
         with acquire(self._manager, request) as (version, model):
-            return run_predict(model, version, request, tensor_content=self._tensor_content)
+            return run_predict(
+                model, version, request, tensor_content=self._tensor_content, observe=observe
+            )
 
     def GetModelMetadata(
         self, request: get_model_metadata_pb2.GetModelMetadataRequest, context: grpc.ServicerContext
@@ -78,18 +91,30 @@ class PredictionService(_Base):
 
 
 def run_predict(
-    model: LoadedModel, version: int, request: predict_pb2.PredictRequest, *, tensor_content: bool
+    model: LoadedModel,
+    version: int,
+    request: predict_pb2.PredictRequest,
+    *,
+    tensor_content: bool,
+    observe: Callable[[str, float], None] | None = None,
 ) -> predict_pb2.PredictResponse:
-    """Predict on one pinned version; warmup replays requests through here too."""
+    """Predict on one pinned version; warmup replays requests through here too.
+
+    ``observe`` gets the seconds spent in each stage: decode, run, encode.
+    """
+    clock = StageClock(observe)
     signature = find_signature(model.signatures, request.model_spec.signature_name)
     # Checked again by predict(); first here so key errors precede decoding ones, as in TF.
     signature.check_input_keys(request.inputs.keys())
     inputs = {alias: _decode(alias, proto) for alias, proto in request.inputs.items()}
+    clock.lap("decode")
     prediction = model.predict(signature, inputs, request.output_filter)
+    clock.lap("run")
     response = predict_pb2.PredictResponse()
     fill_spec(response.model_spec, request.model_spec.name, version, signature.name)
     for alias, array in prediction.items():
         encode_into(response.outputs[alias], array, tensor_content=tensor_content)
+    clock.lap("encode")
     return response
 
 

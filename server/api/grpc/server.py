@@ -1,23 +1,44 @@
-"""Builds the gRPC server: TF Serving's two services, its message limits and channel args."""
+"""Builds the gRPC server: TF Serving's two services, its message limits and channel args.
+
+Server reflection is on, describing our messages from our private descriptor
+pool, so grpcurl lists and calls the services with no .proto files at hand.
+The standard health service is added with --enable_grpc_healthcheck_service.
+"""
 
 from __future__ import annotations
 
 from concurrent import futures
 
 import grpc
+from google.protobuf.descriptor import FileDescriptor
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection, reflection_pb2
 
+from onnx_serving.protos._pool import POOL
 from onnx_serving.protos.tensorflow_serving.apis import (
+    model_service_pb2,
     model_service_pb2_grpc,
+    prediction_service_pb2,
     prediction_service_pb2_grpc,
 )
 from onnx_serving.server.api.grpc.model_service import ModelService, Reload
+from onnx_serving.server.api.grpc.observe import ObserveRequests
 from onnx_serving.server.api.grpc.prediction_service import PredictionService
 from onnx_serving.server.errors import ConfigError
+from onnx_serving.server.metrics import Metrics
 from onnx_serving.server.repository.manager import ModelManager
 from onnx_serving.server.runtime.model import LoadedModel
 
 # TF Serving's limit in both directions, not gRPC Python's 4 MB default.
 MAX_MESSAGE_BYTES = 2**31 - 1
+# The _pb2_grpc modules leave the services' own files unimported; reflection needs them.
+SERVICES = tuple(
+    module.DESCRIPTOR.services_by_name[name].full_name
+    for module, name in ((prediction_service_pb2, "PredictionService"),
+                         (model_service_pb2, "ModelService"))
+)
+# The names TF Serving's health service reports, and the full ones standard probes use.
+HEALTH_NAMES = ("", "ModelService", "PredictionService", *SERVICES)
 
 
 def parse_channel_arguments(raw: str) -> list[tuple[str, int | str]]:
@@ -40,10 +61,15 @@ def build_server(
     manager: ModelManager[LoadedModel],
     *,
     reload: Reload,
+    metrics: Metrics,
     max_threads: int,
     channel_arguments: str = "",
     tensor_content: bool = False,
+    access_log: bool = False,
+    health_servicer: health.HealthServicer | None = None,
 ) -> grpc.Server:
+    """``health_servicer``, when given, is served and its services are set SERVING: the
+    server is built only once the initial models have loaded."""
     options: dict[str, int | str] = {
         "grpc.max_receive_message_length": MAX_MESSAGE_BYTES,
         "grpc.max_send_message_length": MAX_MESSAGE_BYTES,
@@ -53,12 +79,32 @@ def build_server(
     }
     options.update(parse_channel_arguments(channel_arguments))
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=max_threads), options=list(options.items())
+        futures.ThreadPoolExecutor(max_workers=max_threads),
+        options=list(options.items()),
+        interceptors=[ObserveRequests(metrics, access_log_enabled=access_log)],
     )
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-        PredictionService(manager, tensor_content=tensor_content), server
+        PredictionService(manager, metrics, tensor_content=tensor_content), server
     )
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(
         ModelService(manager, reload), server
     )
+    names = list(SERVICES)
+    if health_servicer is not None:
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        for name in HEALTH_NAMES:
+            health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        names.append(health_pb2.DESCRIPTOR.services_by_name["Health"].full_name)
+    names.append(reflection.SERVICE_NAME)
+    for file in (health_pb2.DESCRIPTOR, reflection_pb2.DESCRIPTOR):
+        _add_to_pool(file)
+    reflection.enable_server_reflection(names, server, pool=POOL)
     return server
+
+
+def _add_to_pool(file: FileDescriptor) -> None:
+    """Our pool must describe the health and reflection services too, for reflection."""
+    try:
+        POOL.FindFileByName(file.name)
+    except KeyError:
+        POOL.AddSerializedFile(file.serialized_pb)

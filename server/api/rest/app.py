@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import Final
@@ -25,10 +26,12 @@ from starlette.types import Receive, Scope, Send
 from onnx_serving.server.api.rest.body import MAX_BODY_BYTES, is_gzip, too_large
 from onnx_serving.server.api.rest.handlers import RestHandler
 from onnx_serving.server.api.rest.http_status import error_body, http_status
-from onnx_serving.server.api.rest.routes import V1_PATH
+from onnx_serving.server.api.rest.routes import V1_PATH, Route, parse_route
 from onnx_serving.server.errors import Code, FailedPrecondition, ServingError
+from onnx_serving.server.metrics import CONTENT_TYPE, REST, Metrics
 
 log = logging.getLogger(__name__)
+access_log = logging.getLogger("onnx_serving.access")
 
 JSON: Final = "application/json"
 # What TF Serving's HTTP server (libevent) answers for paths outside /v1/.
@@ -40,16 +43,31 @@ _CORS_ORIGIN: Final = re.compile(r"https?://")
 
 
 class RestApp:
-    def __init__(self, handler: RestHandler, executor: Executor, timeout_ms: int) -> None:
+    def __init__(
+        self,
+        handler: RestHandler,
+        executor: Executor,
+        timeout_ms: int,
+        metrics: Metrics,
+        *,
+        metrics_path: str | None = None,
+        access_log: bool = False,
+    ) -> None:
+        """``metrics_path``: where Prometheus scrapes (--monitoring_config_file), if anywhere."""
         self._handler = handler
         self._executor = executor
         self._timeout_ms = timeout_ms
+        self._metrics = metrics
+        self._metrics_path = metrics_path
+        self._access_log = access_log
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
         path = request_path(scope)
-        if not V1_PATH.fullmatch(path):
+        if self._metrics_path is not None and scope["path"] == self._metrics_path:
+            response = Response(self._metrics.render(), 200, media_type=CONTENT_TYPE)
+        elif not V1_PATH.fullmatch(path):
             response = Response(_NOT_FOUND, 404, media_type="text/html")
         else:
             try:
@@ -60,21 +78,38 @@ class RestApp:
 
     async def _answer(self, request: Request, path: str) -> Response:
         method = request.method
+        started = time.perf_counter()
+        route: Route | None = None
+        code = Code.OK
         try:
             if method == "OPTIONS":
                 return _preflight(request)
+            route = parse_route(method, path)
             body = await _read_body(request)
             gzipped = is_gzip(request.headers.get("content-encoding", ""))
+            answered = route
 
             def work() -> bytes:
-                return self._handler.handle(method, path, body, gzipped).encode("utf-8")
+                return self._handler.handle(answered, body, gzipped).encode("utf-8")
 
             return Response(await self._run(work), 200, media_type=JSON)
         except ServingError as exc:
+            code = exc.code
             return Response(error_body(exc.message), http_status(exc), media_type=JSON)
         except Exception as exc:
+            code = Code.INTERNAL
             log.exception("Unexpected error answering %s %s", method, path)
             return Response(error_body(f"internal error: {exc}"), 500, media_type=JSON)
+        finally:
+            if route is not None:
+                self._record(route, code, time.perf_counter() - started)
+
+    def _record(self, route: Route, code: Code, seconds: float) -> None:
+        self._metrics.request(route.name, route.kind, REST, code, seconds)
+        if self._access_log:
+            version = route.version if route.version is not None else route.label or ""
+            access_log.info("rest %s model=%s version=%s status=%s ms=%.2f",
+                            route.kind, route.name, version, code.name, seconds * 1000)
 
     async def _run(self, work: Callable[[], bytes]) -> bytes:
         future = asyncio.get_running_loop().run_in_executor(self._executor, work)

@@ -8,25 +8,28 @@ model version and signature, then the inputs.
 
 from __future__ import annotations
 
+import functools
+
 from onnx_serving.server.api.rest.body import gunzip
 from onnx_serving.server.api.rest.model_info import metadata_json, status_json
 from onnx_serving.server.api.rest.predict_request import read_inputs, signature_name
 from onnx_serving.server.api.rest.predict_response import columnar_json, row_json
 from onnx_serving.server.api.rest.rapidjson_compat import parse_object
-from onnx_serving.server.api.rest.routes import Route, parse_route
+from onnx_serving.server.api.rest.routes import Route
 from onnx_serving.server.errors import InvalidArgument, Unimplemented
+from onnx_serving.server.metrics import REST, Metrics, StageClock
 from onnx_serving.server.repository.manager import ModelManager
 from onnx_serving.server.runtime.model import LoadedModel
 from onnx_serving.server.runtime.signature import DEFAULT_SIGNATURE
 
 
 class RestHandler:
-    def __init__(self, manager: ModelManager[LoadedModel]) -> None:
+    def __init__(self, manager: ModelManager[LoadedModel], metrics: Metrics) -> None:
         self._manager = manager
+        self._metrics = metrics
 
-    def handle(self, method: str, path: str, body: bytes, gzipped: bool) -> str:
+    def handle(self, route: Route, body: bytes, gzipped: bool) -> str:
         """The JSON response body; errors are raised as ServingError."""
-        route = parse_route(method, path)
         if route.kind == "status":
             return status_json(self._manager, route.name, route.version)
         if route.kind == "metadata":
@@ -42,6 +45,7 @@ class RestHandler:
         raise Unimplemented(f"{what} is not implemented by onnx-serving yet; use Predict")
 
     def _predict(self, route: Route, body: bytes) -> str:
+        clock = StageClock(functools.partial(self._metrics.stage, route.name, REST))
         document = parse_object(body)
         requested = signature_name(document)
         # The version stays pinned (not unloaded) until its outputs are out.
@@ -58,5 +62,9 @@ class RestHandler:
                 )
             dtypes = {alias: spec.dtype for alias, spec in signature.inputs.items()}
             inputs = read_inputs(document, dtypes)
+            clock.lap("decode")
             outputs = model.predict(signature, inputs.tensors)
-        return columnar_json(outputs) if inputs.columnar else row_json(outputs)
+            clock.lap("run")
+        text = columnar_json(outputs) if inputs.columnar else row_json(outputs)
+        clock.lap("encode")
+        return text

@@ -20,6 +20,7 @@ import uvicorn
 from onnx_serving.server.api.rest.app import RestApp
 from onnx_serving.server.api.rest.handlers import RestHandler
 from onnx_serving.server.errors import ConfigError
+from onnx_serving.server.metrics import Metrics
 from onnx_serving.server.repository.manager import ModelManager
 from onnx_serving.server.runtime.model import LoadedModel
 
@@ -39,8 +40,14 @@ class RestServer:
         port: int,
         threads: int,
         timeout_ms: int,
+        metrics: Metrics,
+        metrics_path: str | None = None,
+        access_log: bool = False,
     ) -> None:
         self._manager = manager
+        self._metrics = metrics
+        self._metrics_path = metrics_path
+        self._access_log = access_log
         self._port = port
         self._threads = threads
         self._timeout_ms = timeout_ms
@@ -52,7 +59,10 @@ class RestServer:
         """Returns once the port listens and the loop serves it."""
         sock = _listen(self._port)
         self._executor = ThreadPoolExecutor(max(1, self._threads), thread_name_prefix="rest")
-        app = RestApp(RestHandler(self._manager), self._executor, self._timeout_ms)
+        app = RestApp(
+            RestHandler(self._manager, self._metrics), self._executor, self._timeout_ms,
+            self._metrics, metrics_path=self._metrics_path, access_log=self._access_log,
+        )
         config = uvicorn.Config(
             app,
             http="httptools",

@@ -1,0 +1,79 @@
+"""Request metrics and the access log for every model RPC, as one server interceptor.
+
+TF Serving counts Predict, Classify, Regress and MultiInference by model and
+status, and times the successful ones; the access log (off unless asked for)
+writes one line per such request. Both read the final status from the call's
+context, so they see exactly what the client got.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+
+from onnx_serving.server.errors import Code
+from onnx_serving.server.metrics import GRPC, Metrics
+
+access_log = logging.getLogger("onnx_serving.access")
+
+_PREFIX = "/tensorflow.serving.PredictionService/"
+_OBSERVED = ("Predict", "Classify", "Regress", "MultiInference")
+
+
+def _model_name(request: Any) -> str:
+    spec = getattr(request, "model_spec", None)
+    if spec is not None:
+        return str(spec.name)
+    tasks = getattr(request, "tasks", ())  # MultiInference names its model per task
+    return str(tasks[0].model_spec.name) if tasks else ""
+
+
+class ObserveRequests(grpc.ServerInterceptor):
+    def __init__(self, metrics: Metrics, *, access_log_enabled: bool = False) -> None:
+        self._metrics = metrics
+        self._access_log = access_log_enabled
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = continuation(handler_call_details)
+        method = handler_call_details.method  # type: ignore[attr-defined]
+        api = method.removeprefix(_PREFIX)
+        if handler is None or not method.startswith(_PREFIX) or api not in _OBSERVED:
+            return handler
+        behavior = handler.unary_unary
+
+        def observed(request: Any, context: grpc.ServicerContext) -> Any:
+            started = time.perf_counter()
+            response = None
+            try:
+                response = behavior(request, context)
+                return response
+            finally:
+                self._record(api, request, response, context, time.perf_counter() - started)
+
+        return grpc.unary_unary_rpc_method_handler(
+            observed,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+    def _record(
+        self, api: str, request: Any, response: Any, context: grpc.ServicerContext, seconds: float
+    ) -> None:
+        code = context.code()  # type: ignore[attr-defined]
+        status = Code(code.value[0]) if code is not None else Code.OK
+        model = _model_name(request)
+        self._metrics.request(model, api, GRPC, status, seconds)
+        if self._access_log:
+            spec = getattr(response, "model_spec", None)
+            version = spec.version.value if spec is not None else ""
+            signature = getattr(getattr(request, "model_spec", None), "signature_name", "")
+            access_log.info("grpc %s model=%s version=%s signature=%s status=%s ms=%.2f",
+                            api, model, version, signature, status.name, seconds * 1000)

@@ -1,0 +1,172 @@
+"""Prometheus metrics under TF Serving's names, plus onnx-serving's own.
+
+TF Serving's exporter names each metric after its TensorFlow monitoring path
+(``/tensorflow/serving/request_count`` → ``:tensorflow:serving:request_count``),
+counters without a ``_total`` suffix; dashboards built on it keep working
+because the same names, labels, units (microseconds) and buckets are served
+here. Values are kept by prometheus-client; ``render`` prints them in TF's
+naming.
+
+onnx-serving's own metrics (``:onnx_serving:...``) add per-stage request
+latency, load/unload/warmup durations and failures, the execution providers
+in use, and the versions available per model.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
+
+from onnx_serving.server.errors import Code
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+# TF Serving's request and runtime latency buckets: 10 µs * 1.8^i, 33 of them.
+_TF_BUCKETS = [10 * 1.8**i for i in range(33)]
+# Loads and warmups take seconds to minutes: 1 ms * 2^i up to about 9 hours.
+_LOAD_BUCKETS = [1e3 * 2**i for i in range(25)]
+
+GRPC, REST = "GRPC", "REST"
+
+
+@dataclass(frozen=True)
+class VersionCounts:
+    model_name: str
+    available: int
+    providers: dict[str, int]  # provider → available versions using it
+
+
+class Metrics:
+    """Every metric the server exports; one per app, passed to who records."""
+
+    def __init__(self, versions: Callable[[], Iterable[VersionCounts]] | None = None) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self._requests = Counter(
+            ":tensorflow:serving:request_count", "The total number of requests.",
+            ["model_name", "status"], registry=r,
+        )
+        self._request_latency = Histogram(
+            ":tensorflow:serving:request_latency",
+            "Distribution of wall time (in microseconds) for Tensorflow Serving request.",
+            ["model_name", "API", "entrypoint"], buckets=_TF_BUCKETS, registry=r,
+        )
+        self._runtime_latency = Histogram(
+            ":tensorflow:serving:runtime_latency",
+            "Distribution of wall time (in microseconds) for Tensorflow runtime.",
+            ["model_name", "API", "runtime"], buckets=_TF_BUCKETS, registry=r,
+        )
+        self._warmup_latency = Histogram(
+            ":tensorflow:serving:model_warmup_latency",
+            "Distribution of wall time (in microseconds) for warming up the model.",
+            ["model_path", "status"], buckets=_LOAD_BUCKETS, registry=r,
+        )
+        self._stage_latency = Histogram(
+            ":onnx_serving:request_stage_latency",
+            "Wall time (in microseconds) of each stage of a request: decode, run, encode.",
+            ["model_name", "entrypoint", "stage"], buckets=_TF_BUCKETS, registry=r,
+        )
+        self._load_latency = Histogram(
+            ":onnx_serving:model_load_latency",
+            "Wall time (in microseconds) to load a model version, warmup included.",
+            ["model_name", "status"], buckets=_LOAD_BUCKETS, registry=r,
+        )
+        self._unload_latency = Histogram(
+            ":onnx_serving:model_unload_latency",
+            "Wall time (in microseconds) to unload a model version, waiting for its "
+            "requests in flight included.",
+            ["model_name"], buckets=_LOAD_BUCKETS, registry=r,
+        )
+        if versions is not None:
+            r.register(_VersionCollector(versions))
+
+    def request(self, model: str, api: str, entrypoint: str, code: Code, seconds: float) -> None:
+        """One finished request. As in TF Serving, latency counts successes only."""
+        self._requests.labels(model, code.name).inc()
+        if code is Code.OK:
+            self._request_latency.labels(model, api, entrypoint).observe(seconds * 1e6)
+
+    def stage(self, model: str, entrypoint: str, stage: str, seconds: float) -> None:
+        self._stage_latency.labels(model, entrypoint, stage).observe(seconds * 1e6)
+        if stage == "run":
+            api = "Predict" if entrypoint == GRPC else "predict"
+            self._runtime_latency.labels(model, api, "ONNXRuntime").observe(seconds * 1e6)
+
+    def warmup(self, model_path: str, ok: bool, seconds: float) -> None:
+        self._warmup_latency.labels(model_path, "OK" if ok else "FAILED").observe(seconds * 1e6)
+
+    def load(self, model: str, ok: bool, seconds: float) -> None:
+        self._load_latency.labels(model, "OK" if ok else "FAILED").observe(seconds * 1e6)
+
+    def unload(self, model: str, seconds: float) -> None:
+        self._unload_latency.labels(model).observe(seconds * 1e6)
+
+    def render(self) -> bytes:
+        return "".join(_exposition(self.registry.collect())).encode("utf-8")
+
+
+class StageClock:
+    """Times consecutive stages of one request; a no-op without an observer."""
+
+    def __init__(self, observe: Callable[[str, float], None] | None) -> None:
+        self._observe = observe
+        self._last = time.perf_counter()
+
+    def lap(self, stage: str) -> None:
+        if self._observe is not None:
+            now = time.perf_counter()
+            self._observe(stage, now - self._last)
+            self._last = now
+
+
+class _VersionCollector(Collector):
+    """Read at scrape time from the manager, so it can never drift from it."""
+
+    def __init__(self, versions: Callable[[], Iterable[VersionCounts]]) -> None:
+        self._versions = versions
+
+    def describe(self) -> list[Metric]:
+        """Nothing to read at registration: the manager may not exist yet."""
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        available = GaugeMetricFamily(
+            ":onnx_serving:model_versions_available", "Versions of a model available.",
+            labels=["model_name"],
+        )
+        providers = GaugeMetricFamily(
+            ":onnx_serving:execution_provider",
+            "Available versions of a model running on each ONNX Runtime execution provider.",
+            labels=["model_name", "provider"],
+        )
+        for counts in self._versions():
+            available.add_metric([counts.model_name], counts.available)
+            for provider, number in counts.providers.items():
+                providers.add_metric([counts.model_name, provider], number)
+        yield available
+        yield providers
+
+
+def _exposition(families: Iterable[Metric]) -> Iterator[str]:
+    """Prometheus text format, named as TF Serving names metrics (no ``_total``, no
+    ``_created``)."""
+    for family in families:
+        kind = family.type if family.type in ("counter", "gauge", "histogram") else "untyped"
+        yield f"# HELP {family.name} {family.documentation}\n# TYPE {family.name} {kind}\n"
+        for sample in family.samples:
+            if sample.name.endswith("_created"):
+                continue
+            name = family.name if kind == "counter" else sample.name
+            labels = ",".join(f'{k}="{_escape(v)}"' for k, v in sample.labels.items())
+            yield f"{name}{{{labels}}} {floatToGoString(sample.value)}\n" if labels else \
+                f"{name} {floatToGoString(sample.value)}\n"
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
