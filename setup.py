@@ -10,6 +10,7 @@ FOLDERS = {
     "server": "onnx_serving.server",
     "client": "onnx_serving.client",
     "protos": "onnx_serving.protos",
+    "migration": "onnx_serving.migration",
 }
 
 package_dir: dict[str, str] = {}

@@ -1,7 +1,8 @@
 """``onnx-serving``: the console script.
 
 ``onnx-serving serve`` takes tensorflow_model_server's flags, so a
-deployment swaps the binary and keeps its command line.
+deployment swaps the binary and keeps its command line; ``convert`` and
+``compare`` are the migration tools (docs/migration.md).
 """
 
 from __future__ import annotations
@@ -61,11 +62,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands.add_parser(
         "serve", add_help=False, help="serve a model repository (tensorflow_model_server's flags)"
     )
+    commands.add_parser(
+        "convert", add_help=False, help="convert SavedModel versions to ONNX (needs [migration])"
+    )
+    commands.add_parser(
+        "compare", add_help=False, help="compare two TF Serving API endpoints (needs [migration])"
+    )
     args, rest = parser.parse_known_args(argv)
     if args.command == "serve":
         return serve(rest)
-    parser.error(f"unknown command {args.command}")
-    return 2
+    # Imported on demand: serving never loads TensorFlow or tf2onnx.
+    if args.command == "convert":
+        from onnx_serving.migration import convert
+
+        return convert.main(rest)
+    from onnx_serving.migration import compare
+
+    return compare.main(rest)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,1 @@
+"""Migration off TF Serving: convert SavedModel repositories to ONNX, compare two servers."""

@@ -1,0 +1,374 @@
+"""``onnx-serving convert``: a TF Serving repository of SavedModels → an onnx-serving one.
+
+    onnx-serving convert SAVED_MODEL_BASE_PATH ONNX_BASE_PATH
+    onnx-serving convert --model_config_file=models.config --output_dir=DIR
+
+Every numeric version directory is converted, every signature of the
+``serve`` tag (or those named) through tf2onnx, and checked against
+TensorFlow on the same inputs before it is written. A version is published
+the way docs/lifecycle.md asks: written beside its place and renamed in
+once whole, so a server polling the output never sees half of one. Names
+are kept (signature names, method names, input and output keys, dtypes and
+shapes, in ``signatures.json``), so clients need no change.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import onnx
+import onnxruntime as ort
+from google.protobuf import text_format
+
+from onnx_serving.migration import transforms
+from onnx_serving.migration.saved_model import (
+    SavedModelError,
+    SignatureSig,
+    TensorFlowRunner,
+    TensorSig,
+    read_signatures,
+)
+from onnx_serving.migration.tf2onnx_runner import ConversionError, convert_signature
+from onnx_serving.migration.validate import (
+    ORT_ERRORS,
+    WARMUP_FILE,
+    Validation,
+    sample_inputs,
+    validate,
+)
+from onnx_serving.protos.tensorflow_serving.config import model_server_config_pb2
+
+DEFAULT_SIGNATURE = "serving_default"
+SIGNATURES_FILE = "signatures.json"
+
+
+@dataclass(frozen=True)
+class Options:
+    opset: int = 17
+    tag: str = "serve"
+    signatures: tuple[str, ...] = ()  # empty: every signature
+    large_model: bool = False
+    optimize: bool = False
+    quantize: str | None = None  # "dynamic"
+    fp16: bool = False
+    atol: float = 1e-4
+    rtol: float = 1e-3
+    samples: int = 4
+    seed: int = 0
+    overwrite: bool = False
+    allow_partial: bool = False
+
+
+@dataclass
+class Result:
+    model: str
+    version: int
+    status: str = "converted"  # converted, partial, skipped, failed
+    signatures: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    max_abs: float = 0.0
+    max_rel: float = 0.0
+    size_before: int = 0
+    size_after: int = 0
+    seconds: float = 0.0
+
+    @property
+    def failed(self) -> bool:
+        return self.status in ("failed", "partial")
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def version_dirs(base: Path) -> dict[int, Path]:
+    return {
+        int(p.name): p for p in sorted(base.iterdir())
+        if p.is_dir() and p.name.isascii() and p.name.isdigit()
+    } if base.is_dir() else {}
+
+
+def convert_model(name: str, saved_base: Path, onnx_base: Path, options: Options) -> list[Result]:
+    versions = version_dirs(saved_base)
+    if not versions:
+        result = Result(name, -1, "failed", problems=[f"no numbered version under {saved_base}"])
+        log(f"[{name}] {result.problems[0]}")
+        return [result]
+    onnx_base.mkdir(parents=True, exist_ok=True)
+    return [
+        convert_version(name, version, path, onnx_base / str(version), options)
+        for version, path in versions.items()
+    ]
+
+
+def convert_version(
+    model: str, version: int, saved_dir: Path, target: Path, options: Options
+) -> Result:
+    result = Result(model, version, size_before=_size(saved_dir))
+    where = f"[{model}/{version}]"
+    if (target / SIGNATURES_FILE).exists() and not options.overwrite:
+        result.status, result.size_after = "skipped", _size(target)
+        log(f"{where} already converted; skipped (--overwrite converts it again)")
+        return result
+    started = time.monotonic()
+    staging = target.parent / f".converting-{version}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        entries = _convert_signatures(where, saved_dir, staging, options, result)
+        if entries and (not result.problems or options.allow_partial):
+            _publish(saved_dir, staging, target, entries)
+            result.size_after = _size(target)
+            result.status = "partial" if result.problems else "converted"
+        else:
+            result.status = "failed"
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    result.seconds = time.monotonic() - started
+    log(f"{where} {result.status} in {result.seconds:.1f} s")
+    return result
+
+
+def _convert_signatures(
+    where: str, saved_dir: Path, staging: Path, options: Options, result: Result
+) -> dict[str, dict[str, object]]:
+    """Signature name → its signatures.json entry, for those that converted and validated."""
+    try:
+        signatures = read_signatures(saved_dir, options.tag)
+    except SavedModelError as exc:
+        result.problems.append(str(exc))
+        return {}
+    unknown = set(options.signatures) - set(signatures)
+    if unknown:
+        result.problems.append(f"no signature {sorted(unknown)}; it has {sorted(signatures)}")
+        return {}
+    chosen = [signatures[n] for n in (options.signatures or signatures)]
+    runner = TensorFlowRunner(saved_dir, options.tag)
+    entries: dict[str, dict[str, object]] = {}
+    for signature in chosen:
+        file = _file_name(signature.name, len(chosen))
+        log(f"{where} converting signature {signature.name} with tf2onnx (opset {options.opset})")
+        try:
+            convert_signature(saved_dir, signature.name, staging / file, tag=options.tag,
+                              opset=options.opset, large_model=options.large_model)
+        except ConversionError as exc:
+            ops = f"; unsupported ops: {', '.join(exc.unsupported_ops)}" if exc.unsupported_ops \
+                else ""
+            result.problems.append(f"signature {signature.name}: {exc}{ops}")
+            log(f"{where} signature {signature.name} cannot be converted: {exc}{ops}")
+            continue
+        try:
+            _apply_transforms(staging / file, options)
+            checked = _check(runner, saved_dir, staging / file, signature, options)
+        except ORT_ERRORS as exc:
+            result.problems.append(
+                f"signature {signature.name}: ONNX Runtime cannot run the converted model: {exc}"
+            )
+            continue
+        if checked is None:
+            result.problems.append(f"signature {signature.name}: its ONNX names do not match")
+            continue
+        validation, names = checked
+        result.max_abs = max(result.max_abs, validation.max_abs)
+        result.max_rel = max(result.max_rel, validation.max_rel)
+        log(f"{where} signature {signature.name}: {validation.samples} {validation.source} "
+            f"inputs, max abs error {validation.max_abs:.3g}, max rel {validation.max_rel:.3g}")
+        if not validation.passed:
+            worst = {a: e for a, e in validation.outputs.items() if e.mismatch or e.outside}
+            detail = "; ".join(
+                f"{a}: {e.mismatch or f'{e.outside} values off (max abs {e.max_abs:.3g})'}"
+                for a, e in worst.items()
+            )
+            result.problems.append(
+                f"signature {signature.name} disagrees with TensorFlow beyond atol "
+                f"{options.atol} / rtol {options.rtol}: {detail}"
+            )
+            continue
+        entries[signature.name] = _signature_entry(signature, file, names)
+        result.signatures.append(signature.name)
+    return entries
+
+
+def _file_name(signature: str, count: int) -> str:
+    if count == 1 or signature == DEFAULT_SIGNATURE:
+        return "model.onnx"
+    safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in signature)
+    return f"{safe}.onnx"
+
+
+def _apply_transforms(model: Path, options: Options) -> None:
+    if options.fp16:
+        transforms.to_fp16(model)
+    if options.quantize == "dynamic":
+        transforms.quantize_dynamic(model)
+    if options.optimize:
+        transforms.optimize(model)
+
+
+def _check(
+    runner: TensorFlowRunner, saved_dir: Path, model: Path, signature: SignatureSig,
+    options: Options,
+) -> tuple[Validation, dict[str, str]] | None:
+    graph = onnx.load(str(model), load_external_data=False).graph
+    initialized = {i.name for i in graph.initializer}
+    inputs = {v.name for v in graph.input if v.name not in initialized}
+    outputs = {v.name for v in graph.output}
+    names: dict[str, str] = {}
+    for specs, available in ((signature.inputs, inputs), (signature.outputs, outputs)):
+        for alias, spec in specs.items():
+            found = next((n for n in _candidates(alias, spec) if n in available), None)
+            if found is None:
+                return None
+            names[alias] = found
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    source, samples = sample_inputs(saved_dir, signature, options.samples, options.seed)
+    validation = validate(runner, session, signature, names, samples, source,
+                          atol=options.atol, rtol=options.rtol)
+    return validation, names
+
+
+def _candidates(alias: str, spec: TensorSig) -> list[str]:
+    """tf2onnx names a signature's tensors after their keys; older versions after the graph."""
+    return [alias, spec.name, spec.name.split(":")[0]]
+
+
+def _signature_entry(
+    signature: SignatureSig, file: str, names: dict[str, str]
+) -> dict[str, object]:
+    def tensors(specs: Mapping[str, TensorSig]) -> dict[str, object]:
+        return {
+            alias: {
+                "name": names[alias],
+                "dtype": spec.dtype_name,
+                "tensor_shape": None if spec.shape is None else list(spec.shape),
+            }
+            for alias, spec in specs.items()
+        }
+
+    return {
+        "method_name": signature.method_name,
+        "model_file": file,
+        "inputs": tensors(signature.inputs),
+        "outputs": tensors(signature.outputs),
+    }
+
+
+def _publish(
+    saved_dir: Path, staging: Path, target: Path, entries: dict[str, dict[str, object]]
+) -> None:
+    (staging / SIGNATURES_FILE).write_text(json.dumps({"signature_def": entries}, indent=2))
+    warmup = saved_dir / WARMUP_FILE
+    if warmup.exists():
+        (staging / WARMUP_FILE).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(warmup, staging / WARMUP_FILE)
+    if target.exists():  # --overwrite
+        shutil.rmtree(target)
+    staging.rename(target)
+
+
+def _size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.exists() else 0
+
+
+def convert_config(config_file: Path, output_dir: Path, options: Options) -> list[Result]:
+    """Every model of a TF Serving config, and the matching onnx-serving config."""
+    config = model_server_config_pb2.ModelServerConfig()
+    text_format.Parse(config_file.read_text(), config)
+    results: list[Result] = []
+    for model in config.model_config_list.config:
+        saved_base = Path(model.base_path)
+        if not saved_base.is_absolute():
+            saved_base = config_file.parent / saved_base
+        onnx_base = (output_dir / model.name).absolute()
+        results += convert_model(model.name, saved_base, onnx_base, options)
+        model.base_path = str(onnx_base)
+        model.model_platform = "onnx"
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "models.config").write_text(text_format.MessageToString(config))
+    log(f"wrote {output_dir / 'models.config'}")
+    return results
+
+
+def summary(results: Sequence[Result]) -> str:
+    lines = [
+        "| model | version | status | signatures | max abs error | max rel error "
+        "| size before | size after | seconds |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r.model} | {r.version} | {r.status} | {', '.join(r.signatures) or '-'} "
+            f"| {r.max_abs:.3g} | {r.max_rel:.3g} | {_megabytes(r.size_before)} "
+            f"| {_megabytes(r.size_after)} | {r.seconds:.1f} |"
+        )
+    for r in results:
+        lines += [f"- {r.model}/{r.version}: {p}" for p in r.problems]
+    return "\n".join(lines)
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / 1e6:.2f} MB" if size else "-"
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="onnx-serving convert", description=__doc__)
+    parser.add_argument("saved_model_base_path", nargs="?", type=Path)
+    parser.add_argument("onnx_base_path", nargs="?", type=Path)
+    parser.add_argument("--model_config_file", type=Path)
+    parser.add_argument("--output_dir", type=Path)
+    parser.add_argument("--model_name", default="", help="for the summary (default: folder name)")
+    parser.add_argument("--opset", type=int, default=Options.opset)
+    parser.add_argument("--tag", default=Options.tag, help="MetaGraph tag (default serve)")
+    parser.add_argument("--signatures", default="", help="comma-separated; default: all")
+    parser.add_argument("--large_model", action="store_true",
+                        help="models over 2 GB: weights as external data files")
+    parser.add_argument("--optimize", action="store_true",
+                        help="save ONNX Runtime's offline graph optimization as the model")
+    parser.add_argument("--quantize", choices=["dynamic"], help="int8 weights, for CPU")
+    parser.add_argument("--fp16", action="store_true", help="float16 weights, for GPU")
+    parser.add_argument("--atol", type=float, default=Options.atol)
+    parser.add_argument("--rtol", type=float, default=Options.rtol)
+    parser.add_argument("--validation_samples", type=int, default=Options.samples,
+                        help="random inputs per signature when there are no warmup requests")
+    parser.add_argument("--seed", type=int, default=Options.seed)
+    parser.add_argument("--overwrite", action="store_true",
+                        help="convert versions already in the output again")
+    parser.add_argument("--allow_partial", action="store_true",
+                        help="write a version even if some of its signatures failed")
+    args = parser.parse_args(argv)
+    by_config = args.model_config_file is not None
+    if by_config != (args.output_dir is not None) or by_config == (
+        args.saved_model_base_path is not None
+    ) or (not by_config and args.onnx_base_path is None):
+        parser.error("give SAVED_MODEL_BASE_PATH ONNX_BASE_PATH, "
+                     "or --model_config_file and --output_dir")
+    return args
+
+
+def main(argv: Sequence[str]) -> int:
+    args = parse_args(argv)
+    options = Options(
+        opset=args.opset, tag=args.tag,
+        signatures=tuple(s for s in args.signatures.split(",") if s),
+        large_model=args.large_model, optimize=args.optimize, quantize=args.quantize,
+        fp16=args.fp16, atol=args.atol, rtol=args.rtol, samples=args.validation_samples,
+        seed=args.seed, overwrite=args.overwrite, allow_partial=args.allow_partial,
+    )
+    if args.model_config_file is not None:
+        results = convert_config(args.model_config_file, args.output_dir, options)
+    else:
+        name = args.model_name or args.saved_model_base_path.name
+        results = convert_model(name, args.saved_model_base_path, args.onnx_base_path, options)
+    print(summary(results))
+    return 1 if any(r.failed for r in results) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

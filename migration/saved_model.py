@@ -1,0 +1,93 @@
+"""What a SavedModel version offers: its serving signatures, read from saved_model.pb.
+
+The signatures are read from the protobuf itself, not from the loaded
+object, so method names, aliases, dtypes and shapes are exactly what TF
+Serving reported to clients, and what the converted repository must report
+too. TensorFlow is imported only to run a signature (for validation).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from onnx_serving.client.tensors import dtype_name, numpy_dtype
+
+INTERNAL_SIGNATURES = ("__saved_model_init_op",)
+
+
+@dataclass(frozen=True)
+class TensorSig:
+    alias: str
+    name: str  # the graph tensor, "serving_default_x:0"
+    dtype: int  # DataType number
+    shape: tuple[int, ...] | None  # -1 for unknown sizes; None for unknown rank
+
+    @property
+    def dtype_name(self) -> str:
+        return dtype_name(self.dtype)
+
+    @property
+    def numpy(self) -> np.dtype:
+        return numpy_dtype(self.dtype)
+
+
+@dataclass(frozen=True)
+class SignatureSig:
+    name: str
+    method_name: str
+    inputs: Mapping[str, TensorSig]
+    outputs: Mapping[str, TensorSig]
+
+
+class SavedModelError(Exception):
+    pass
+
+
+def read_signatures(saved_model_dir: Path, tag: str = "serve") -> dict[str, SignatureSig]:
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    path = saved_model_dir / "saved_model.pb"
+    try:
+        saved_model = saved_model_pb2.SavedModel.FromString(path.read_bytes())
+    except OSError as exc:
+        raise SavedModelError(f"cannot read {path}: {exc}") from exc
+    for meta_graph in saved_model.meta_graphs:
+        if tag in meta_graph.meta_info_def.tags:
+            return {
+                name: SignatureSig(
+                    name,
+                    signature.method_name,
+                    {a: _tensor(a, t) for a, t in sorted(signature.inputs.items())},
+                    {a: _tensor(a, t) for a, t in sorted(signature.outputs.items())},
+                )
+                for name, signature in sorted(meta_graph.signature_def.items())
+                if name not in INTERNAL_SIGNATURES
+            }
+    raise SavedModelError(f"{saved_model_dir} has no MetaGraph tagged '{tag}'")
+
+
+def _tensor(alias: str, info: Any) -> TensorSig:
+    shape = info.tensor_shape
+    dims = None if shape.unknown_rank else tuple(int(d.size) for d in shape.dim)
+    return TensorSig(alias, info.name, int(info.dtype), dims)
+
+
+class TensorFlowRunner:
+    """Runs one SavedModel's signatures in TensorFlow, in this process."""
+
+    def __init__(self, saved_model_dir: Path, tag: str = "serve") -> None:
+        import tensorflow as tf
+
+        self._tf = tf
+        self._loaded = tf.saved_model.load(str(saved_model_dir), tags=[tag])
+
+    def run(self, signature: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        function = self._loaded.signatures[signature]
+        tensors = {k: self._tf.constant(v) for k, v in inputs.items()}
+        outputs = function(**tensors)
+        return {k: v.numpy() for k, v in outputs.items()}

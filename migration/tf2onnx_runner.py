@@ -1,0 +1,103 @@
+"""One signature of one SavedModel version through tf2onnx, in a child process.
+
+The child process keeps TensorFlow's graph state, memory and any crash
+away from the conversion loop; what tf2onnx could not convert is read from
+its log and from the ONNX graph it wrote (ops left in TensorFlow's domain).
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+
+# Domains ONNX Runtime runs; anything else is an op tf2onnx passed through unconverted.
+RUNNABLE_DOMAINS = ("", "ai.onnx", "ai.onnx.ml", "com.microsoft")
+_UNSUPPORTED = re.compile(r"Unsupported ops: Counter\(\{(.*?)\}\)")
+_OP_NAME = re.compile(r"'([^']+)'")
+
+
+class ConversionError(Exception):
+    def __init__(self, message: str, unsupported_ops: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.unsupported_ops = unsupported_ops or []
+
+
+@dataclass(frozen=True)
+class Converted:
+    model: Path  # the ONNX file (its external data, if any, beside it)
+
+
+def convert_signature(
+    saved_model_dir: Path,
+    signature: str,
+    output: Path,
+    *,
+    tag: str = "serve",
+    opset: int = 17,
+    large_model: bool = False,
+) -> Converted:
+    with tempfile.TemporaryDirectory() as scratch:
+        target = Path(scratch) / ("model.zip" if large_model else "model.onnx")
+        command = [
+            sys.executable, "-m", "tf2onnx.convert", "--saved-model", str(saved_model_dir),
+            "--tag", tag, "--signature_def", signature, "--opset", str(opset),
+            "--output", str(target),
+        ]
+        if large_model:
+            command.append("--large_model")
+        result = subprocess.run(command, capture_output=True, text=True)
+        log = result.stdout + result.stderr
+        unsupported = _unsupported_from_log(log)
+        if result.returncode != 0 or not target.exists():
+            raise ConversionError(_last_error(log), unsupported)
+        if large_model:
+            _unzip_large_model(target, output)
+        else:
+            shutil.move(str(target), output)
+    leftovers = _foreign_ops(output)
+    if leftovers or unsupported:
+        raise ConversionError(
+            "tf2onnx left operators ONNX Runtime cannot run", sorted(set(leftovers + unsupported))
+        )
+    return Converted(output)
+
+
+def _unsupported_from_log(log: str) -> list[str]:
+    ops: list[str] = []
+    for match in _UNSUPPORTED.finditer(log):
+        ops += _OP_NAME.findall(match.group(1))
+    return ops
+
+
+def _last_error(log: str) -> str:
+    lines = [line for line in log.splitlines() if line.strip()]
+    errors = [line for line in lines if "Error" in line or "error" in line]
+    return (errors or lines or ["tf2onnx failed without a message"])[-1].strip()
+
+
+def _foreign_ops(model_path: Path) -> list[str]:
+    model = onnx.load(str(model_path), load_external_data=False)
+    found: set[str] = set()
+    graphs = [model.graph]
+    while graphs:
+        graph = graphs.pop()
+        for node in graph.node:
+            if node.domain not in RUNNABLE_DOMAINS:
+                found.add(f"{node.domain}.{node.op_type}" if node.domain else node.op_type)
+            graphs += [attr.g for attr in node.attribute if attr.HasField("g")]
+    return sorted(found)
+
+
+def _unzip_large_model(archive: Path, output: Path) -> None:
+    """tf2onnx's --large_model writes a zip: the graph plus one file per big tensor."""
+    with zipfile.ZipFile(archive) as zipped:
+        zipped.extractall(output.parent)
+    (output.parent / "__MODEL_PROTO.onnx").rename(output)

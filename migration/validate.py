@@ -1,0 +1,158 @@
+"""Does the ONNX model answer as the SavedModel did? Same inputs, both runtimes, max errors.
+
+Inputs are the version's warmup requests for that signature when it has
+some (real traffic, as TF Serving replays it), otherwise random values built
+from the signature: dtype and shape, unknown sizes set to 2.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from onnx_serving.client.tensors import TensorCodecError, make_ndarray
+from onnx_serving.client.tfrecord import TFRecordError, read_records
+from onnx_serving.migration.saved_model import SignatureSig, TensorFlowRunner, TensorSig
+from onnx_serving.protos.tensorflow_serving.apis import prediction_log_pb2
+
+WARMUP_FILE = Path("assets.extra") / "tf_serving_warmup_requests"
+# What ONNX Runtime raises when it cannot load or run a model (none share a base but Exception).
+ORT_ERRORS: tuple[type[Exception], ...] = tuple(
+    getattr(ort.capi.onnxruntime_pybind11_state, name)
+    for name in ("Fail", "InvalidArgument", "RuntimeException", "InvalidGraph",
+                 "NotImplemented", "NoSuchFile", "InvalidProtobuf", "EPFail")
+)
+
+
+@dataclass
+class OutputError:
+    max_abs: float = 0.0
+    max_rel: float = 0.0
+    outside: int = 0  # elements with |onnx - tf| > atol + rtol * |tf|, as numpy.isclose
+    mismatch: str = ""  # shape, dtype or string content that differs
+
+
+@dataclass
+class Validation:
+    signature: str
+    samples: int
+    source: str  # "warmup" or "random"
+    outputs: dict[str, OutputError] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return all(not e.mismatch and not e.outside for e in self.outputs.values())
+
+    @property
+    def max_abs(self) -> float:
+        return max((e.max_abs for e in self.outputs.values()), default=0.0)
+
+    @property
+    def max_rel(self) -> float:
+        return max((e.max_rel for e in self.outputs.values()), default=0.0)
+
+
+def sample_inputs(
+    version_dir: Path, signature: SignatureSig, count: int, seed: int
+) -> tuple[str, list[dict[str, np.ndarray]]]:
+    """The warmup requests for this signature if any, else ``count`` random ones."""
+    warmup = list(_warmup_inputs(version_dir / WARMUP_FILE, signature))
+    if warmup:
+        return "warmup", warmup
+    rng = np.random.default_rng(seed)
+    return "random", [
+        {alias: random_tensor(spec, rng) for alias, spec in signature.inputs.items()}
+        for _ in range(count)
+    ]
+
+
+def _warmup_inputs(path: Path, signature: SignatureSig) -> Iterator[dict[str, np.ndarray]]:
+    if not path.exists():
+        return
+    try:
+        for data in read_records(path):
+            record = prediction_log_pb2.PredictionLog.FromString(data)
+            if record.WhichOneof("log_type") != "predict_log":
+                continue
+            request = record.predict_log.request
+            if (request.model_spec.signature_name or "serving_default") != signature.name:
+                continue
+            if set(request.inputs) == set(signature.inputs):
+                yield {k: make_ndarray(v) for k, v in request.inputs.items()}
+    except (TFRecordError, TensorCodecError):
+        return  # an unreadable warmup file: random inputs instead
+
+
+def random_tensor(spec: TensorSig, rng: np.random.Generator) -> np.ndarray:
+    dims = (2,) if spec.shape is None else tuple(2 if d < 0 else d for d in spec.shape)
+    dtype = spec.numpy
+    if dtype.kind == "O":
+        return np.array(
+            [f"text {i}".encode() for i in rng.integers(0, 100, size=int(np.prod(dims)))],
+            dtype=object,
+        ).reshape(dims)
+    if dtype == np.bool_:
+        return rng.integers(0, 2, size=dims).astype(np.bool_)
+    if dtype.kind in "iu":
+        return rng.integers(0, 10, size=dims).astype(dtype)
+    return rng.standard_normal(size=dims).astype(dtype)
+
+
+def validate(
+    runner: TensorFlowRunner,
+    session: ort.InferenceSession,
+    signature: SignatureSig,
+    onnx_names: Mapping[str, str],
+    samples: list[dict[str, np.ndarray]],
+    source: str,
+    *,
+    atol: float,
+    rtol: float,
+) -> Validation:
+    """``onnx_names``: alias → ONNX graph tensor, inputs and outputs alike."""
+    result = Validation(signature.name, len(samples), source)
+    output_names = [onnx_names[alias] for alias in signature.outputs]
+    for inputs in samples:
+        expected = runner.run(signature.name, inputs)
+        feeds = {onnx_names[a]: _for_onnx_runtime(v) for a, v in inputs.items()}
+        got = dict(zip(signature.outputs, session.run(output_names, feeds), strict=True))
+        for alias in signature.outputs:
+            error = result.outputs.setdefault(alias, OutputError())
+            _accumulate(error, expected[alias], got[alias], atol, rtol)
+    return result
+
+
+def _for_onnx_runtime(array: np.ndarray) -> np.ndarray:
+    """ONNX Runtime's Python API takes text as str, never bytes."""
+    if array.dtype == object:
+        return np.vectorize(lambda b: b.decode("utf-8"), otypes=[object])(array)
+    return array
+
+
+def _accumulate(
+    error: OutputError, expected: np.ndarray, got: np.ndarray, atol: float, rtol: float
+) -> None:
+    if expected.shape != got.shape:
+        error.mismatch = f"shape {list(got.shape)}, expected {list(expected.shape)}"
+        return
+    if expected.dtype == object or got.dtype == object:
+        as_bytes = np.vectorize(lambda v: v.encode() if isinstance(v, str) else v, otypes=[object])
+        if expected.size and not np.array_equal(as_bytes(expected), as_bytes(got)):
+            error.mismatch = "string values differ"
+        return
+    if expected.dtype != got.dtype:
+        error.mismatch = f"dtype {got.dtype}, expected {expected.dtype}"
+        return
+    if expected.size == 0:
+        return
+    e, g = expected.astype(np.float64), got.astype(np.float64)
+    same = (e == g) | (np.isnan(e) & np.isnan(g))
+    diff = np.where(same, 0.0, np.abs(e - g))
+    error.max_abs = max(error.max_abs, float(np.max(diff)))
+    rel = diff / np.maximum(np.abs(e), np.finfo(np.float32).tiny)
+    error.max_rel = max(error.max_rel, float(np.max(np.where(same, 0.0, rel))))
+    error.outside += int(np.count_nonzero(diff > atol + rtol * np.abs(e)))
