@@ -1,0 +1,35 @@
+"""The conversion corpus: keras.applications architectures (weights=None), each converted
+and checked against TensorFlow. Slow (minutes each): run with `make test-slow`."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+# Architecture → input size; small inputs and 10 classes keep the corpus quick.
+ARCHITECTURES = {
+    "MobileNet": 96, "MobileNetV2": 96, "MobileNetV3Small": 96, "ResNet50": 96,
+    "DenseNet121": 96, "EfficientNetB0": 96, "EfficientNetV2B0": 96, "InceptionV3": 96,
+    "Xception": 96, "VGG16": 64, "NASNetMobile": 96, "ConvNeXtTiny": 64,
+}
+
+
+@pytest.mark.parametrize("architecture", list(ARCHITECTURES))
+def test_application_converts_and_agrees(tmp_path: Path, architecture: str) -> None:
+    import keras
+
+    size = ARCHITECTURES[architecture]
+    build = getattr(keras.applications, architecture)
+    model = build(weights=None, input_shape=(size, size, 3), classes=10)
+    model.export(str(tmp_path / "saved" / "1"), verbose=False)
+    command = [sys.executable, "-m", "onnx_serving.server", "convert", str(tmp_path / "saved"),
+               str(tmp_path / "onnx"), f"--model_name={architecture}", "--validation_samples=2"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=1800)
+    print(next((line for line in result.stdout.splitlines()
+                if line.startswith(f"| {architecture} |")), result.stdout))
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
