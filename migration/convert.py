@@ -73,6 +73,7 @@ class Result:
     status: str = "converted"  # converted, partial, skipped, failed
     signatures: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
     max_abs: float = 0.0
     max_rel: float = 0.0
     size_before: int = 0
@@ -180,6 +181,12 @@ def _convert_signatures(
         result.max_rel = max(result.max_rel, validation.max_rel)
         log(f"{where} signature {signature.name}: {validation.samples} {validation.source} "
             f"inputs, max abs error {validation.max_abs:.3g}, max rel {validation.max_rel:.3g}")
+        if validation.constant:
+            result.notes.append(
+                f"signature {signature.name}: TensorFlow answered every validation input alike, "
+                "so agreement proves little; validate with real inputs (warmup requests)"
+            )
+            log(f"{where} warning: {result.notes[-1]}")
         if not validation.passed:
             worst = {a: e for a, e in validation.outputs.items() if e.mismatch or e.outside}
             detail = "; ".join(
@@ -310,6 +317,7 @@ def summary(results: Sequence[Result]) -> str:
         )
     for r in results:
         lines += [f"- {r.model}/{r.version}: {p}" for p in r.problems]
+        lines += [f"- {r.model}/{r.version} (note): {n}" for n in r.notes]
     return "\n".join(lines)
 
 

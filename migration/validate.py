@@ -42,6 +42,9 @@ class Validation:
     samples: int
     source: str  # "warmup" or "random"
     outputs: dict[str, OutputError] = field(default_factory=dict)
+    # TensorFlow gave the same outputs for every input: agreement then proves little
+    # (an untrained model whose activations all die, say).
+    constant: bool = False
 
     @property
     def passed(self) -> bool:
@@ -116,13 +119,23 @@ def validate(
     """``onnx_names``: alias → ONNX graph tensor, inputs and outputs alike."""
     result = Validation(signature.name, len(samples), source)
     output_names = [onnx_names[alias] for alias in signature.outputs]
+    first: dict[str, np.ndarray] | None = None
+    varied = False
     for inputs in samples:
         expected = runner.run(signature.name, inputs)
+        if first is None:
+            first = expected
+        else:
+            varied = varied or any(
+                first[a].shape != expected[a].shape or not np.array_equal(first[a], expected[a])
+                for a in expected
+            )
         feeds = {onnx_names[a]: _for_onnx_runtime(v) for a, v in inputs.items()}
         got = dict(zip(signature.outputs, session.run(output_names, feeds), strict=True))
         for alias in signature.outputs:
             error = result.outputs.setdefault(alias, OutputError())
             _accumulate(error, expected[alias], got[alias], atol, rtol)
+    result.constant = len(samples) > 1 and not varied
     return result
 
 

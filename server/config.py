@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from google.protobuf import text_format
+from google.protobuf.message import Message
 
 from onnx_serving.protos.tensorflow_serving.config import (
     model_server_config_pb2,
@@ -44,21 +45,26 @@ def single_model(name: str, base_path: str) -> ModelConfig:
     return ModelConfig(name=name, base_path=Path(base_path).absolute())
 
 
-def read_config_file(path: Path) -> list[ModelConfig]:
-    """Parses a ModelServerConfig text file; relative base paths are taken from its folder."""
+def _read_text_proto(path: Path, message: Message, what: str) -> None:
+    """Fills ``message`` from a protobuf text file; errors name the file and the line."""
     try:
         text = path.read_text()
     except OSError as exc:
-        raise ConfigError(f"Cannot read model config file {path}: {exc}") from exc
-    message = model_server_config_pb2.ModelServerConfig()
+        raise ConfigError(f"Cannot read {what} file {path}: {exc}") from exc
     try:
         text_format.Parse(text, message)
     except text_format.ParseError as exc:
         where = f"{path}:{exc.GetLine()}:{exc.GetColumn()}" if exc.GetLine() else str(path)
         detail = str(exc).split(" : ", 1)[-1]
         raise ConfigError(
-            f"Error parsing text-format tensorflow.serving.ModelServerConfig in {where}: {detail}"
+            f"Error parsing text-format {message.DESCRIPTOR.full_name} in {where}: {detail}"
         ) from exc
+
+
+def read_config_file(path: Path) -> list[ModelConfig]:
+    """Parses a ModelServerConfig text file; relative base paths are taken from its folder."""
+    message = model_server_config_pb2.ModelServerConfig()
+    _read_text_proto(path, message, "model config")
     return from_proto(message, relative_to=path.parent.absolute())
 
 
@@ -118,17 +124,8 @@ def _policy(message: ServableVersionPolicy) -> VersionPolicy:
 
 def read_monitoring_config(path: Path) -> str | None:
     """The path metrics are served at on the REST port, or None when Prometheus is off."""
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError(f"Cannot read monitoring config file {path}: {exc}") from exc
     message = monitoring_config_pb2.MonitoringConfig()
-    try:
-        text_format.Parse(text, message)
-    except text_format.ParseError as exc:
-        raise ConfigError(
-            f"Error parsing text-format tensorflow.serving.MonitoringConfig in {path}: {exc}"
-        ) from exc
+    _read_text_proto(path, message, "monitoring config")
     prometheus = message.prometheus_config
     if not prometheus.enable:
         return None
