@@ -62,6 +62,12 @@ class Internal(ServingError):
     code = Code.INTERNAL
 
 
+class Unavailable(ServingError):
+    """Overloaded for now (a full batching queue); the client may retry."""
+
+    code = Code.UNAVAILABLE
+
+
 class ServableNotFound(NotFound):
     """No available version answers the request (TF Serving's manager wording)."""
 
