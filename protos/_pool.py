@@ -8,10 +8,11 @@ gRPC method paths, ``Any`` type URLs and reflection data, identical to TF
 Serving's while living beside TensorFlow in one process.
 """
 
-from google.protobuf import any_pb2, descriptor_pool, wrappers_pb2
+from google.protobuf import any_pb2, descriptor_pool, struct_pb2, wrappers_pb2
 
 POOL = descriptor_pool.DescriptorPool()
 
-# The well-known types our files import must be in the same pool.
-for _module in (any_pb2, wrappers_pb2):
+# The well-known types our files import (and Struct, which GetModelMetadata's runtime
+# field packs) must be in the same pool.
+for _module in (any_pb2, wrappers_pb2, struct_pb2):
     POOL.AddSerializedFile(_module.DESCRIPTOR.serialized_pb)

@@ -25,8 +25,9 @@ from onnx_serving.server.metrics import Metrics, VersionCounts
 from onnx_serving.server.repository.core import RepositoryCore
 from onnx_serving.server.repository.manager import LoadOptions, ModelManager, Transition
 from onnx_serving.server.repository.poller import Poller
+from onnx_serving.server.runtime import config as runtime_config
 from onnx_serving.server.runtime.model import LoadedModel, load
-from onnx_serving.server.runtime.session import SessionOptions, describe_install
+from onnx_serving.server.runtime.session import describe_install
 from onnx_serving.server.warmup import WarmupOptions, warm_up
 
 if TYPE_CHECKING:
@@ -45,9 +46,8 @@ class App:
     def __init__(self, options: ServerOptions) -> None:
         self.options = options
         self._initial_configs = model_configs(options)
-        self._session_options = SessionOptions(
-            intra_op_threads=options.intra_op_threads,
-            inter_op_threads=options.inter_op_threads,
+        self._runtime = runtime_config.server_default(
+            options.runtime_config_file, options.intra_op_threads, options.inter_op_threads
         )
         self._warmup_options = WarmupOptions(
             enabled=options.enable_model_warmup,
@@ -88,7 +88,7 @@ class App:
         self._stopped = threading.Event()
 
     def _load(self, version_dir: Path) -> LoadedModel:
-        model = load(version_dir, self._session_options)
+        model = load(version_dir, self._runtime)
         started = time.perf_counter()
         try:
             warm_up(model, version_dir, self._warmup_options)

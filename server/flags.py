@@ -47,6 +47,7 @@ class ServerOptions:
     synthetic_warmup_dim: int = 1
     version_transition_policy: str = "availability_preserving"
     enable_access_log: bool = False
+    runtime_config_file: str = ""  # server-wide runtime.json defaults (docs/runtime.md)
     rest_api_port: int = 0  # 0: no REST API, as TF Serving
     rest_api_num_threads: int = 0  # 0: four per CPU
     rest_api_timeout_in_ms: int = 30000

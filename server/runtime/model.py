@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 
 from onnx_serving.server.errors import ModelLoadError
+from onnx_serving.server.runtime.config import RuntimeConfig, for_version
 from onnx_serving.server.runtime.graph import Graph, read_graph
-from onnx_serving.server.runtime.session import OnnxSession, SessionOptions
+from onnx_serving.server.runtime.session import OnnxSession
 from onnx_serving.server.runtime.signature import (
     DEFAULT_MODEL_FILE,
     SIGNATURES_FILE,
@@ -26,9 +27,15 @@ log = logging.getLogger(__name__)
 class LoadedModel:
     """Everything one version directory serves. Built by ``load``; immutable after."""
 
-    def __init__(self, signatures: Mapping[str, Signature], sessions: Mapping[str, OnnxSession]):
+    def __init__(
+        self,
+        signatures: Mapping[str, Signature],
+        sessions: Mapping[str, OnnxSession],
+        runtime: RuntimeConfig,
+    ) -> None:
         self.signatures = dict(signatures)
         self._sessions = dict(sessions)
+        self.runtime = runtime
 
     @property
     def providers(self) -> list[str]:
@@ -51,8 +58,10 @@ class LoadedModel:
         return {spec.alias: v for spec, v in zip(outputs, values, strict=True)}
 
 
-def load(version_dir: Path, options: SessionOptions) -> LoadedModel:
-    """Reads the signatures, then opens one session per ONNX file they use."""
+def load(version_dir: Path, server_default: RuntimeConfig) -> LoadedModel:
+    """Reads the signatures, then opens one session per ONNX file they use, configured by
+    the server's defaults and the model's and version's runtime.json."""
+    config = for_version(server_default, version_dir)
     graphs: dict[str, Graph] = {}
 
     def graph(model_file: str) -> Graph:
@@ -73,7 +82,5 @@ def load(version_dir: Path, options: SessionOptions) -> LoadedModel:
         }
     else:
         signatures = default_signatures(graph(DEFAULT_MODEL_FILE))
-    sessions = {
-        file: OnnxSession(version_dir / file, graphs[file], options) for file in graphs
-    }
-    return LoadedModel(signatures, sessions)
+    sessions = {file: OnnxSession(version_dir / file, graphs[file], config) for file in graphs}
+    return LoadedModel(signatures, sessions, config)

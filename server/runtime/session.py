@@ -10,16 +10,21 @@ ml_dtypes types travel as OrtValues built from their raw bits.
 from __future__ import annotations
 
 import ctypes
+import hashlib
+import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 
 from onnx_serving.server.errors import InvalidArgument, ModelLoadError
+from onnx_serving.server.runtime.config import CPU, Provider, RuntimeConfig
 from onnx_serving.server.runtime.dtypes import ONNX_BY_NUMPY, RAW_BITS
 from onnx_serving.server.runtime.graph import Graph
+
+log = logging.getLogger(__name__)
 
 _ORT_ERRORS = (
     ort.capi.onnxruntime_pybind11_state.Fail,
@@ -51,38 +56,116 @@ def describe_install() -> str:
     return line
 
 
-@dataclass(frozen=True)
-class SessionOptions:
-    """Per-session settings; 0 threads lets ONNX Runtime choose."""
-
-    intra_op_threads: int = 0
-    inter_op_threads: int = 0
+_LEVELS = {
+    "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+_MODES = {
+    "sequential": ort.ExecutionMode.ORT_SEQUENTIAL,
+    "parallel": ort.ExecutionMode.ORT_PARALLEL,
+}
+_TENSORRT = "TensorrtExecutionProvider"
+# TensorRT options naming a cache file or folder, beside the flag that turns each on.
+_TENSORRT_CACHES = (
+    ("trt_engine_cache_enable", "trt_engine_cache_path", "engines"),
+    ("trt_timing_cache_enable", "trt_timing_cache_path", "timing"),
+)
+DEFAULT_CACHE = Path.home() / ".cache" / "onnx-serving"
 
 
 class OnnxSession:
-    def __init__(self, path: Path, graph: Graph, options: SessionOptions) -> None:
-        so = ort.SessionOptions()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.intra_op_num_threads = options.intra_op_threads
-        so.inter_op_num_threads = options.inter_op_threads
+    """A session on the configured providers, or a load error saying which one is missing.
+
+    ONNX Runtime quietly runs on the CPU when a requested provider is missing; here that
+    fails the load (naming the provider and why) unless the config allows a fallback.
+    """
+
+    def __init__(self, path: Path, graph: Graph, config: RuntimeConfig) -> None:
+        providers = self._available(config, path.name)
+        options = _session_options(config)
+        model = path
+        cached: Path | None = None
+        if config.cache_dir and [p.name for p in providers] == [CPU]:
+            level = config.graph_optimization_level
+            cached = Path(config.cache_dir) / f"{_digest(path)}-{level}.onnx"
+            if cached.is_file():  # already optimized: load it as it is
+                model, cached = cached, None
+                options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+            else:
+                cached.parent.mkdir(parents=True, exist_ok=True)
+                options.optimized_model_filepath = str(cached.with_suffix(".partial"))
         try:
             self._session = ort.InferenceSession(
-                str(path), so, providers=["CPUExecutionProvider"]
+                str(model), options,
+                providers=[p.name for p in providers],
+                provider_options=[_provider_options(p, path, config) for p in providers],
             )
         except _ORT_ERRORS as exc:
             raise ModelLoadError(f"ONNX Runtime cannot load {path.name}: {exc}") from exc
+        if cached is not None:  # written whole by now: publish it for the next load
+            cached.with_suffix(".partial").rename(cached)
         self.providers: list[str] = self._session.get_providers()
+        failed = [p.name for p in providers if p.name not in self.providers]
+        if failed and not config.allow_fallback:
+            raise ModelLoadError(
+                f"execution provider {failed[0]} for {path.name} could not be initialized "
+                "(no device, or a library it needs is missing: ONNX Runtime's log above says "
+                f"which); running on {self.providers} instead is refused. Set "
+                '"allow_fallback": true in runtime.json to accept it'
+            )
+        if failed:
+            log.warning("%s: %s unavailable; running on %s (allow_fallback)",
+                        path.name, failed, self.providers)
+        self._io_binding = config.io_binding
         self._raw_outputs = {n: dt for n, (dt, _) in graph.outputs.items() if dt in RAW_BITS}
+
+    @staticmethod
+    def _available(config: RuntimeConfig, model: str) -> list[Provider]:
+        """The requested providers this build has; a missing one is an error unless allowed."""
+        built = ort.get_available_providers()
+        missing = [p.name for p in config.providers if p.name not in built]
+        if missing and not config.allow_fallback:
+            raise ModelLoadError(
+                f"execution provider {missing[0]} for {model} is not in this ONNX Runtime build "
+                f"({ort.__version__}: {built}); install the package that has it (onnxruntime-gpu "
+                'for CUDA and TensorRT), or set "allow_fallback": true in runtime.json'
+            )
+        if missing:
+            log.warning("%s: %s not in this ONNX Runtime build; skipped (allow_fallback)",
+                        model, missing)
+        kept = [p for p in config.providers if p.name in built]
+        return kept or [Provider(CPU)]
 
     def run(self, feeds: Mapping[str, np.ndarray], outputs: Sequence[str]) -> list[np.ndarray]:
         ort_feeds = {name: _to_ort(name, array) for name, array in feeds.items()}
         try:
+            if self._io_binding and not any(a.dtype == object for a in feeds.values()):
+                return self._run_bound(ort_feeds, outputs)
             if self._raw_outputs.keys() & set(outputs):
                 values = self._session.run_with_ort_values(list(outputs), ort_feeds)
                 return [self._from_ort_value(n, v) for n, v in zip(outputs, values, strict=True)]
             return self._session.run(list(outputs), ort_feeds)
         except _ORT_ERRORS as exc:
             raise InvalidArgument(f"ONNX Runtime: {exc}") from exc
+
+    def _run_bound(
+        self, feeds: Mapping[str, np.ndarray | ort.OrtValue], outputs: Sequence[str]
+    ) -> list[np.ndarray]:
+        """Inputs bound where they lie (copied to the device once, if the provider has one);
+        outputs written straight to host memory, where the response is encoded from."""
+        binding = self._session.io_binding()
+        for name, value in feeds.items():
+            if isinstance(value, ort.OrtValue):
+                binding.bind_ortvalue_input(name, value)
+            else:
+                binding.bind_cpu_input(name, np.ascontiguousarray(value))
+        for name in outputs:
+            binding.bind_output(name, "cpu")
+        self._session.run_with_iobinding(binding)
+        values = binding.get_outputs()
+        return [self._from_ort_value(n, v) for n, v in zip(outputs, values, strict=True)]
 
     def _from_ort_value(self, name: str, value: ort.OrtValue) -> np.ndarray:
         dtype = self._raw_outputs.get(name)
@@ -117,3 +200,44 @@ def _decode_text(name: str, array: np.ndarray) -> np.ndarray:
     return text.reshape(array.shape)
 
 
+def _session_options(config: RuntimeConfig) -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = _LEVELS[config.graph_optimization_level]
+    options.intra_op_num_threads = config.intra_op_threads
+    options.inter_op_num_threads = config.inter_op_threads
+    options.execution_mode = _MODES[config.execution_mode]
+    options.enable_cpu_mem_arena = config.enable_mem_arena
+    options.enable_mem_pattern = config.enable_mem_pattern
+    for key, value in config.session_config.items():
+        options.add_session_config_entry(key, value)
+    return options
+
+
+def _provider_options(provider: Provider, model: Path, config: RuntimeConfig) -> dict[str, Any]:
+    """The provider's options as given; TensorRT caches without a path get a fixed one.
+
+    TensorRT engine builds take minutes. Its caches are kept under the cache folder,
+    named by the model file's content, so restarts and reloads of the same model find
+    them, and a changed model never picks up a stale engine.
+    """
+    options = dict(provider.options)
+    if provider.name == _TENSORRT:
+        root = Path(config.cache_dir) if config.cache_dir else DEFAULT_CACHE
+        for enable, path_key, folder in _TENSORRT_CACHES:
+            if _truthy(options.get(enable)) and not options.get(path_key):
+                cache = root / "tensorrt" / folder / _digest(model)
+                cache.mkdir(parents=True, exist_ok=True)
+                options[path_key] = str(cache)
+    return {k: str(v) if isinstance(v, bool | int | float) else v for k, v in options.items()}
+
+
+def _truthy(value: object) -> bool:
+    return str(value).lower() in ("1", "true")
+
+
+def _digest(path: Path) -> str:
+    sha = hashlib.sha256()
+    with path.open("rb") as stream:
+        while chunk := stream.read(1 << 20):
+            sha.update(chunk)
+    return sha.hexdigest()[:24]

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import asdict
+from typing import Any
 
 import grpc
 import numpy as np
+from google.protobuf import json_format, message_factory
 
 from onnx_serving.client.tensors import TensorCodecError, datatype_of, encode_into, make_ndarray
+from onnx_serving.protos._pool import POOL
 from onnx_serving.protos.tensorflow.core.protobuf import meta_graph_pb2
 from onnx_serving.protos.tensorflow_serving.apis import (
     classification_pb2,
@@ -27,6 +31,10 @@ from onnx_serving.server.runtime.model import LoadedModel
 from onnx_serving.server.runtime.signature import Signature, TensorSpec, find_signature
 
 SIGNATURE_DEF = "signature_def"
+# onnx-serving's own field: the execution providers in use and the runtime config, as a
+# google.protobuf.Struct. TF Serving's clients never ask for it.
+RUNTIME = "onnx_serving/runtime"
+_Struct = message_factory.GetMessageClass(POOL.FindMessageTypeByName("google.protobuf.Struct"))
 _Base = prediction_service_pb2_grpc.PredictionServiceServicer
 
 
@@ -65,13 +73,20 @@ class PredictionService(_Base):
                 "GetModelMetadataRequest must specify at least one metadata_field"
             )
         for field in request.metadata_field:
-            if field != SIGNATURE_DEF:
+            if field not in (SIGNATURE_DEF, RUNTIME):
                 raise InvalidArgument(f"Metadata field {field} is not supported")
         with acquire(self._manager, request) as (version, model):
-            signatures = model.signatures
+            signatures, providers, runtime = model.signatures, model.providers, model.runtime
         response = get_model_metadata_pb2.GetModelMetadataResponse()
         fill_spec(response.model_spec, request.model_spec.name, version)
-        response.metadata[SIGNATURE_DEF].Pack(signature_def_map(signatures))
+        if SIGNATURE_DEF in request.metadata_field:
+            response.metadata[SIGNATURE_DEF].Pack(signature_def_map(signatures))
+        if RUNTIME in request.metadata_field:
+            described = _Struct()
+            json_format.ParseDict(
+                {"active_providers": providers, "config": _plain(asdict(runtime))}, described
+            )
+            response.metadata[RUNTIME].Pack(described)
         return response
 
     def Classify(
@@ -88,6 +103,15 @@ class PredictionService(_Base):
         self, request: inference_pb2.MultiInferenceRequest, context: grpc.ServicerContext
     ) -> inference_pb2.MultiInferenceResponse:
         raise Unimplemented("MultiInference is not implemented by onnx-serving yet; use Predict")
+
+
+def _plain(value: Any) -> Any:
+    """The runtime config as JSON values (tuples become lists)."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
 
 
 def run_predict(
