@@ -117,7 +117,8 @@ class App:
         self._start_config_polling()
         server = build_server(
             self.manager,
-            reload=self.core.apply,
+            reload=None if self.options.reuse_port else self.core.apply,
+            reuse_port=self.options.reuse_port,
             metrics=self.metrics,
             max_threads=self.options.grpc_threads,
             channel_arguments=self.options.grpc_channel_arguments,
@@ -153,6 +154,7 @@ class App:
                 metrics=self.metrics,
                 metrics_path=self._metrics_path,
                 access_log=self.options.enable_access_log,
+                reuse_port=self.options.reuse_port,
             )
             self._rest.start()
             log.info("Exporting HTTP/REST API at:localhost:%d ...", self.options.rest_api_port)

@@ -17,6 +17,7 @@ from types import FrameType
 from onnx_serving.server.app import App
 from onnx_serving.server.errors import ConfigError
 from onnx_serving.server.flags import parse_flags, usage
+from onnx_serving.server.workers import run_workers
 
 log = logging.getLogger("onnx_serving")
 
@@ -35,7 +36,10 @@ def serve(argv: Sequence[str]) -> int:
         print(f"onnx-serving {_version()}")
         return 0
     try:
-        app = App(parse_flags(argv))
+        options = parse_flags(argv)
+        if options.num_workers > 1:
+            return run_workers(argv, options.num_workers)
+        app = App(options)
         app.start()
     except ConfigError as exc:
         print(f"Failed to start server. Error: {exc.message}", file=sys.stderr)

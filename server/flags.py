@@ -48,6 +48,8 @@ class ServerOptions:
     version_transition_policy: str = "availability_preserving"
     enable_access_log: bool = False
     runtime_config_file: str = ""  # server-wide runtime.json defaults (docs/runtime.md)
+    num_workers: int = 1  # processes sharing the ports (server/workers.py)
+    reuse_port: bool = False  # set for each worker: share the ports with SO_REUSEPORT
     rest_api_port: int = 0  # 0: no REST API, as TF Serving
     rest_api_num_threads: int = 0  # 0: four per CPU
     rest_api_timeout_in_ms: int = 30000
@@ -80,6 +82,7 @@ _LIMITS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "max_num_load_retries": (lambda v: v >= 0, "expected a count of 0 or more"),
     "load_retry_interval_micros": (lambda v: v >= 0, "expected 0 or more microseconds"),
     "synthetic_warmup_dim": (lambda v: v >= 1, "expected a size of 1 or more"),
+    "num_workers": (lambda v: v >= 1, "expected 1 or more processes"),
 }
 
 # TF Serving flags not implemented yet, with their defaults.

@@ -60,8 +60,9 @@ def parse_channel_arguments(raw: str) -> list[tuple[str, int | str]]:
 def build_server(
     manager: ModelManager[LoadedModel],
     *,
-    reload: Reload,
+    reload: Reload | None,
     metrics: Metrics,
+    reuse_port: bool = False,
     max_threads: int,
     channel_arguments: str = "",
     tensor_content: bool = False,
@@ -74,8 +75,8 @@ def build_server(
         "grpc.max_receive_message_length": MAX_MESSAGE_BYTES,
         "grpc.max_send_message_length": MAX_MESSAGE_BYTES,
         # gRPC Python shares ports by default, so a second server on a busy port would
-        # start "fine" and split the traffic. Opt back in with grpc.so_reuseport=1.
-        "grpc.so_reuseport": 0,
+        # start "fine" and split the traffic. Only --num_workers' processes share them.
+        "grpc.so_reuseport": int(reuse_port),
     }
     options.update(parse_channel_arguments(channel_arguments))
     server = grpc.server(

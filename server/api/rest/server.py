@@ -43,11 +43,13 @@ class RestServer:
         metrics: Metrics,
         metrics_path: str | None = None,
         access_log: bool = False,
+        reuse_port: bool = False,
     ) -> None:
         self._manager = manager
         self._metrics = metrics
         self._metrics_path = metrics_path
         self._access_log = access_log
+        self._reuse_port = reuse_port
         self._port = port
         self._threads = threads
         self._timeout_ms = timeout_ms
@@ -57,7 +59,7 @@ class RestServer:
 
     def start(self) -> None:
         """Returns once the port listens and the loop serves it."""
-        sock = _listen(self._port)
+        sock = _listen(self._port, self._reuse_port)
         self._executor = ThreadPoolExecutor(max(1, self._threads), thread_name_prefix="rest")
         app = RestApp(
             RestHandler(self._manager, self._metrics), self._executor, self._timeout_ms,
@@ -104,11 +106,13 @@ class RestServer:
             self._executor.shutdown(wait=False, cancel_futures=True)
 
 
-def _listen(port: int) -> socket.socket:
+def _listen(port: int, reuse_port: bool) -> socket.socket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
         # As uvicorn binds: a restart may reuse a port whose old connections linger.
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:  # --num_workers: the kernel spreads connections over the workers
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((_HOST, port))
         sock.listen(2048)
     except OSError as exc:
