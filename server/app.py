@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from grpc_health.v1.health import HealthServicer
 
 from onnx_serving.server.api.grpc.server import build_server
+from onnx_serving.server.batching import (
+    Batcher,
+    BatchingOptions,
+    BatchScheduler,
+    read_batching_parameters,
+)
 from onnx_serving.server.config import (
     ModelConfig,
     read_config_file,
@@ -26,14 +34,18 @@ from onnx_serving.server.repository.core import RepositoryCore
 from onnx_serving.server.repository.manager import LoadOptions, ModelManager, Transition
 from onnx_serving.server.repository.poller import Poller
 from onnx_serving.server.runtime import config as runtime_config
-from onnx_serving.server.runtime.model import LoadedModel, load
+from onnx_serving.server.runtime.model import Batching, LoadedModel, load
 from onnx_serving.server.runtime.session import describe_install
+from onnx_serving.server.runtime.signature import Signature
 from onnx_serving.server.warmup import WarmupOptions, warm_up
 
 if TYPE_CHECKING:
     from onnx_serving.server.api.rest.server import RestServer
 
 log = logging.getLogger(__name__)
+
+# TF Serving's per-model batching file, read with --enable_per_model_batching_parameters.
+PER_MODEL_BATCHING_FILE = "batching_params.pbtxt"
 
 
 def model_configs(options: ServerOptions) -> list[ModelConfig]:
@@ -76,7 +88,17 @@ class App:
             ),
             observer=self.metrics,
             describe=lambda model: f" on {', '.join(model.providers)}",
+            close=LoadedModel.close,
         )
+        self._batching = (
+            read_batching_parameters(options.batching_parameters_file)
+            if options.batching_parameters_file else BatchingOptions(
+                thread_pool_name="model_server_batch_threads"
+            )
+        ) if options.enable_batching else None
+        self._scheduler = BatchScheduler(
+            self._batching.num_batch_threads, self._batching.thread_pool_name
+        ) if self._batching is not None else None
         self._poller = Poller(self.manager, options.file_system_poll_wait_seconds)
         self.core = RepositoryCore(
             self.manager, self._poller,
@@ -88,7 +110,7 @@ class App:
         self._stopped = threading.Event()
 
     def _load(self, version_dir: Path) -> LoadedModel:
-        model = load(version_dir, self._runtime)
+        model = load(version_dir, self._runtime, self._batching_for(version_dir))
         started = time.perf_counter()
         try:
             warm_up(model, version_dir, self._warmup_options)
@@ -97,6 +119,30 @@ class App:
             raise
         self.metrics.warmup(str(version_dir), True, time.perf_counter() - started)
         return model
+
+    def _batching_for(self, version_dir: Path) -> Batching | None:
+        """One Batcher per signature on the shared threads, or None without --enable_batching.
+
+        With --enable_per_model_batching_parameters a version's own batching_params.pbtxt
+        replaces the server's parameters (the threads stay shared, as in TF Serving).
+        """
+        if self._batching is None or self._scheduler is None:
+            return None
+        options, scheduler = self._batching, self._scheduler
+        own = version_dir / PER_MODEL_BATCHING_FILE
+        if self.options.enable_per_model_batching_parameters and own.is_file():
+            try:
+                options = read_batching_parameters(own)
+            except ConfigError as exc:
+                raise ModelLoadError(exc.message) from exc
+        name = next((c.name for c in self.core.configs if c.base_path == version_dir.parent),
+                    version_dir.parent.name)
+        observe = functools.partial(self.metrics.batch, name, options.thread_pool_name)
+
+        def batcher(_signature: Signature, run: Callable[[dict[str, Any]], Any]) -> Batcher:
+            return Batcher(run, options, observe, scheduler)
+
+        return batcher
 
     def _version_counts(self) -> list[VersionCounts]:
         counts = []
@@ -200,3 +246,5 @@ class App:
         if self._server is not None:
             self._server.stop(grace).wait()
         self.manager.close()
+        if self._scheduler is not None:
+            self._scheduler.close()

@@ -45,7 +45,7 @@ def single_model(name: str, base_path: str) -> ModelConfig:
     return ModelConfig(name=name, base_path=Path(base_path).absolute())
 
 
-def _read_text_proto(path: Path, message: Message, what: str) -> None:
+def read_text_proto(path: Path, message: Message, what: str) -> None:
     """Fills ``message`` from a protobuf text file; errors name the file and the line."""
     try:
         text = path.read_text()
@@ -64,7 +64,7 @@ def _read_text_proto(path: Path, message: Message, what: str) -> None:
 def read_config_file(path: Path) -> list[ModelConfig]:
     """Parses a ModelServerConfig text file; relative base paths are taken from its folder."""
     message = model_server_config_pb2.ModelServerConfig()
-    _read_text_proto(path, message, "model config")
+    read_text_proto(path, message, "model config")
     return from_proto(message, relative_to=path.parent.absolute())
 
 
@@ -125,7 +125,7 @@ def _policy(message: ServableVersionPolicy) -> VersionPolicy:
 def read_monitoring_config(path: Path) -> str | None:
     """The path metrics are served at on the REST port, or None when Prometheus is off."""
     message = monitoring_config_pb2.MonitoringConfig()
-    _read_text_proto(path, message, "monitoring config")
+    read_text_proto(path, message, "monitoring config")
     prometheus = message.prometheus_config
     if not prometheus.enable:
         return None

@@ -54,6 +54,9 @@ class ServerOptions:
     rest_api_num_threads: int = 0  # 0: four per CPU
     rest_api_timeout_in_ms: int = 30000
     monitoring_config_file: str = ""
+    enable_batching: bool = False
+    batching_parameters_file: str = ""
+    enable_per_model_batching_parameters: bool = False
     enable_grpc_healthcheck_service: bool = False
 
     @property
@@ -88,9 +91,6 @@ _LIMITS: dict[str, tuple[Callable[[Any], bool], str]] = {
 # TF Serving flags not implemented yet, with their defaults.
 _NOT_YET: dict[str, str] = {
     "rest_api_enable_cors_support": "false",
-    "enable_batching": "false",
-    "batching_parameters_file": "",
-    "enable_per_model_batching_parameters": "false",
     "flush_filesystem_caches": "true",
     "saved_model_tags": "serve",
     "tensorflow_session_config_file": "",
@@ -175,6 +175,11 @@ def parse_flags(argv: Sequence[str]) -> ServerOptions:
     options = ServerOptions(**values)
     if not options.port and not options.grpc_socket_path:
         raise ConfigError("Server must listen on at least one of --port or --grpc_socket_path")
+    if options.batching_parameters_file and not options.enable_batching:
+        raise ConfigError(
+            "server_options.batching_parameters_file is set without setting "
+            "server_options.enable_batching to true."
+        )
     if options.rest_api_port and options.rest_api_port == options.port:
         raise ConfigError("--port and --rest_api_port must differ")
     return options

@@ -31,6 +31,7 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _TF_BUCKETS = [10 * 1.8**i for i in range(33)]
 # Loads and warmups take seconds to minutes: 1 ms * 2^i up to about 9 hours.
 _LOAD_BUCKETS = [1e3 * 2**i for i in range(25)]
+_BATCH_BUCKETS = [2**i for i in range(15)]
 
 GRPC, REST = "GRPC", "REST"
 
@@ -83,6 +84,30 @@ class Metrics:
             "requests in flight included.",
             ["model_name"], buckets=_LOAD_BUCKETS, registry=r,
         )
+        batching = ":tensorflow:serving:batching_session:"
+        self._processed_batch = Histogram(
+            batching + "processed_batch_size",
+            "Tracks the batch size distribution on processing, padding included.",
+            ["thread_pool_name"], buckets=_BATCH_BUCKETS, registry=r,
+        )
+        self._padding = Histogram(
+            batching + "padding_size", "Tracks the padding size distribution on batches.",
+            ["thread_pool_name"], buckets=_BATCH_BUCKETS, registry=r,
+        )
+        self._queuing = Histogram(
+            batching + "queuing_latency",
+            "Tracks the latency (in microseconds) from a task's enqueuing to its batch's run.",
+            ["thread_pool_name"], buckets=_TF_BUCKETS, registry=r,
+        )
+        self._batches = Counter(
+            batching + "wrapped_run_count", "Tracks the number of batches run.",
+            ["thread_pool_name"], registry=r,
+        )
+        self._batch_size = Histogram(
+            ":onnx_serving:batch_size",
+            "Requests' rows per batch, before padding: is batching merging anything?",
+            ["model_name"], buckets=_BATCH_BUCKETS, registry=r,
+        )
         if versions is not None:
             r.register(_VersionCollector(versions))
 
@@ -97,6 +122,18 @@ class Metrics:
         if stage == "run":
             api = "Predict" if entrypoint == GRPC else "predict"
             self._runtime_latency.labels(model, api, "ONNXRuntime").observe(seconds * 1e6)
+
+    def batch(
+        self, model: str, pool: str, rows: int, padded_rows: int, queue_seconds: list[float]
+    ) -> None:
+        """One batch run: its size, padding, and each task's wait (the "queue" stage)."""
+        self._processed_batch.labels(pool).observe(padded_rows)
+        self._padding.labels(pool).observe(padded_rows - rows)
+        self._batches.labels(pool).inc()
+        self._batch_size.labels(model).observe(rows)
+        for seconds in queue_seconds:
+            self._queuing.labels(pool).observe(seconds * 1e6)
+            self._stage_latency.labels(model, "BATCH", "queue").observe(seconds * 1e6)
 
     def warmup(self, model_path: str, ok: bool, seconds: float) -> None:
         self._warmup_latency.labels(model_path, "OK" if ok else "FAILED").observe(seconds * 1e6)

@@ -40,7 +40,7 @@ def test_flag_syntaxes() -> None:
     [
         (["--no_such_flag=1"], "Unknown command line flag 'no_such_flag'"),
         (["--port=eighty"], "Illegal value 'eighty' for flag --port"),
-        (["--enable_batching=true"], "Flag --enable_batching=true is a TF Serving flag"),
+        (["--enable_profiler=false"], "Flag --enable_profiler=false is a TF Serving flag"),
         (["--ssl_config_file=/ssl.txt"], "--ssl_config_file=/ssl.txt"),
         (["--rest_api_port=8500"], "--port and --rest_api_port must differ"),
         (["--version_transition_policy=eager"], "expected availability_preserving or"),
@@ -57,7 +57,7 @@ def test_refused_flags(argv: list[str], message: str) -> None:
 
 def test_unsupported_flags_at_their_default_are_accepted() -> None:
     parse_flags([
-        "--rest_api_port=0", "--enable_batching=false", "--ssl_config_file=",
+        "--rest_api_port=0", "--enable_profiler=true", "--ssl_config_file=",
         "--file_system_poll_wait_seconds=0", "--enable_model_warmup=true",
         "--saved_model_tags=serve",
     ])

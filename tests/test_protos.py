@@ -33,6 +33,17 @@ NOT_IN_TF_SERVING_API = {
     "tensorflow.serving.MonitoringConfig": {
         "prometheus_config": (1, FieldDescriptor.TYPE_MESSAGE),
     },
+    "tensorflow.serving.BatchingParameters": {
+        "max_batch_size": (1, FieldDescriptor.TYPE_MESSAGE),
+        "batch_timeout_micros": (2, FieldDescriptor.TYPE_MESSAGE),
+        "max_enqueued_batches": (3, FieldDescriptor.TYPE_MESSAGE),
+        "num_batch_threads": (4, FieldDescriptor.TYPE_MESSAGE),
+        "thread_pool_name": (5, FieldDescriptor.TYPE_MESSAGE),
+        "allowed_batch_sizes": (6, FieldDescriptor.TYPE_INT64),
+        "pad_variable_length_inputs": (7, FieldDescriptor.TYPE_BOOL),
+        "enable_large_batch_splitting": (8, FieldDescriptor.TYPE_MESSAGE),
+        "max_execution_batch_size": (9, FieldDescriptor.TYPE_MESSAGE),
+    },
 }
 
 

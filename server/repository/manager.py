@@ -126,13 +126,16 @@ class ModelManager(Generic[S]):
         *,
         observer: LifecycleObserver | None = None,
         describe: Callable[[S], str] = lambda servable: "",
+        close: Callable[[S], None] = lambda servable: None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        """``describe`` adds to the log line of a load (the providers in use, say)."""
+        """``describe`` adds to the log line of a load (the providers in use, say);
+        ``close`` runs on an unload once its requests are done, before the servable goes."""
         self._loader = loader
         self._options = options or LoadOptions()
         self._observer = observer
         self._describe = describe
+        self._close = close
         self._clock = clock
         self._lock = threading.Condition()
         self._models: dict[str, _Model[S]] = {}
@@ -439,6 +442,8 @@ class ModelManager(Generic[S]):
             while state.in_flight:
                 self._lock.wait()
             servable, state.servable = state.servable, None
+        if servable is not None:
+            self._close(servable)
         del servable
         gc.collect()
         _return_freed_memory()

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -16,12 +18,27 @@ from onnx_serving.server.runtime.signature import (
     DEFAULT_MODEL_FILE,
     SIGNATURES_FILE,
     Signature,
+    TensorSpec,
     build_signature,
     default_signatures,
     read_signature_file,
 )
 
 log = logging.getLogger(__name__)
+
+Outputs = dict[str, np.ndarray]
+
+
+class BatchQueue(Protocol):
+    """Merges concurrent requests into batches (server/batching's Batcher is one)."""
+
+    def submit(self, inputs: Mapping[str, np.ndarray]) -> Outputs: ...
+
+    def close(self) -> None: ...
+
+
+# Given a signature and how to run one batch of it (every output), a queue for it.
+Batching = Callable[[Signature, Callable[[dict[str, np.ndarray]], Outputs]], BatchQueue]
 
 
 class LoadedModel:
@@ -32,10 +49,15 @@ class LoadedModel:
         signatures: Mapping[str, Signature],
         sessions: Mapping[str, OnnxSession],
         runtime: RuntimeConfig,
+        batching: Batching | None = None,
     ) -> None:
         self.signatures = dict(signatures)
         self._sessions = dict(sessions)
         self.runtime = runtime
+        self._queues = {
+            name: batching(signature, functools.partial(self._run_all, signature))
+            for name, signature in self.signatures.items()
+        } if batching is not None else {}
 
     @property
     def providers(self) -> list[str]:
@@ -52,13 +74,32 @@ class LoadedModel:
         outputs = signature.select_outputs(output_filter)
         for alias, array in inputs.items():
             signature.check_input(alias, array)
+        queue = self._queues.get(signature.name)
+        if queue is not None:  # batches compute every output; each caller takes its own
+            everything = queue.submit(inputs)
+            return {spec.alias: everything[spec.alias] for spec in outputs}
+        return self._run(signature, inputs, outputs)
+
+    def close(self) -> None:
+        """Before the sessions go: batch queues hold none once their requests are done."""
+        for queue in self._queues.values():
+            queue.close()
+
+    def _run_all(self, signature: Signature, inputs: Mapping[str, np.ndarray]) -> Outputs:
+        return self._run(signature, inputs, list(signature.outputs.values()))
+
+    def _run(
+        self, signature: Signature, inputs: Mapping[str, np.ndarray], outputs: list[TensorSpec]
+    ) -> Outputs:
         feeds = {signature.inputs[alias].name: array for alias, array in inputs.items()}
         session = self._sessions[signature.model_file]
         values = session.run(feeds, [spec.name for spec in outputs])
         return {spec.alias: v for spec, v in zip(outputs, values, strict=True)}
 
 
-def load(version_dir: Path, server_default: RuntimeConfig) -> LoadedModel:
+def load(
+    version_dir: Path, server_default: RuntimeConfig, batching: Batching | None = None
+) -> LoadedModel:
     """Reads the signatures, then opens one session per ONNX file they use, configured by
     the server's defaults and the model's and version's runtime.json."""
     config = for_version(server_default, version_dir)
@@ -83,4 +124,4 @@ def load(version_dir: Path, server_default: RuntimeConfig) -> LoadedModel:
     else:
         signatures = default_signatures(graph(DEFAULT_MODEL_FILE))
     sessions = {file: OnnxSession(version_dir / file, graphs[file], config) for file in graphs}
-    return LoadedModel(signatures, sessions, config)
+    return LoadedModel(signatures, sessions, config, batching)
