@@ -20,6 +20,12 @@ import onnx
 
 # Domains ONNX Runtime runs; anything else is an op tf2onnx passed through unconverted.
 RUNNABLE_DOMAINS = ("", "ai.onnx", "ai.onnx.ml", "com.microsoft")
+# tf2onnx 1.17's --large_model path still calls numpy.product, which numpy 2 removed.
+_RUN_TF2ONNX = (
+    "import runpy, sys, numpy; numpy.product = getattr(numpy, 'product', numpy.prod); "
+    "sys.argv[0] = 'tf2onnx.convert'; "
+    "runpy.run_module('tf2onnx.convert', run_name='__main__', alter_sys=True)"
+)
 _UNSUPPORTED = re.compile(r"Unsupported ops: Counter\(\{(.*?)\}\)")
 _OP_NAME = re.compile(r"'([^']+)'")
 
@@ -47,7 +53,7 @@ def convert_signature(
     with tempfile.TemporaryDirectory() as scratch:
         target = Path(scratch) / ("model.zip" if large_model else "model.onnx")
         command = [
-            sys.executable, "-m", "tf2onnx.convert", "--saved-model", str(saved_model_dir),
+            sys.executable, "-c", _RUN_TF2ONNX, "--saved-model", str(saved_model_dir),
             "--tag", tag, "--signature_def", signature, "--opset", str(opset),
             "--output", str(target),
         ]

@@ -226,3 +226,24 @@ def test_optimize_and_quantize_report_their_accuracy(repository, tmp_path: Path)
     row = next(line for line in result.stdout.splitlines() if line.startswith("| cnn | 1 |"))
     max_abs = float(row.split("|")[5])
     assert 0 < max_abs <= 0.05  # int8 weights: close, not identical
+
+
+def test_large_model_layout_converts_and_serves(repository, tmp_path: Path) -> None:
+    """--large_model (weights as external files, for models over 2 GB) on a small model."""
+    result = convert(repository / "saved" / "cnn", tmp_path / "cnn", "--large_model")
+    assert result.returncode == 0, result.stderr[-2000:]
+    version = tmp_path / "cnn" / "1"
+    assert (version / "model.onnx").is_file() and not (version / "__MODEL_PROTO.onnx").exists()
+    server = ServerProcess([f"--model_base_path={tmp_path / 'cnn'}", "--model_name=cnn"],
+                           tmp_path / "server.log").start()
+    try:
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = "cnn"
+        request.inputs["image"].CopyFrom(
+            tf.make_tensor_proto(np.zeros((1, 32, 32, 3), np.float32)))
+        with grpc.insecure_channel(server.address) as channel:
+            response = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(
+                request, 30)
+        assert tf.make_ndarray(response.outputs["output_0"]).shape == (1, 10)
+    finally:
+        server.stop()
