@@ -1,0 +1,101 @@
+"""The gRPC servers under test, each a child process: started, awaited, stopped.
+
+A server that exits before its port opens is not an error of the suite: it
+is how an onnx-serving without batching answers ``--enable_batching``
+(``Failed to start server. Error: ...``). ``Refused`` carries that message so
+the contender is skipped with it as the note, before and after batching lands.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+
+import grpc
+
+from bench.suite.models import REPO
+
+
+class Refused(Exception):
+    """The server exited before serving; ``str()`` is the reason it gave."""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class ServerProcess:
+    """``python -m MODULE ARGS...`` with its output in a log file, ready once its port is.
+
+    The log is removed after a normal stop, and kept (its path in the error) otherwise."""
+
+    def __init__(self, module: str, args: Sequence[str], port: int, *, label: str) -> None:
+        self.label = label
+        self.address = f"127.0.0.1:{port}"
+        self._log = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed in stop()
+            prefix=f"bench-{label}-", suffix=".log", delete=False
+        )
+        self.log_path = Path(self._log.name)
+        self._ready = False
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", module, *args],
+            cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self._process.pid
+
+    def wait_ready(self, timeout: float = 300.0) -> None:
+        """Until the port answers; Refused if the process exits first."""
+        deadline = time.monotonic() + timeout
+        with grpc.insecure_channel(self.address) as channel:
+            ready = grpc.channel_ready_future(channel)
+            while time.monotonic() < deadline:
+                if self._process.poll() is not None:
+                    raise Refused(self._reason())
+                try:
+                    ready.result(timeout=0.5)
+                    self._ready = True
+                    return
+                except grpc.FutureTimeoutError:
+                    continue
+        self.stop()
+        raise RuntimeError(f"{self.label} did not open {self.address} in {timeout:.0f} s; "
+                           f"log: {self.log_path}")
+
+    def _reason(self) -> str:
+        text = self.log_path.read_text(errors="replace")
+        for line in text.splitlines():
+            if "Failed to start server" in line:
+                return line.strip()
+        return f"exited with status {self._process.returncode}: {text.strip()[-500:]}"
+
+    def stop(self) -> None:
+        if self._process.poll() is None:
+            self._process.terminate()
+            try:
+                self._process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+        self._log.close()
+        if self._ready:  # served and stopped: nothing in the log to look at
+            self.log_path.unlink(missing_ok=True)
+
+    def __enter__(self) -> ServerProcess:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()

@@ -1,0 +1,205 @@
+"""The issue's targets, judged from one run's results, each with the figures behind it.
+
+1. Predict's latency overhead over in-process ONNX Runtime (p50, one client) is at
+   most 1.2x the echo server's round trip for the same payload.
+2. With batching, saturation throughput on MobileNetV2 is at least 0.9x in-process
+   ONNX Runtime's best throughput at any batch size.
+3. ... and at least 2x TensorFlow's in-process throughput on the same model.
+4. On half_plus_two at 64 clients, batching gives at least 3x the throughput of none.
+
+A target whose contender could not run (batching refused by the server, say) is
+"not measured", with the reason, never "met"; one whose figures disagree beyond
+the machine's noise is "inconclusive", with both figures.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from bench.suite.plan import BATCHING, ECHO, ORT, SERVING, SWEEP_MODEL, TARGET_MODEL, TF, Plan
+from bench.suite.results import Cell, Results
+from bench.suite.stages import HANDLER
+
+MET, MISSED, NOT_MEASURED = "met", "MISSED", "not measured"
+INCONCLUSIVE = "inconclusive (noise)"
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    measured: str
+    status: str
+    why: str = ""
+
+
+def judge(results: Results, plan: Plan) -> list[Target]:
+    targets = [_overhead(results, model) for model in plan.models]
+    targets = [t for t in targets if t is not None]
+    if SWEEP_MODEL in plan.models:
+        targets += _saturation(results)
+    if TARGET_MODEL in plan.models and plan.target_clients:
+        targets.append(_batching_gain(results, plan.target_clients))
+    return targets
+
+
+def _best(cells: list[Cell]) -> Cell | None:
+    return max(cells, key=lambda c: c.items_per_second, default=None)
+
+
+def _overhead(results: Results, model: str) -> Target | None:
+    """Judged side by side (p50 against p50, as the target reads), and checked against a
+    paired figure from the same requests: the round trip minus the server's own run time.
+    When the model's run time drifts between slots by more than the overhead, the two
+    disagree, and the verdict says so rather than pick one."""
+    name = f"{model}: Predict overhead over ORT <= 1.2x echo round trip (p50, 1 client)"
+    serving, ort, echo = (results.cell(model, 1, n) for n in (SERVING, ORT, ECHO))
+    if not (serving and ort and echo):
+        return None
+    overhead = serving.sample.percentile_ms(50) - ort.sample.percentile_ms(50)
+    floor = echo.sample.percentile_ms(50)
+    ratio = overhead / floor
+    measured = f"side by side: {overhead:.2f} ms over ORT vs echo {floor:.2f} ms = {ratio:.2f}x"
+    met = ratio <= 1.2
+    run = serving.stages.get("run")
+    if run is None:
+        return Target(name, measured, MET if met else MISSED,
+                      "" if met else _overhead_reason(serving, ort, echo))
+    paired = serving.sample.mean_ms - run
+    paired_ratio = paired / echo.sample.mean_ms
+    measured += (f"; paired: round trip - server's run = {paired:.2f} ms vs echo "
+                 f"{echo.sample.mean_ms:.2f} ms = {paired_ratio:.2f}x (means)")
+    if met != (paired_ratio <= 1.2):
+        return Target(name, measured, INCONCLUSIVE,
+                      "the two figures disagree: the model's run time varied between slots by "
+                      "more than the overhead; " + _overhead_reason(serving, ort, echo))
+    return Target(name, measured, MET if met else MISSED,
+                  "" if met else _overhead_reason(serving, ort, echo))
+
+
+def _overhead_reason(serving: Cell, ort: Cell, echo: Cell) -> str:
+    """Splits the round trip with the server's own timings, so the miss names its cause."""
+    s = serving.stages
+    if HANDLER not in s:
+        return "no server-side timings to split the round trip"
+    outside = serving.sample.mean_ms - s[HANDLER]
+    stages = {k: v for k, v in s.items() if k in ("decode", "encode")}
+    other = s[HANDLER] - s.get("run", 0.0) - sum(stages.values())
+    parts = [
+        f"outside the handler (gRPC, protobuf, client) {outside:.2f} ms vs the whole echo "
+        f"round trip {echo.sample.mean_ms:.2f}",
+        "in the handler beyond the run " + ", ".join(f"{k} {v:.2f}" for k, v in stages.items())
+        + f", other {other:.2f}",
+        f"run in the server {s.get('run', 0.0):.2f} ms vs in-process {ort.sample.mean_ms:.2f}",
+    ]
+    if serving.server_cpu_ms is not None and echo.server_cpu_ms is not None:
+        parts.append(f"server CPU per request {serving.server_cpu_ms:.2f} ms vs echo server "
+                     f"{echo.server_cpu_ms:.2f} + ORT in-process {ort.client_cpu_ms:.2f}")
+    return "; ".join(parts) + " (means, ms)"
+
+
+def _saturation(results: Results) -> list[Target]:
+    model = SWEEP_MODEL
+    limit = _best(results.sweep + results.cells_of(model, ORT))
+    tf = _best(results.cells_of(model, TF))
+    batching = _best(results.cells_of(model, BATCHING))
+    plain = _best(results.cells_of(model, SERVING))
+    skipped = results.skipped.get((model, BATCHING), "")
+    targets = []
+    name = f"{model}: batching saturation >= 0.9x ORT's best at any batch size"
+    if limit is None:
+        targets.append(Target(name, "no ORT figures", NOT_MEASURED))
+    elif batching is None:
+        info = f"(without batching: {plain.items_per_second / limit.items_per_second:.2f}x)" \
+            if plain else ""
+        targets.append(Target(name, f"ORT best {limit.items_per_second:.1f}/s {info}",
+                              NOT_MEASURED, skipped or "batching contender not run"))
+    else:
+        ratio = batching.items_per_second / limit.items_per_second
+        measured = (f"{batching.items_per_second:.1f}/s (x{batching.clients}) vs ORT "
+                    f"{limit.items_per_second:.1f}/s ({limit.contender}, batch {limit.batch}, "
+                    f"x{limit.clients}): {ratio:.2f}x")
+        why = "" if ratio >= 0.9 else _cpu_reason(results, batching, limit)
+        targets.append(Target(name, measured, MET if ratio >= 0.9 else MISSED, why))
+
+    name = f"{model}: onnx-serving throughput >= 2x TF in-process"
+    server = batching or plain
+    if tf is None or server is None or limit is None:
+        targets.append(Target(name, "TF, ORT or onnx-serving not run", NOT_MEASURED))
+    else:
+        ratio = server.items_per_second / tf.items_per_second
+        ort_vs_tf = limit.items_per_second / tf.items_per_second
+        measured = (f"{server.contender} {server.items_per_second:.1f}/s (x{server.clients}) vs "
+                    f"TF {tf.items_per_second:.1f}/s (x{tf.clients}): {ratio:.2f}x")
+        if ratio >= 2:
+            why = ""
+        elif ort_vs_tf < 2:
+            why = (f"ONNX Runtime itself (in-process) is only {ort_vs_tf:.2f}x TF here, so no "
+                   "server over it can be 2x")
+        else:
+            why = (f"ONNX Runtime in-process is {ort_vs_tf:.2f}x TF, but the server keeps "
+                   f"{server.items_per_second / limit.items_per_second:.2f}x of it: "
+                   + _cpu_reason(results, server, limit))
+        if batching is None:
+            why = (why + "; " if why else "") + f"batching not measured ({skipped})"
+        targets.append(Target(name, measured, MET if ratio >= 2 else MISSED, why))
+    return targets
+
+
+def _cpu_reason(results: Results, cell: Cell, limit: Cell) -> str:
+    """At saturation throughput is cores / CPU per item: compares the server's CPU per
+    request (plus the client's, on the same cores) with ONNX Runtime's own per item."""
+    cores = os.cpu_count() or 1
+    ort_item = limit.client_cpu_ms / limit.batch
+    if cell.server_cpu_ms is None or not ort_item:
+        return _saturation_reason(cell)
+    spent = cell.server_cpu_ms + cell.client_cpu_ms
+    text = (f"CPU-bound: each request costs {cell.server_cpu_ms:.2f} ms of server CPU + "
+            f"{cell.client_cpu_ms:.2f} ms of client CPU on the same {cores} cores, at most "
+            f"{cores * 1000 / spent:.0f}/s, against {ort_item:.2f} ms per item in-process "
+            f"({cores * 1000 / ort_item:.0f}/s)")
+    echo = results.cell(cell.model, cell.clients, ECHO)
+    if echo is not None and echo.server_cpu_ms is not None:
+        text += (f"; the transport alone (echo: server {echo.server_cpu_ms:.2f} + client "
+                 f"{echo.client_cpu_ms:.2f} ms) caps it at "
+                 f"{ort_item / (ort_item + echo.server_cpu_ms + echo.client_cpu_ms):.2f}x of "
+                 "in-process ORT")
+    if cell.stages:
+        text += "; server means (ms): " + ", ".join(f"{k} {v:.2f}"
+                                                   for k, v in cell.stages.items())
+    return text
+
+
+def _saturation_reason(cell: Cell) -> str:
+    parts = [f"CPU per request: client {cell.client_cpu_ms:.2f} ms"]
+    if cell.server_cpu_ms is not None:
+        parts.append(f"server {cell.server_cpu_ms:.2f} ms")
+    if cell.stages:
+        parts.append("server means (ms): " + ", ".join(f"{k} {v:.2f}"
+                                                      for k, v in cell.stages.items()))
+    return "; ".join(parts)
+
+
+def _batching_gain(results: Results, clients: int) -> Target:
+    model = TARGET_MODEL
+    name = f"{model}: batching >= 3x no batching at {clients} clients"
+    plain = results.cell(model, clients, SERVING)
+    batching = results.cell(model, clients, BATCHING)
+    if batching is None or plain is None:
+        reason = results.skipped.get((model, BATCHING), "batching contender not run")
+        measured = f"no batching: {plain.sample.throughput:.1f}/s" if plain else "-"
+        return Target(name, measured, NOT_MEASURED, reason)
+    ratio = batching.sample.throughput / plain.sample.throughput
+    measured = (f"{batching.sample.throughput:.1f}/s vs {plain.sample.throughput:.1f}/s: "
+                f"{ratio:.2f}x")
+    if ratio >= 3:
+        return Target(name, measured, MET)
+    why = []
+    echo = results.cell(model, clients, ECHO)
+    if echo is not None:
+        ceiling = echo.sample.throughput / plain.sample.throughput
+        why.append(f"the echo server, with no model at all, does {echo.sample.throughput:.0f}/s "
+                   f"at {clients} clients, {ceiling:.2f}x the unbatched server: the ceiling "
+                   "for any batching over this transport and client")
+    why.append(_saturation_reason(batching))
+    return Target(name, measured, MISSED, "; ".join(why))
