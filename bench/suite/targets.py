@@ -34,8 +34,7 @@ class Target:
 
 
 def judge(results: Results, plan: Plan) -> list[Target]:
-    targets = [_overhead(results, model) for model in plan.models]
-    targets = [t for t in targets if t is not None]
+    targets = [t for t in (_overhead(results, m) for m in plan.models) if t is not None]
     if SWEEP_MODEL in plan.models:
         targets += _saturation(results)
     if TARGET_MODEL in plan.models and plan.target_clients:
