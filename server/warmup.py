@@ -94,7 +94,8 @@ def _synthetic(model: LoadedModel, version_dir: Path, dim: int) -> None:
             fill = b"" if spec.dtype == object else 0
             inputs[alias] = np.full(shape, fill, dtype=spec.dtype)
         try:
-            model.predict(signature, inputs)
+            with model.predict(signature, inputs):
+                pass
         except ServingError as exc:
             log.warning("Synthetic warmup of signature %s in %s failed: %s",
                         signature.name, version_dir, exc.message)

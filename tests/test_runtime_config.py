@@ -7,11 +7,9 @@ import json
 from pathlib import Path
 
 import grpc
-import ml_dtypes
 import numpy as np
 import onnxruntime as ort
 import pytest
-from onnx import TensorProto
 from tensorflow_serving.apis import get_model_metadata_pb2, prediction_service_pb2_grpc
 
 from onnx_serving.client import Client
@@ -20,7 +18,7 @@ from onnx_serving.server.runtime import config as runtime_config
 from onnx_serving.server.runtime.config import Provider, RuntimeConfig
 from onnx_serving.server.runtime.graph import read_graph
 from onnx_serving.server.runtime.session import OnnxSession, _provider_options, _session_options
-from tests.models import add_constant, identity
+from tests.models import add_constant
 from tests.server_process import ServerProcess
 
 HAS_CUDA = "CUDAExecutionProvider" in ort.get_available_providers()
@@ -142,34 +140,6 @@ def test_tensorrt_caches_get_a_path_that_survives_reloads(tmp_path: Path) -> Non
     write_model(tmp_path / "1", add_constant(5))
     assert _provider_options(trt, path, config)["trt_engine_cache_path"] != \
         first["trt_engine_cache_path"]
-
-
-@pytest.mark.parametrize(
-    ("elem_type", "value"),
-    [
-        (TensorProto.FLOAT, np.arange(12, dtype=np.float32).reshape(3, 4)),
-        (TensorProto.INT64, np.arange(6, dtype=np.int64)),
-        (TensorProto.BFLOAT16, np.arange(4).astype(ml_dtypes.bfloat16)),
-        (TensorProto.STRING, np.array(["a\x00b", "é"], dtype=object)),
-    ],
-)
-def test_io_binding_gives_what_run_gives(tmp_path: Path, elem_type: int, value: np.ndarray) -> None:
-    path = write_model(tmp_path / "1", identity(elem_type))
-    plain, bound = session(path), session(path, io_binding=True)
-    feed = {"input": value.astype(object) if value.dtype == object else value}
-    expected = plain.run(feed, ["output"])[0]
-    got = bound.run(feed, ["output"])[0]
-    assert got.dtype == expected.dtype and got.tolist() == expected.tolist()
-
-
-@pytest.mark.skipif(not HAS_CUDA, reason="needs onnxruntime-gpu and a GPU")
-def test_cuda_with_io_binding(tmp_path: Path) -> None:  # pragma: no cover - GPU machines
-    path = write_model(tmp_path / "1")
-    providers = (Provider("CUDAExecutionProvider"), Provider("CPUExecutionProvider"))
-    cuda = session(path, providers=providers, io_binding=True)
-    assert cuda.providers[0] == "CUDAExecutionProvider"
-    x = np.ones((4, 1), np.float32)
-    assert cuda.run({"x": x}, ["y"])[0].tolist() == [[2.0]] * 4
 
 
 def test_server_refuses_a_missing_provider_and_shows_active_ones(tmp_path: Path) -> None:

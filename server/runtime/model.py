@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Protocol
 
@@ -18,7 +19,6 @@ from onnx_serving.server.runtime.signature import (
     DEFAULT_MODEL_FILE,
     SIGNATURES_FILE,
     Signature,
-    TensorSpec,
     build_signature,
     default_signatures,
     read_signature_file,
@@ -68,8 +68,13 @@ class LoadedModel:
         signature: Signature,
         inputs: Mapping[str, np.ndarray],
         output_filter: Sequence[str] = (),
-    ) -> dict[str, np.ndarray]:
-        """Outputs by alias, in the order asked for. ``signature`` is one of ours."""
+    ) -> AbstractContextManager[Outputs]:
+        """Runs on entering the block: outputs by alias, in the order asked for.
+        ``signature`` is one of ours.
+
+        They are valid inside the block only: with IO binding they are buffers that the
+        next request reuses, so the response is encoded before the block ends.
+        """
         signature.check_input_keys(inputs.keys())
         outputs = signature.select_outputs(output_filter)
         for alias, array in inputs.items():
@@ -77,8 +82,11 @@ class LoadedModel:
         queue = self._queues.get(signature.name)
         if queue is not None:  # batches compute every output; each caller takes its own
             everything = queue.submit(inputs)
-            return {spec.alias: everything[spec.alias] for spec in outputs}
-        return self._run(signature, inputs, outputs)
+            return nullcontext({spec.alias: everything[spec.alias] for spec in outputs})
+        return self._sessions[signature.model_file].lease(
+            self._feeds(signature, inputs),
+            [spec.name for spec in outputs], [spec.alias for spec in outputs],
+        )
 
     def close(self) -> None:
         """Before the sessions go: batch queues hold none once their requests are done."""
@@ -86,15 +94,15 @@ class LoadedModel:
             queue.close()
 
     def _run_all(self, signature: Signature, inputs: Mapping[str, np.ndarray]) -> Outputs:
-        return self._run(signature, inputs, list(signature.outputs.values()))
-
-    def _run(
-        self, signature: Signature, inputs: Mapping[str, np.ndarray], outputs: list[TensorSpec]
-    ) -> Outputs:
-        feeds = {signature.inputs[alias].name: array for alias, array in inputs.items()}
+        """One batch: its outputs are the callers' to keep, so no buffer is reused."""
+        outputs = list(signature.outputs.values())
         session = self._sessions[signature.model_file]
-        values = session.run(feeds, [spec.name for spec in outputs])
+        values = session.run(self._feeds(signature, inputs), [spec.name for spec in outputs])
         return {spec.alias: v for spec, v in zip(outputs, values, strict=True)}
+
+    @staticmethod
+    def _feeds(signature: Signature, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {signature.inputs[alias].name: array for alias, array in inputs.items()}
 
 
 def load(

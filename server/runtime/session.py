@@ -13,6 +13,7 @@ import ctypes
 import hashlib
 import logging
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ import numpy as np
 import onnxruntime as ort
 
 from onnx_serving.server.errors import InvalidArgument, ModelLoadError
+from onnx_serving.server.runtime.binding import BoundRunner
 from onnx_serving.server.runtime.config import CPU, Provider, RuntimeConfig
 from onnx_serving.server.runtime.dtypes import ONNX_BY_NUMPY, RAW_BITS
 from onnx_serving.server.runtime.graph import Graph
@@ -118,8 +120,20 @@ class OnnxSession:
         if failed:
             log.warning("%s: %s unavailable; running on %s (allow_fallback)",
                         path.name, failed, self.providers)
-        self._io_binding = config.io_binding
         self._raw_outputs = {n: dt for n, (dt, _) in graph.outputs.items() if dt in RAW_BITS}
+        host_dtypes = {
+            n: dt for n, (dt, _) in graph.outputs.items() if dt not in RAW_BITS and dt.kind != "O"
+        }
+        self._raw_inputs = {n for n, (dt, _) in graph.inputs.items() if dt in RAW_BITS}
+        # ONNX Runtime binds neither text nor an initializer given a value of its own.
+        self._bindable = {i.name for i in self._session.get_inputs()} - {
+            n for n, (dt, _) in graph.inputs.items() if dt.kind == "O"
+        }
+        # run_with_iobinding raises a bare RuntimeError for what run() raises as Fail.
+        self._bound = BoundRunner(
+            self._session, host_dtypes, (*_ORT_ERRORS, RuntimeError), _run_error,
+            self._from_ort_value,
+        ) if config.io_binding else None
 
     @staticmethod
     def _available(config: RuntimeConfig, model: str) -> list[Provider]:
@@ -139,33 +153,29 @@ class OnnxSession:
         return kept or [Provider(CPU)]
 
     def run(self, feeds: Mapping[str, np.ndarray], outputs: Sequence[str]) -> list[np.ndarray]:
+        """Outputs the caller owns (a batch's, split among its requests later)."""
         ort_feeds = {name: _to_ort(name, array) for name, array in feeds.items()}
         try:
-            if self._io_binding and not any(a.dtype == object for a in feeds.values()):
-                return self._run_bound(ort_feeds, outputs)
             if self._raw_outputs.keys() & set(outputs):
                 values = self._session.run_with_ort_values(list(outputs), ort_feeds)
                 return [self._from_ort_value(n, v) for n, v in zip(outputs, values, strict=True)]
             return self._session.run(list(outputs), ort_feeds)
         except _ORT_ERRORS as exc:
-            raise InvalidArgument(f"ONNX Runtime: {exc}") from exc
+            raise _run_error(exc) from exc
 
-    def _run_bound(
-        self, feeds: Mapping[str, np.ndarray | ort.OrtValue], outputs: Sequence[str]
-    ) -> list[np.ndarray]:
-        """Inputs bound where they lie (copied to the device once, if the provider has one);
-        outputs written straight to host memory, where the response is encoded from."""
-        binding = self._session.io_binding()
-        for name, value in feeds.items():
-            if isinstance(value, ort.OrtValue):
-                binding.bind_ortvalue_input(name, value)
-            else:
-                binding.bind_cpu_input(name, np.ascontiguousarray(value))
-        for name in outputs:
-            binding.bind_output(name, "cpu")
-        self._session.run_with_iobinding(binding)
-        values = binding.get_outputs()
-        return [self._from_ort_value(n, v) for n, v in zip(outputs, values, strict=True)]
+    def lease(
+        self, feeds: Mapping[str, np.ndarray], outputs: Sequence[str], keys: Sequence[str]
+    ) -> AbstractContextManager[dict[str, np.ndarray]]:
+        """Runs on entering; the outputs, by ``keys``, are valid inside the block only.
+
+        With IO binding they are buffers that the next request reuses: encode them (or
+        copy) before the block ends.
+        """
+        if self._bound is not None and feeds.keys() <= self._bindable:
+            if self._raw_inputs:
+                feeds = {name: _to_ort(name, array) for name, array in feeds.items()}
+            return self._bound.lease(feeds, outputs, keys)
+        return nullcontext(dict(zip(keys, self.run(feeds, outputs), strict=True)))
 
     def _from_ort_value(self, name: str, value: ort.OrtValue) -> np.ndarray:
         dtype = self._raw_outputs.get(name)
@@ -174,6 +184,10 @@ class OnnxSession:
         size = value.tensor_size_in_bytes()
         raw = bytes((ctypes.c_uint8 * size).from_address(value.data_ptr())) if size else b""
         return np.frombuffer(raw, dtype=dtype).reshape(value.shape())
+
+
+def _run_error(exc: Exception) -> InvalidArgument:
+    return InvalidArgument(f"ONNX Runtime: {exc}")
 
 
 def _to_ort(name: str, array: np.ndarray) -> np.ndarray | ort.OrtValue:

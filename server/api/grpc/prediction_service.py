@@ -132,12 +132,12 @@ def run_predict(
     signature.check_input_keys(request.inputs.keys())
     inputs = {alias: _decode(alias, proto) for alias, proto in request.inputs.items()}
     clock.lap("decode")
-    prediction = model.predict(signature, inputs, request.output_filter)
-    clock.lap("run")
     response = predict_pb2.PredictResponse()
-    fill_spec(response.model_spec, request.model_spec.name, version, signature.name)
-    for alias, array in prediction.items():
-        encode_into(response.outputs[alias], array, tensor_content=tensor_content)
+    with model.predict(signature, inputs, request.output_filter) as prediction:
+        clock.lap("run")
+        fill_spec(response.model_spec, request.model_spec.name, version, signature.name)
+        for alias, array in prediction.items():
+            encode_into(response.outputs[alias], array, tensor_content=tensor_content)
     clock.lap("encode")
     return response
 

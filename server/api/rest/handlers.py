@@ -63,8 +63,8 @@ class RestHandler:
             dtypes = {alias: spec.dtype for alias, spec in signature.inputs.items()}
             inputs = read_inputs(document, dtypes)
             clock.lap("decode")
-            outputs = model.predict(signature, inputs.tensors)
-            clock.lap("run")
-        text = columnar_json(outputs) if inputs.columnar else row_json(outputs)
+            with model.predict(signature, inputs.tensors) as outputs:
+                clock.lap("run")
+                text = columnar_json(outputs) if inputs.columnar else row_json(outputs)
         clock.lap("encode")
         return text
