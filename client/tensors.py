@@ -32,16 +32,28 @@ class TensorCodecError(ValueError):
 class _Kind:
     numpy: np.dtype
     field: str
-    field_number: int
     # How values sit in the typed field: "fixed" (raw little-endian bytes),
     # "varint", "bits16" (the 16 bits of half floats, as varints),
     # "bytes" (one value per byte, in a bytes field) or "string".
     wire: str
+    little: np.dtype  # ``numpy`` in little-endian order, as the wire has it
+    tag: bytes  # the typed field's key, for a packed (length-delimited) run
 
 
 def _kind(numpy: type | np.dtype, field: str, wire: str) -> _Kind:
     number = TensorProto.DESCRIPTOR.fields_by_name[field].number
-    return _Kind(np.dtype(numpy), field, number, wire)
+    dtype = np.dtype(numpy)
+    return _Kind(dtype, field, wire, dtype.newbyteorder("<"), _varint((number << 3) | 2))
+
+
+def _varint(value: int) -> bytes:
+    """One protobuf varint: a field's key or length, too few bytes for numpy to pay off."""
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
 
 
 KINDS: Final[dict[int, _Kind]] = {
@@ -89,6 +101,9 @@ def numpy_dtype(dtype: int) -> np.dtype:
 
 def datatype_of(dtype: np.dtype) -> int:
     """The DataType for a numpy dtype; str, bytes and object arrays are DT_STRING."""
+    known = _DATATYPE_BY_NUMPY.get(dtype)
+    if known is not None:
+        return known
     if dtype.kind in "OSU":
         return types_pb2.DT_STRING
     try:
@@ -140,7 +155,7 @@ def make_ndarray(proto: TensorProto) -> np.ndarray:
                 f"tensor_content has {len(proto.tensor_content)} bytes; "
                 f"shape {list(shape)} of {dtype_name(proto.dtype)} needs {expected}"
             )
-        flat = np.frombuffer(proto.tensor_content, dtype=kind.numpy.newbyteorder("<"))
+        flat = np.frombuffer(proto.tensor_content, dtype=kind.little)
         return flat.astype(kind.numpy, copy=False).reshape(shape)
     return _fill(_typed_values(proto, kind), count, kind).reshape(shape)
 
@@ -225,7 +240,7 @@ def encode_into(proto: TensorProto, array: np.ndarray, *, tensor_content: bool =
     if kind.wire == "string":
         proto.string_val.extend(_as_bytes(v) for v in array.reshape(-1))
     elif tensor_content:
-        proto.tensor_content = _little_endian(array.astype(kind.numpy, copy=False)).tobytes()
+        proto.tensor_content = np.ascontiguousarray(array, dtype=kind.little).tobytes()
     else:
         proto.MergeFromString(_packed_field(kind, array.astype(kind.numpy, copy=False)))
 
@@ -240,14 +255,10 @@ def _as_bytes(value: object) -> bytes:
     raise TensorCodecError(f"string tensor holds a {type(value).__name__}, not str or bytes")
 
 
-def _little_endian(array: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))
-
-
 def _packed_field(kind: _Kind, array: np.ndarray) -> bytes:
     flat = array.reshape(-1)
     if kind.wire in ("fixed", "bytes"):
-        payload = _little_endian(flat).tobytes()
+        payload = np.ascontiguousarray(flat, dtype=kind.little).tobytes()
     elif kind.wire == "bits16":
         payload = encode_varints(flat.view(np.uint16).astype(np.uint64))
     elif flat.dtype.kind in "iu":
@@ -256,8 +267,7 @@ def _packed_field(kind: _Kind, array: np.ndarray) -> bytes:
         payload = encode_varints(wide.astype(np.uint64, copy=False))
     else:  # bool
         payload = flat.astype(np.uint8).tobytes()
-    tag = (kind.field_number << 3) | 2
-    return encode_varints(np.array([tag, len(payload)], dtype=np.uint64)) + payload
+    return kind.tag + _varint(len(payload)) + payload
 
 
 _CHUNK = 1 << 20

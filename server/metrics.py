@@ -17,6 +17,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -110,30 +111,42 @@ class Metrics:
         )
         if versions is not None:
             r.register(_VersionCollector(versions))
+        # prometheus-client's labels() takes a lock and checks its labels on every call:
+        # microseconds on each request's path. The labelled children are kept here.
+        self._children: dict[tuple[object, tuple[str, ...]], Any] = {}
+
+    def _child(self, metric: Counter | Histogram, *labels: str) -> Any:
+        key = (metric, labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children.setdefault(key, metric.labels(*labels))
+        return child
 
     def request(self, model: str, api: str, entrypoint: str, code: Code, seconds: float) -> None:
         """One finished request. As in TF Serving, latency counts successes only."""
-        self._requests.labels(model, code.name).inc()
+        self._child(self._requests, model, code.name).inc()
         if code is Code.OK:
-            self._request_latency.labels(model, api, entrypoint).observe(seconds * 1e6)
+            self._child(self._request_latency, model, api, entrypoint).observe(seconds * 1e6)
 
     def stage(self, model: str, entrypoint: str, stage: str, seconds: float) -> None:
-        self._stage_latency.labels(model, entrypoint, stage).observe(seconds * 1e6)
+        self._child(self._stage_latency, model, entrypoint, stage).observe(seconds * 1e6)
         if stage == "run":
             api = "Predict" if entrypoint == GRPC else "predict"
-            self._runtime_latency.labels(model, api, "ONNXRuntime").observe(seconds * 1e6)
+            self._child(self._runtime_latency, model, api, "ONNXRuntime").observe(seconds * 1e6)
 
     def batch(
         self, model: str, pool: str, rows: int, padded_rows: int, queue_seconds: list[float]
     ) -> None:
         """One batch run: its size, padding, and each task's wait (the "queue" stage)."""
-        self._processed_batch.labels(pool).observe(padded_rows)
-        self._padding.labels(pool).observe(padded_rows - rows)
-        self._batches.labels(pool).inc()
-        self._batch_size.labels(model).observe(rows)
+        self._child(self._processed_batch, pool).observe(padded_rows)
+        self._child(self._padding, pool).observe(padded_rows - rows)
+        self._child(self._batches, pool).inc()
+        self._child(self._batch_size, model).observe(rows)
+        queuing = self._child(self._queuing, pool)
+        queue_stage = self._child(self._stage_latency, model, "BATCH", "queue")
         for seconds in queue_seconds:
-            self._queuing.labels(pool).observe(seconds * 1e6)
-            self._stage_latency.labels(model, "BATCH", "queue").observe(seconds * 1e6)
+            queuing.observe(seconds * 1e6)
+            queue_stage.observe(seconds * 1e6)
 
     def warmup(self, model_path: str, ok: bool, seconds: float) -> None:
         self._warmup_latency.labels(model_path, "OK" if ok else "FAILED").observe(seconds * 1e6)

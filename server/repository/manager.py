@@ -137,7 +137,11 @@ class ModelManager(Generic[S]):
         self._describe = describe
         self._close = close
         self._clock = clock
-        self._lock = threading.Condition()
+        lock = threading.RLock()
+        self._lock = threading.Condition(lock)
+        # Told when a version's last request ends, on its own: a request's release must
+        # not wake everything that waits on the lock (the retry ticker, start-up waits).
+        self._drained = threading.Condition(lock)
         self._models: dict[str, _Model[S]] = {}
         self._loads = ThreadPoolExecutor(max(1, self._options.load_threads), "load")
         self._unloads = ThreadPoolExecutor(max(1, self._options.unload_threads), "unload")
@@ -231,7 +235,7 @@ class ModelManager(Generic[S]):
             with self._lock:
                 held.in_flight -= 1
                 if held.in_flight == 0:
-                    self._lock.notify_all()
+                    self._drained.notify_all()
 
     def _pin(self, name: str, version: int | None, label: str | None) -> _Version[S]:
         with self._lock:
@@ -440,7 +444,7 @@ class ModelManager(Generic[S]):
         started = self._clock()
         with self._lock:
             while state.in_flight:
-                self._lock.wait()
+                self._drained.wait()
             servable, state.servable = state.servable, None
         if servable is not None:
             self._close(servable)

@@ -124,7 +124,9 @@ class OnnxSession:
         host_dtypes = {
             n: dt for n, (dt, _) in graph.outputs.items() if dt not in RAW_BITS and dt.kind != "O"
         }
-        self._raw_inputs = {n for n, (dt, _) in graph.inputs.items() if dt in RAW_BITS}
+        self._converted_inputs = any(
+            dt in RAW_BITS or dt.kind == "O" for dt, _ in graph.inputs.values()
+        )
         # ONNX Runtime binds neither text nor an initializer given a value of its own.
         self._bindable = {i.name for i in self._session.get_inputs()} - {
             n for n, (dt, _) in graph.inputs.items() if dt.kind == "O"
@@ -154,9 +156,9 @@ class OnnxSession:
 
     def run(self, feeds: Mapping[str, np.ndarray], outputs: Sequence[str]) -> list[np.ndarray]:
         """Outputs the caller owns (a batch's, split among its requests later)."""
-        ort_feeds = {name: _to_ort(name, array) for name, array in feeds.items()}
+        ort_feeds = self._ort_feeds(feeds)
         try:
-            if self._raw_outputs.keys() & set(outputs):
+            if self._raw_outputs and not self._raw_outputs.keys().isdisjoint(outputs):
                 values = self._session.run_with_ort_values(list(outputs), ort_feeds)
                 return [self._from_ort_value(n, v) for n, v in zip(outputs, values, strict=True)]
             return self._session.run(list(outputs), ort_feeds)
@@ -172,10 +174,14 @@ class OnnxSession:
         copy) before the block ends.
         """
         if self._bound is not None and feeds.keys() <= self._bindable:
-            if self._raw_inputs:
-                feeds = {name: _to_ort(name, array) for name, array in feeds.items()}
-            return self._bound.lease(feeds, outputs, keys)
+            return self._bound.lease(self._ort_feeds(feeds), outputs, keys)
         return nullcontext(dict(zip(keys, self.run(feeds, outputs), strict=True)))
+
+    def _ort_feeds(self, feeds: Mapping[str, np.ndarray]) -> Mapping[str, Any]:
+        """Text decoded, raw-bit types wrapped: only graphs with such inputs pay for it."""
+        if not self._converted_inputs:
+            return feeds
+        return {name: _to_ort(name, array) for name, array in feeds.items()}
 
     def _from_ort_value(self, name: str, value: ort.OrtValue) -> np.ndarray:
         dtype = self._raw_outputs.get(name)

@@ -36,6 +36,7 @@ class ObserveRequests(grpc.ServerInterceptor):
     def __init__(self, metrics: Metrics, *, access_log_enabled: bool = False) -> None:
         self._metrics = metrics
         self._access_log = access_log_enabled
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler | None, Any]] = {}
 
     def intercept_service(
         self,
@@ -44,6 +45,17 @@ class ObserveRequests(grpc.ServerInterceptor):
     ) -> grpc.RpcMethodHandler | None:
         handler = continuation(handler_call_details)
         method = handler_call_details.method  # type: ignore[attr-defined]
+        # gRPC asks on every call; a registered method's handler is the same each time.
+        cached = self._wrapped.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = self._wrap(method, handler)
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
+
+    def _wrap(
+        self, method: str, handler: grpc.RpcMethodHandler | None
+    ) -> grpc.RpcMethodHandler | None:
         api = method.removeprefix(_PREFIX)
         if handler is None or not method.startswith(_PREFIX) or api not in _OBSERVED:
             return handler
