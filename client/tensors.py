@@ -146,16 +146,17 @@ def make_ndarray(proto: TensorProto) -> np.ndarray:
     if count == 0:
         # TF allocates no buffer for an empty tensor, so its values go unread.
         return np.empty(shape, dtype=kind.numpy)
-    if proto.tensor_content:
+    content = proto.tensor_content  # each read of a bytes field is a copy: read it once
+    if content:
         if kind.wire == "string":
-            return _decode_string_list(proto.tensor_content, count).reshape(shape)
+            return _decode_string_list(content, count).reshape(shape)
         expected = count * kind.numpy.itemsize
-        if len(proto.tensor_content) != expected:
+        if len(content) != expected:
             raise TensorCodecError(
-                f"tensor_content has {len(proto.tensor_content)} bytes; "
+                f"tensor_content has {len(content)} bytes; "
                 f"shape {list(shape)} of {dtype_name(proto.dtype)} needs {expected}"
             )
-        flat = np.frombuffer(proto.tensor_content, dtype=kind.little)
+        flat = np.frombuffer(content, dtype=kind.little)
         return flat.astype(kind.numpy, copy=False).reshape(shape)
     return _fill(_typed_values(proto, kind), count, kind).reshape(shape)
 

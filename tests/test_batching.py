@@ -32,6 +32,7 @@ from onnx_serving.server.errors import (
     InvalidArgument,
     Unavailable,
 )
+from tests.concurrency import run_concurrently
 
 Arrays = dict[str, np.ndarray]
 
@@ -250,11 +251,7 @@ def test_concurrent_callers_each_get_their_own_rows() -> None:
                 if not (np.array_equal(out["y"], x * 2) and np.array_equal(out["id"], ids)):
                     wrong.append((t, i))
 
-        clients = [threading.Thread(target=client, args=(t,)) for t in range(threads)]
-        for thread in clients:
-            thread.start()
-        for thread in clients:
-            thread.join()
+        run_concurrently(client, threads)
         stats = batcher.stats
 
     assert not wrong

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import numpy as np
 import requests
 
 from onnx_serving.client import Client
+from tests.concurrency import run_concurrently
 from tests.models import EXAMPLES
 from tests.server_process import ServerProcess, free_port
 from tests.test_observability import sample
@@ -39,11 +39,7 @@ def test_concurrent_requests_are_batched_and_answered_each(tmp_path: Path) -> No
                     if y.tolist() != (0.5 * x + 2).tolist():
                         errors.append(f"client {index}: {y.tolist()} for {x.tolist()}")
 
-        threads = [threading.Thread(target=client, args=(i,)) for i in range(16)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        run_concurrently(client, 16)
         assert errors == []
         text = requests.get(f"http://127.0.0.1:{rest_port}/monitoring/prometheus/metrics",
                             timeout=10).text

@@ -3,7 +3,6 @@ The CUDA check skips without a GPU."""
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 import ml_dtypes
@@ -13,6 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnx_serving.server.errors import InvalidArgument
 from onnx_serving.server.runtime.config import Provider
+from tests.concurrency import run_concurrently
 from tests.models import _model, add_constant, identity
 from tests.test_runtime_config import HAS_CUDA, session, write_model
 
@@ -106,11 +106,7 @@ def test_requests_in_flight_never_share_a_buffer(tmp_path: Path) -> None:
                 if out["y"].tolist() != [[value + 1]] * 3:
                     errors.append(f"{k}/{i}: {out['y'].tolist()}")
 
-    threads = [threading.Thread(target=caller, args=(k,)) for k in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    run_concurrently(caller, 8)
     assert errors == []
 
 

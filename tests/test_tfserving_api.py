@@ -35,6 +35,7 @@ from tensorflow_serving.apis import (
     regression_pb2,
 )
 
+from tests.concurrency import run_concurrently
 from tests.models import DTYPES
 
 Code = grpc.StatusCode
@@ -773,13 +774,8 @@ def test_64_concurrent_clients_each_get_their_own_answer(server):
         except Exception as exc:  # every client's failure is reported, not just the first
             failures.append(f"client {index}: {exc!r}")
 
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
     started = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
+    run_concurrently(client, clients)
     print(f"{clients} clients x {rounds} requests in {time.perf_counter() - started:.2f} s")
-    assert not any(thread.is_alive() for thread in threads)
     assert failures == []
     assert answered == [rounds] * clients

@@ -115,14 +115,17 @@ def _saturation(results: Results) -> list[Target]:
                               NOT_MEASURED, skipped or "batching contender not run"))
     else:
         ratio = batching.items_per_second / limit.items_per_second
+        where = limit.contender if limit in results.sweep else \
+            f"{limit.contender}, batch {limit.batch}"  # a sweep's contender names its batch
         measured = (f"{batching.items_per_second:.1f}/s (x{batching.clients}) vs ORT "
-                    f"{limit.items_per_second:.1f}/s ({limit.contender}, batch {limit.batch}, "
-                    f"x{limit.clients}): {ratio:.2f}x")
+                    f"{limit.items_per_second:.1f}/s ({where}, x{limit.clients}): {ratio:.2f}x")
         why = "" if ratio >= 0.9 else _cpu_reason(results, batching, limit)
         targets.append(Target(name, measured, MET if ratio >= 0.9 else MISSED, why))
 
     name = f"{model}: onnx-serving throughput >= 2x TF in-process"
-    server = batching or plain
+    # Any onnx-serving setting counts here (plain, batching, a --variant): the best one.
+    server = _best([c for c in results.cells if c.model == model
+                    and c.contender.startswith(SERVING)])
     if tf is None or server is None or limit is None:
         targets.append(Target(name, "TF, ORT or onnx-serving not run", NOT_MEASURED))
     else:
