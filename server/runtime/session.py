@@ -124,7 +124,7 @@ class OnnxSession:
         host_dtypes = {
             n: dt for n, (dt, _) in graph.outputs.items() if dt not in RAW_BITS and dt.kind != "O"
         }
-        self._converted_inputs = any(
+        self._converts_inputs = any(
             dt in RAW_BITS or dt.kind == "O" for dt, _ in graph.inputs.values()
         )
         # ONNX Runtime binds neither text nor an initializer given a value of its own.
@@ -179,7 +179,7 @@ class OnnxSession:
 
     def _ort_feeds(self, feeds: Mapping[str, np.ndarray]) -> Mapping[str, Any]:
         """Text decoded, raw-bit types wrapped: only graphs with such inputs pay for it."""
-        if not self._converted_inputs:
+        if not self._converts_inputs:
             return feeds
         return {name: _to_ort(name, array) for name, array in feeds.items()}
 
