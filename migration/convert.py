@@ -37,13 +37,13 @@ from onnx_serving.migration.saved_model import (
 )
 from onnx_serving.migration.tf2onnx_runner import ConversionError, convert_signature
 from onnx_serving.migration.validate import (
-    ORT_ERRORS,
     WARMUP_FILE,
     Validation,
     sample_inputs,
     validate,
 )
 from onnx_serving.protos.tensorflow_serving.config import model_server_config_pb2
+from onnx_serving.server.runtime.ort_errors import ORT_ERRORS
 
 DEFAULT_SIGNATURE = "serving_default"
 SIGNATURES_FILE = "signatures.json"

@@ -20,12 +20,6 @@ from onnx_serving.migration.saved_model import SignatureSig, TensorFlowRunner, T
 from onnx_serving.protos.tensorflow_serving.apis import prediction_log_pb2
 
 WARMUP_FILE = Path("assets.extra") / "tf_serving_warmup_requests"
-# What ONNX Runtime raises when it cannot load or run a model (none share a base but Exception).
-ORT_ERRORS: tuple[type[Exception], ...] = tuple(
-    getattr(ort.capi.onnxruntime_pybind11_state, name)
-    for name in ("Fail", "InvalidArgument", "RuntimeException", "InvalidGraph",
-                 "NotImplemented", "NoSuchFile", "InvalidProtobuf", "EPFail")
-)
 
 
 @dataclass

@@ -131,8 +131,9 @@ class Metrics:
     def stage(self, model: str, entrypoint: str, stage: str, seconds: float) -> None:
         self._child(self._stage_latency, model, entrypoint, stage).observe(seconds * 1e6)
         if stage == "run":
-            api = "Predict" if entrypoint == GRPC else "predict"
-            self._child(self._runtime_latency, model, api, "ONNXRuntime").observe(seconds * 1e6)
+            self._child(self._runtime_latency, model, "Predict", "ONNXRuntime").observe(
+                seconds * 1e6
+            )
 
     def batch(
         self, model: str, pool: str, rows: int, padded_rows: int, queue_seconds: list[float]
@@ -213,9 +214,18 @@ def _exposition(families: Iterable[Metric]) -> Iterator[str]:
             if sample.name.endswith("_created"):
                 continue
             name = family.name if kind == "counter" else sample.name
-            labels = ",".join(f'{k}="{_escape(v)}"' for k, v in sample.labels.items())
+            labels = ",".join(
+                f'{k}="{_bucket_bound(v) if k == "le" else _escape(v)}"'
+                for k, v in sample.labels.items()
+            )
             yield f"{name}{{{labels}}} {floatToGoString(sample.value)}\n" if labels else \
                 f"{name} {floatToGoString(sample.value)}\n"
+
+
+def _bucket_bound(value: str) -> str:
+    """A bucket's upper bound as TF prints a double (six significant digits): ``32.4``,
+    not ``32.400000000000006``."""
+    return value if value == "+Inf" else f"{float(value):.6g}"
 
 
 def _escape(value: str) -> str:

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 import requests
 import tensorflow as tf
-from google.protobuf import descriptor_pool
+from google.protobuf import descriptor_pb2, descriptor_pool
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
@@ -89,12 +90,15 @@ def test_metrics_count_known_traffic(observed) -> None:
     assert delta(count, model_name="half_plus_three", status="OK") == 4
     latency = ":tensorflow:serving:request_latency_count"
     assert delta(latency, model_name="half_plus_two", API="Predict", entrypoint="GRPC") == 3
-    assert delta(latency, model_name="half_plus_three", API="predict", entrypoint="REST") == 4
+    assert delta(latency, model_name="half_plus_three", API="Predict", entrypoint="REST") == 4
     for stage in ("decode", "run", "encode"):
         assert delta(":onnx_serving:request_stage_latency_count", model_name="half_plus_two",
                      entrypoint="GRPC", stage=stage) == 3
     assert delta(":tensorflow:serving:runtime_latency_count", model_name="half_plus_three",
-                 API="predict", runtime="ONNXRuntime") == 4
+                 API="Predict", runtime="ONNXRuntime") == 4
+    # TF prints bucket bounds with six significant digits.
+    assert 'le="32.4"' in after and 'le="1.47476e+09"' in after
+    assert not re.search(r'le="[0-9.]{9,}', after)
 
     assert "# TYPE :tensorflow:serving:request_count counter" in after
     assert "# TYPE :tensorflow:serving:request_latency histogram" in after
@@ -142,6 +146,32 @@ def test_reflection_lists_and_describes_our_services(observed) -> None:
         assert {f.name: f.number for f in request.fields}["output_filter"] == 3
         tensor = pool.FindMessageTypeByName("tensorflow.TensorProto")
         assert tensor.fields_by_name["float_val"].number == 5
+
+
+def test_reflection_v1_and_v1alpha(observed) -> None:
+    """grpcurl asks v1 first; both packages share one wire format, so v1alpha's messages
+    are sent on v1's method."""
+    server, _ = observed
+    request = reflection_pb2.ServerReflectionRequest(list_services="")
+    with grpc.insecure_channel(server.address) as channel:
+        for package in ("grpc.reflection.v1", "grpc.reflection.v1alpha"):
+            call = channel.stream_stream(
+                f"/{package}.ServerReflection/ServerReflectionInfo",
+                request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+                response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+            )
+            (response,) = list(call(iter([request]), timeout=5))
+            names = {s.name for s in response.list_services_response.service}
+            assert {"tensorflow.serving.PredictionService",
+                    "grpc.reflection.v1.ServerReflection"} <= names, package
+            symbol = reflection_pb2.ServerReflectionRequest(
+                file_containing_symbol="grpc.reflection.v1.ServerReflection"
+            )
+            (described,) = list(call(iter([symbol]), timeout=5))
+            file = descriptor_pb2.FileDescriptorProto.FromString(
+                described.file_descriptor_response.file_descriptor_proto[0]
+            )
+            assert file.package == "grpc.reflection.v1"
 
 
 def test_access_log_has_one_line_per_request(observed) -> None:

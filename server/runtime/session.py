@@ -25,18 +25,10 @@ from onnx_serving.server.runtime.binding import BoundRunner
 from onnx_serving.server.runtime.config import CPU, Provider, RuntimeConfig
 from onnx_serving.server.runtime.dtypes import ONNX_BY_NUMPY, RAW_BITS
 from onnx_serving.server.runtime.graph import Graph
+from onnx_serving.server.runtime.ort_errors import ORT_ERRORS
 
 log = logging.getLogger(__name__)
 
-_ORT_ERRORS = (
-    ort.capi.onnxruntime_pybind11_state.Fail,
-    ort.capi.onnxruntime_pybind11_state.InvalidArgument,
-    ort.capi.onnxruntime_pybind11_state.RuntimeException,
-    ort.capi.onnxruntime_pybind11_state.InvalidGraph,
-    ort.capi.onnxruntime_pybind11_state.NoSuchFile,
-    ort.capi.onnxruntime_pybind11_state.NotImplemented,
-    ort.capi.onnxruntime_pybind11_state.InvalidProtobuf,
-)
 
 
 def describe_install() -> str:
@@ -104,7 +96,7 @@ class OnnxSession:
                 providers=[p.name for p in providers],
                 provider_options=[_provider_options(p, path, config) for p in providers],
             )
-        except _ORT_ERRORS as exc:
+        except ORT_ERRORS as exc:
             raise ModelLoadError(f"ONNX Runtime cannot load {path.name}: {exc}") from exc
         if cached is not None:  # written whole by now: publish it for the next load
             cached.with_suffix(".partial").rename(cached)
@@ -133,7 +125,7 @@ class OnnxSession:
         }
         # run_with_iobinding raises a bare RuntimeError for what run() raises as Fail.
         self._bound = BoundRunner(
-            self._session, host_dtypes, (*_ORT_ERRORS, RuntimeError), _run_error,
+            self._session, host_dtypes, (*ORT_ERRORS, RuntimeError), _run_error,
             self._from_ort_value,
         ) if config.io_binding else None
 
@@ -162,7 +154,7 @@ class OnnxSession:
                 values = self._session.run_with_ort_values(list(outputs), ort_feeds)
                 return [self._from_ort_value(n, v) for n, v in zip(outputs, values, strict=True)]
             return self._session.run(list(outputs), ort_feeds)
-        except _ORT_ERRORS as exc:
+        except ORT_ERRORS as exc:
             raise _run_error(exc) from exc
 
     def lease(

@@ -1,7 +1,8 @@
 """Builds the gRPC server: TF Serving's two services, its message limits and channel args.
 
-Server reflection is on, describing our messages from our private descriptor
-pool, so grpcurl lists and calls the services with no .proto files at hand.
+Server reflection is on (v1 and v1alpha), describing our messages from our
+private descriptor pool, so grpcurl lists and calls the services with no
+.proto files at hand.
 The standard health service is added with --enable_grpc_healthcheck_service.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 from concurrent import futures
 
 import grpc
+from google.protobuf import descriptor_pb2, text_format
 from google.protobuf.descriptor import FileDescriptor
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
@@ -39,6 +41,8 @@ SERVICES = tuple(
 )
 # The names TF Serving's health service reports, and the full ones standard probes use.
 HEALTH_NAMES = ("", "ModelService", "PredictionService", *SERVICES)
+REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
+_REFLECTION_V1_FILE = "grpc/reflection/v1/reflection.proto"
 
 
 def parse_channel_arguments(raw: str) -> list[tuple[str, int | str]]:
@@ -96,11 +100,43 @@ def build_server(
         for name in HEALTH_NAMES:
             health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
         names.append(health_pb2.DESCRIPTOR.services_by_name["Health"].full_name)
-    names.append(reflection.SERVICE_NAME)
+    names += [reflection.SERVICE_NAME, REFLECTION_V1]
     for file in (health_pb2.DESCRIPTOR, reflection_pb2.DESCRIPTOR):
         _add_to_pool(file)
-    reflection.enable_server_reflection(names, server, pool=POOL)
+    _add_reflection_v1_to_pool()
+    _serve_reflection(server, reflection.ReflectionServicer(names, pool=POOL))
     return server
+
+
+def _serve_reflection(server: grpc.Server, servicer: reflection.ReflectionServicer) -> None:
+    """Under v1alpha and v1: grpcurl and current clients ask v1 first. The two differ only
+    in their package, so one servicer answers both with the same messages on the wire."""
+    handler = grpc.stream_stream_rpc_method_handler(
+        servicer.ServerReflectionInfo,
+        request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+        response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
+    )
+    server.add_generic_rpc_handlers([
+        grpc.method_handlers_generic_handler(service, {"ServerReflectionInfo": handler})
+        for service in (reflection.SERVICE_NAME, REFLECTION_V1)
+    ])
+
+
+def _add_reflection_v1_to_pool() -> None:
+    """v1's file is v1alpha's under another package (grpcio-reflection ships only v1alpha)."""
+    try:
+        POOL.FindFileByName(_REFLECTION_V1_FILE)
+        return
+    except KeyError:
+        pass
+    alpha = descriptor_pb2.FileDescriptorProto.FromString(reflection_pb2.DESCRIPTOR.serialized_pb)
+    alpha.ClearField("options")
+    text = text_format.MessageToString(alpha).replace(
+        reflection_pb2.DESCRIPTOR.package, REFLECTION_V1.rpartition(".")[0]
+    )
+    file = text_format.Parse(text, descriptor_pb2.FileDescriptorProto())
+    file.name = _REFLECTION_V1_FILE
+    POOL.Add(file)
 
 
 def _add_to_pool(file: FileDescriptor) -> None:
