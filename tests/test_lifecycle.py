@@ -260,3 +260,55 @@ def test_broken_config_file_changes_nothing(live) -> None:
     wait_for(lambda: "Error parsing text-format" in server.logs())
     with Client(server.address) as client:
         assert client.predict("live", {"x": X})["y"][0, 0] == 11.0
+
+
+def test_refused_reloads_change_nothing(live) -> None:
+    """A reload is checked whole before anything changes, and one that fails while loading
+    is rolled back: models, versions and labels serve as before, with no failed request."""
+    server, base, config = live
+    publish(base, 2)
+    publish(base, 3)
+    versions = "model_version_policy { all {} }"
+    other = f'config {{ name: "other" base_path: "{EXAMPLES / "models/half_plus_two"}" }}'
+    good = config_text(base, policy=versions, labels={"stable": 3, "canary": 2}, extra=other)
+    reload(server.address, good)
+    x = np.array([[2.0]], np.float32)
+
+    def serving_as_before(client: Client) -> None:
+        assert client.predict("live", {"x": X}, label="stable")["y"][0, 0] == 13.0
+        assert client.predict("live", {"x": X}, label="canary")["y"][0, 0] == 12.0
+        assert client.predict("live", {"x": X}, version=1)["y"][0, 0] == 11.0
+        assert client.predict("other", {"x": x})["y"][0, 0] == 3.0
+        assert [s.state for s in client.status("live")] == ["AVAILABLE"] * 3
+
+    with Traffic(server.address, threads=2, label="stable") as stable, \
+            Client(server.address) as client:
+        serving_as_before(client)
+        # A bad label, with other models removed and versions dropped: refused up front.
+        only_one = "model_version_policy { specific { versions: 1 } }"
+        with pytest.raises(grpc.RpcError) as info:
+            reload(server.address, config_text(base, policy=only_one,
+                                               labels={"stable": 1, "canary": 7}))
+        assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "to version 7 of model live" in info.value.details()
+        serving_as_before(client)
+
+        # A new model that fails to load, with "other" removed: rolled back once it fails.
+        broken = base.parent / "broken"
+        publish(broken, 1, b"garbage")
+        bad = f'config {{ name: "bad" base_path: "{broken}" }}'
+        with pytest.raises(grpc.RpcError) as info:
+            reload(server.address, config_text(base, policy=versions,
+                                               labels={"stable": 3, "canary": 1}, extra=bad))
+        assert info.value.code() == grpc.StatusCode.UNKNOWN
+        serving_as_before(client)
+        with pytest.raises(ServingError):
+            client.status("bad")
+
+        # The polled config file: a label on a version that is not there changes nothing.
+        config.write_text(config_text(base, policy=only_one, labels={"stable": 5}))
+        wait_for(lambda: "to version 5 of model live" in server.logs())
+        serving_as_before(client)
+        reload(server.address, good)  # and a good reload still applies
+        assert stable.count > 20
+    assert stable.errors == []

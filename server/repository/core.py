@@ -6,6 +6,15 @@ are checked once the new versions have had their first load attempt, so a
 config that adds version 2 and labels it canary succeeds in one step when
 version 2 loads (TF Serving needs two reloads, or
 --allow_version_labels_for_unavailable_models, for that).
+
+A reload is atomic, unlike TF Serving's. The whole new config is checked
+before anything changes (every label names a version that serves now or that
+the new config loads; every new or changed model has a version on disk). Then
+the new versions load while removed models keep serving; only when every
+changed model is available and every label can be assigned are removed
+models dropped and labels set. A reload refused at any step leaves the
+previous config in force (versions it had started to replace keep serving,
+under availability_preserving) and names why.
 """
 
 from __future__ import annotations
@@ -18,6 +27,7 @@ from onnx_serving.server.config import ModelConfig
 from onnx_serving.server.errors import Code, FailedPrecondition, ServingError
 from onnx_serving.server.repository.manager import ModelManager
 from onnx_serving.server.repository.poller import Poller
+from onnx_serving.server.repository.source import scan_versions
 
 log = logging.getLogger(__name__)
 
@@ -34,30 +44,76 @@ class RepositoryCore:
 
     def apply(self, configs: list[ModelConfig], *, timeout: float | None = None) -> None:
         """Raises, as TF Serving answers a reload, if a new or changed model did not become
-        available, or a label cannot be assigned; what could be applied stays applied.
+        available, or a label cannot be assigned; the previous config then stays in force.
 
         The first config (at start-up) assigns the labels it can and reports the others, so
         one unavailable version does not keep the rest from serving.
         """
-        first = not self.configs
         with self._lock:
-            before = {c.name: c for c in self.configs}
-            self._manager.set_models(configs)
-            self._poller.set_configs(configs)
-            self._poller.scan_settled()
-            changed = [c.name for c in configs if before.get(c.name) != c]
-            unavailable = self._manager.wait_settled(changed, timeout)
-            label_errors: list[FailedPrecondition] = []
-            for config in configs:
-                label_errors += self._manager.set_labels(
-                    config.name, config.labels, self._allow_unavailable_labels,
-                    skip_invalid=first,
-                )
-            self.configs = configs
-        if unavailable:
-            details = ", ".join(f"{{name: {n} due to error: {e}}}" for n, e in unavailable.items())
-            raise ServingError(
-                f"{len(unavailable)} model(s) did not become available: {{{details}}}", Code.UNKNOWN
+            if not self.configs:
+                self._apply_first(configs, timeout)
+            else:
+                self._reload(configs, timeout)
+
+    def _apply_first(self, configs: list[ModelConfig], timeout: float | None) -> None:
+        self._set(configs)
+        unavailable = self._manager.wait_settled([c.name for c in configs], timeout)
+        label_errors: list[FailedPrecondition] = []
+        for config in configs:
+            label_errors += self._manager.set_labels(
+                config.name, config.labels, self._allow_unavailable_labels, skip_invalid=True
             )
-        if label_errors:
-            raise label_errors[0]
+        self.configs = configs
+        _raise_first(unavailable, label_errors)
+
+    def _reload(self, configs: list[ModelConfig], timeout: float | None) -> None:
+        before = {c.name: c for c in self.configs}
+        changed = [c for c in configs if before.get(c.name) != c]
+        self._check(configs, changed)
+        kept = [c for name, c in before.items() if name not in {n.name for n in configs}]
+        self._set(configs + kept)  # removed models serve until the new config is in force
+        unavailable = self._manager.wait_settled([c.name for c in changed], timeout)
+        label_errors = [
+            e.error for c in configs
+            for e in self._manager.label_errors(c.name, c.labels, self._allow_unavailable_labels)
+        ]
+        if unavailable or label_errors:
+            log.error("Reload refused; the previous config stays in force")
+            self._set(self.configs)
+            _raise_first(unavailable, label_errors)
+        self._set(configs)
+        for config in configs:
+            self._manager.set_labels(config.name, config.labels, self._allow_unavailable_labels)
+        self.configs = configs
+
+    def _check(self, configs: list[ModelConfig], changed: list[ModelConfig]) -> None:
+        """What can be known before loading anything: versions on disk, and labels."""
+        coming: dict[str, set[int]] = {}
+        missing: dict[str, str] = {}
+        for config in changed:
+            coming[config.name] = config.policy.select(scan_versions(config.name,
+                                                                     config.base_path))
+            if not coming[config.name]:
+                missing[config.name] = f"no version found under {config.base_path}"
+        errors = [
+            e.error for c in configs
+            for e in self._manager.label_errors(
+                c.name, c.labels, self._allow_unavailable_labels, coming.get(c.name, ())
+            )
+        ]
+        _raise_first(missing, errors)
+
+    def _set(self, configs: list[ModelConfig]) -> None:
+        self._manager.set_models(configs)
+        self._poller.set_configs(configs)
+        self._poller.scan_settled()
+
+
+def _raise_first(unavailable: dict[str, str], label_errors: list[FailedPrecondition]) -> None:
+    if unavailable:
+        details = ", ".join(f"{{name: {n} due to error: {e}}}" for n, e in unavailable.items())
+        raise ServingError(
+            f"{len(unavailable)} model(s) did not become available: {{{details}}}", Code.UNKNOWN
+        )
+    if label_errors:
+        raise label_errors[0]

@@ -110,6 +110,12 @@ class _Model(Generic[S]):
         return [v for v, s in self.versions.items() if s.state is State.AVAILABLE]
 
 
+@dataclass(frozen=True)
+class LabelError:
+    label: str
+    error: FailedPrecondition
+
+
 class LifecycleObserver(Protocol):
     """Told of every load and unload (the metrics are one)."""
 
@@ -204,21 +210,34 @@ class ModelManager(Generic[S]):
             model = self._models.get(name)
             if model is None or model.removed:
                 raise NotFound(f"Could not find any versions of model {name}")
-            available = set(model.available())
-            valid: dict[str, int] = {}
-            invalid: list[FailedPrecondition] = []
-            for label, version in labels.items():
-                existing = model.config.labels.get(label)
-                if version in available or (allow_unavailable and existing in (None, version)):
-                    valid[label] = version
-                else:
-                    invalid.append(FailedPrecondition(
-                        f"Request to assign label to version {version} of model {name}, "
-                        "which is not currently available for inference"
-                    ))
+            invalid = self.label_errors(name, labels, allow_unavailable)
             if skip_invalid or not invalid:
+                bad = {e.label for e in invalid}
+                valid = {k: v for k, v in labels.items() if k not in bad}
                 model.config = replace(model.config, labels=valid)
-            return invalid
+            return [e.error for e in invalid]
+
+    def label_errors(
+        self, name: str, labels: Mapping[str, int], allow_unavailable: bool,
+        coming: Iterable[int] = (),
+    ) -> list[LabelError]:
+        """The labels TF Serving's rule refuses, changing nothing; versions in ``coming``
+        count as available (a reload checks labels before loading what it adds)."""
+        with self._lock:
+            model = self._models.get(name)
+            live = model is not None and not model.removed
+            available = set(model.available()) if model is not None and live else set()
+            current = model.config.labels if model is not None and live else {}
+            available.update(coming)
+            return [
+                LabelError(label, FailedPrecondition(
+                    f"Request to assign label to version {version} of model {name}, "
+                    "which is not currently available for inference"
+                ))
+                for label, version in labels.items()
+                if version not in available
+                and not (allow_unavailable and current.get(label) in (None, version))
+            ]
 
     # -- how it is served -----------------------------------------------------
 
