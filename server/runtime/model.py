@@ -84,7 +84,7 @@ class LoadedModel:
             everything = queue.submit(inputs)
             return nullcontext({spec.alias: everything[spec.alias] for spec in outputs})
         return self._sessions[signature.model_file].lease(
-            self._feeds(signature, inputs),
+            signature.feeds(inputs),
             [spec.name for spec in outputs], [spec.alias for spec in outputs],
         )
 
@@ -97,12 +97,8 @@ class LoadedModel:
         """One batch: its outputs are the callers' to keep, so no buffer is reused."""
         outputs = list(signature.outputs.values())
         session = self._sessions[signature.model_file]
-        values = session.run(self._feeds(signature, inputs), [spec.name for spec in outputs])
+        values = session.run(signature.feeds(inputs), [spec.name for spec in outputs])
         return {spec.alias: v for spec, v in zip(outputs, values, strict=True)}
-
-    @staticmethod
-    def _feeds(signature: Signature, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return {signature.inputs[alias].name: array for alias, array in inputs.items()}
 
 
 def load(

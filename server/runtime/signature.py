@@ -24,6 +24,7 @@ import numpy as np
 
 from onnx_serving.server.errors import FailedPrecondition, InvalidArgument, ModelLoadError
 from onnx_serving.server.runtime.dtypes import NUMPY_BY_TF_NAME, tf_name
+from onnx_serving.server.runtime.examples import ExampleParse, read_parse_spec
 from onnx_serving.server.runtime.graph import Graph, Shape
 
 SIGNATURES_FILE = "signatures.json"
@@ -48,6 +49,18 @@ class Signature:
     model_file: str
     inputs: Mapping[str, TensorSpec]
     outputs: Mapping[str, TensorSpec]
+    # Set when one input carries serialized tf.Examples that the server parses (examples.py).
+    parse: ExampleParse | None = None
+
+    def feeds(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Graph tensor → value: the parse stage's outputs stand for the examples input."""
+        if self.parse is None:
+            return {self.inputs[alias].name: array for alias, array in inputs.items()}
+        feeds = self.parse.parse(inputs[self.parse.input])
+        for alias, array in inputs.items():
+            if alias != self.parse.input:
+                feeds[self.inputs[alias].name] = array
+        return feeds
 
     def check_input_keys(self, keys: Collection[str]) -> None:
         """TF Serving's checks, in its order and words."""
@@ -157,17 +170,45 @@ def build_signature(
     """Checks one signature-file entry against its ONNX graph."""
     where = f"{source}: signature '{name}'"
     model_file = entry.get("model_file", DEFAULT_MODEL_FILE)
-    inputs = _tensor_specs(entry.get("inputs"), graph.inputs, f"{where} input", graph.file)
+    parse = read_parse_spec(entry["parse_example"], where) if "parse_example" in entry else None
+    raw_inputs = entry.get("inputs")
+    examples: dict[str, TensorSpec] = {}
+    if parse is not None and isinstance(raw_inputs, Mapping):
+        examples = _examples_input(raw_inputs, parse, graph, where)
+        raw_inputs = {a: i for a, i in raw_inputs.items() if a != parse.input}
+    inputs = _tensor_specs(raw_inputs, graph.inputs, f"{where} input", graph.file)
+    inputs.update(examples)
     outputs = _tensor_specs(entry.get("outputs"), graph.outputs, f"{where} output", graph.file)
     if not outputs:
         raise ModelLoadError(f"{where} has no outputs")
-    unfed = set(graph.required_inputs) - {spec.name for spec in inputs.values()}
+    fed = {spec.name for alias, spec in inputs.items() if alias not in examples}
+    unfed = set(graph.required_inputs) - fed - (parse.graph_inputs if parse else set())
     if unfed:
         raise ModelLoadError(
             f"{where} leaves graph inputs {sorted(unfed)} of {graph.file} without an alias"
         )
     method = entry.get("method_name", PREDICT_METHOD)
-    return Signature(name, str(method), str(model_file), inputs, outputs)
+    return Signature(name, str(method), str(model_file), inputs, outputs, parse)
+
+
+def _examples_input(
+    raw: Mapping[str, Any], parse: ExampleParse, graph: Graph, where: str
+) -> dict[str, TensorSpec]:
+    """The input the parse stage reads: a vector of serialized tf.Example, not a graph tensor."""
+    info = raw.get(parse.input)
+    if not isinstance(info, Mapping):
+        raise ModelLoadError(f'{where}: "parse_example" reads input "{parse.input}", '
+                             "which the signature does not have")
+    missing = parse.graph_inputs - set(graph.inputs)
+    if missing:
+        raise ModelLoadError(f'{where}: "parse_example" feeds {sorted(missing)}, which '
+                             f"{graph.file} does not have")
+    if info.get("dtype", "DT_STRING") != "DT_STRING":
+        raise ModelLoadError(f'{where}: "parse_example" input "{parse.input}" must be DT_STRING')
+    vector: Shape = (None,)
+    declared = _declared_shape(info, vector, f'{where} input "{parse.input}"')
+    name = str(info.get("name", parse.input))
+    return {parse.input: TensorSpec(parse.input, name, np.dtype(object), vector, declared)}
 
 
 def _tensor_specs(
