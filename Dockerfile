@@ -10,6 +10,7 @@ COPY pyproject.toml setup.py README.md ./
 COPY protos protos
 COPY server server
 COPY client client
+COPY codec codec
 RUN pip install --no-cache-dir '.[cpu]' \
  && printf '%s\n' '#!/bin/sh' \
     'exec onnx-serving serve --port=8500 --rest_api_port=8501 --model_name="${MODEL_NAME}" --model_base_path="${MODEL_BASE_PATH}/${MODEL_NAME}" "$@"' \

@@ -9,6 +9,7 @@ from setuptools import find_packages, setup
 FOLDERS = {
     "server": "onnx_serving.server",
     "client": "onnx_serving.client",
+    "codec": "onnx_serving.codec",
     "protos": "onnx_serving.protos",
     "migration": "onnx_serving.migration",
 }

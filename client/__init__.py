@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from onnx_serving.client.client import Client, ServingError, SignatureDef, VersionStatus
-from onnx_serving.client.tensors import TensorCodecError, make_ndarray, make_tensor_proto
+from onnx_serving.codec.tensors import TensorCodecError, make_ndarray, make_tensor_proto
 
 __all__ = [
     "Client",

@@ -17,7 +17,7 @@ import grpc
 import numpy as np
 from google.protobuf.message import Message
 
-from onnx_serving.client.tensors import TensorProto, encode_into, make_ndarray
+from onnx_serving.codec.tensors import TensorProto, encode_into, make_ndarray
 from onnx_serving.protos.tensorflow.core.protobuf import meta_graph_pb2
 from onnx_serving.protos.tensorflow_serving.apis import (
     get_model_metadata_pb2,

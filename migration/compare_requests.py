@@ -18,18 +18,16 @@ from typing import Any, Protocol
 
 import grpc
 import numpy as np
-from google.protobuf.message import DecodeError
 
 from onnx_serving.client import Client, ServingError, SignatureDef
-from onnx_serving.client.tensors import (
+from onnx_serving.codec.prediction_log import PredictionLogError, read_prediction_logs
+from onnx_serving.codec.tensors import (
     TensorCodecError,
     TensorProto,
     make_ndarray,
     make_tensor_proto,
     numpy_dtype,
 )
-from onnx_serving.client.tfrecord import TFRecordError, read_records
-from onnx_serving.protos.tensorflow_serving.apis import prediction_log_pb2
 
 SIDES = ("baseline", "candidate")
 
@@ -109,11 +107,7 @@ def _from_prediction_log(path: Path) -> tuple[list[Request], list[str]]:
     requests: list[Request] = []
     skipped: Counter[str] = Counter()
     try:
-        for index, data in enumerate(read_records(path)):
-            try:
-                log = prediction_log_pb2.PredictionLog.FromString(data)
-            except DecodeError as exc:
-                raise RequestError(f"{path}: record {index} is not a PredictionLog: {exc}") from exc
+        for index, log in enumerate(read_prediction_logs(path)):
             kind = log.WhichOneof("log_type")
             if kind != "predict_log":
                 skipped[str(kind)] += 1
@@ -124,7 +118,7 @@ def _from_prediction_log(path: Path) -> tuple[list[Request], list[str]]:
             except TensorCodecError as exc:
                 raise RequestError(f"{path}: record {index}: {exc}") from exc
             requests.append(Request(inputs, protos))
-    except TFRecordError as exc:
+    except PredictionLogError as exc:
         raise RequestError(str(exc)) from exc
     notes = [f"skipped {n} {kind} record(s): only Predict is compared"
              for kind, n in skipped.items()]

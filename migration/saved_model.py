@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from onnx_serving.client.tensors import dtype_name, numpy_dtype
+from onnx_serving.codec.tensors import dtype_name, numpy_dtype
 
 INTERNAL_SIGNATURES = ("__saved_model_init_op",)
 

@@ -14,10 +14,9 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from onnx_serving.client.tensors import TensorCodecError, make_ndarray
-from onnx_serving.client.tfrecord import TFRecordError, read_records
+from onnx_serving.codec.prediction_log import PredictionLogError, read_prediction_logs
+from onnx_serving.codec.tensors import TensorCodecError, make_ndarray
 from onnx_serving.migration.saved_model import SignatureSig, TensorFlowRunner, TensorSig
-from onnx_serving.protos.tensorflow_serving.apis import prediction_log_pb2
 
 WARMUP_FILE = Path("assets.extra") / "tf_serving_warmup_requests"
 
@@ -71,8 +70,7 @@ def _warmup_inputs(path: Path, signature: SignatureSig) -> Iterator[dict[str, np
     if not path.exists():
         return
     try:
-        for data in read_records(path):
-            record = prediction_log_pb2.PredictionLog.FromString(data)
+        for record in read_prediction_logs(path):
             if record.WhichOneof("log_type") != "predict_log":
                 continue
             request = record.predict_log.request
@@ -80,7 +78,7 @@ def _warmup_inputs(path: Path, signature: SignatureSig) -> Iterator[dict[str, np
                 continue
             if set(request.inputs) == set(signature.inputs):
                 yield {k: make_ndarray(v) for k, v in request.inputs.items()}
-    except (TFRecordError, TensorCodecError):
+    except (PredictionLogError, TensorCodecError):
         return  # an unreadable warmup file: random inputs instead
 
 

@@ -15,11 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from google.protobuf.message import DecodeError
 
-from onnx_serving.client.tfrecord import TFRecordError, read_records
-from onnx_serving.protos.tensorflow_serving.apis import prediction_log_pb2
-from onnx_serving.server.api.grpc.prediction_service import run_predict
+from onnx_serving.codec.prediction_log import PredictionLogError, read_prediction_logs
+from onnx_serving.server.api.grpc.predict import predict_pinned
 from onnx_serving.server.errors import Code, ModelLoadError, ServingError
 from onnx_serving.server.runtime.model import LoadedModel
 
@@ -51,8 +49,8 @@ def warm_up(model: LoadedModel, version_dir: Path, options: WarmupOptions) -> No
 
 def _replay(model: LoadedModel, path: Path, iterations: int) -> None:
     try:
-        records = list(read_records(path))
-    except (OSError, TFRecordError) as exc:
+        records = list(read_prediction_logs(path))
+    except (OSError, PredictionLogError) as exc:
         raise ModelLoadError(f"cannot read warmup file: {exc}", Code.DATA_LOSS) from exc
     if len(records) > MAX_RECORDS:
         raise ModelLoadError(
@@ -60,12 +58,7 @@ def _replay(model: LoadedModel, path: Path, iterations: int) -> None:
             Code.INVALID_ARGUMENT,
         )
     replayed = 0
-    for index, data in enumerate(records):
-        try:
-            record = prediction_log_pb2.PredictionLog.FromString(data)
-        except DecodeError as exc:
-            raise ModelLoadError(f"warmup record {index} of {path} is not a PredictionLog: {exc}",
-                                 Code.DATA_LOSS) from exc
+    for index, record in enumerate(records):
         kind = record.WhichOneof("log_type")
         if kind in _NOT_YET:
             log.warning("Skipping warmup record %d of %s: %s is not served yet", index, path, kind)
@@ -74,7 +67,7 @@ def _replay(model: LoadedModel, path: Path, iterations: int) -> None:
             raise ModelLoadError(f"Unsupported log_type for warmup: {kind}", Code.UNIMPLEMENTED)
         for _ in range(iterations):
             try:
-                run_predict(model, 0, record.predict_log.request, tensor_content=False)
+                predict_pinned(model, record.predict_log.request)
             except ServingError as exc:
                 raise ModelLoadError(
                     f"warmup record {index} of {path} failed: {exc.message}", exc.code

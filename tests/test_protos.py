@@ -132,7 +132,7 @@ def test_coexists_with_tensorflow_in_one_process() -> None:
     import tensorflow as tf
     from tensorflow_serving.apis import predict_pb2 as tf_predict_pb2
 
-    from onnx_serving.client.tensors import make_ndarray, make_tensor_proto
+    from onnx_serving.codec.tensors import make_ndarray, make_tensor_proto
     from onnx_serving.protos.tensorflow_serving.apis import predict_pb2
 
     ours = predict_pb2.PredictRequest()

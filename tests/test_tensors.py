@@ -1,4 +1,4 @@
-"""client/tensors.py against TensorFlow's own codec.
+"""codec/tensors.py against TensorFlow's own codec.
 
 Two references: ``tf.make_tensor_proto``/``tf.make_ndarray`` (TF's Python
 side, what clients send) and ``tf.io.parse_tensor``, which runs the C++
@@ -14,8 +14,8 @@ import tensorflow as tf
 from google.protobuf.internal.encoder import _VarintBytes
 from tensorflow.core.framework import tensor_pb2 as tf_tensor_pb2
 
-from onnx_serving.client import tensors
-from onnx_serving.client.tensors import (
+from onnx_serving.codec import tensors
+from onnx_serving.codec.tensors import (
     KINDS,
     TensorCodecError,
     TensorProto,

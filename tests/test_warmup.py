@@ -11,7 +11,7 @@ import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 
 from onnx_serving.client import Client
-from onnx_serving.client.tfrecord import TFRecordError, read_records, write_records
+from onnx_serving.codec.tfrecord import TFRecordError, read_records, write_records
 from tests.models import add_constant
 from tests.server_process import ServerProcess
 

@@ -187,7 +187,7 @@ def _run(command: list[str]) -> None:
 
 def _describe(spec: ModelSpec, onnx_base: Path, saved_model: Path) -> BenchModel:
     """Reads the serving signature from signatures.json: aliases, ONNX names, dtypes."""
-    from onnx_serving.client.tensors import numpy_dtype
+    from onnx_serving.codec.tensors import numpy_dtype
     from onnx_serving.protos.tensorflow.core.framework import types_pb2
 
     (version,) = (p for p in onnx_base.iterdir() if p.name.isdigit())

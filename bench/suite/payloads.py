@@ -9,7 +9,7 @@ from collections.abc import Callable
 import numpy as np
 
 from bench.suite.models import BenchModel
-from onnx_serving.client.tensors import encode_into, make_ndarray
+from onnx_serving.codec.tensors import encode_into, make_ndarray
 from onnx_serving.protos.tensorflow_serving.apis import predict_pb2
 
 

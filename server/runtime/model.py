@@ -70,12 +70,12 @@ class LoadedModel:
         output_filter: Sequence[str] = (),
     ) -> AbstractContextManager[Outputs]:
         """Runs on entering the block: outputs by alias, in the order asked for.
-        ``signature`` is one of ours.
+        ``signature`` is one of ours; ``inputs`` are exactly its inputs (the serving core
+        checks the request's keys, in TF Serving's words, before decoding them).
 
         They are valid inside the block only: with IO binding they are buffers that the
         next request reuses, so the response is encoded before the block ends.
         """
-        signature.check_input_keys(inputs.keys())
         outputs = signature.select_outputs(output_filter)
         for alias, array in inputs.items():
             signature.check_input(alias, array)

@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from onnx_serving.codec.dtypes import NUMPY_BY_TF_NAME, tf_name
 from onnx_serving.server.errors import FailedPrecondition, InvalidArgument, ModelLoadError
-from onnx_serving.server.runtime.dtypes import NUMPY_BY_TF_NAME, tf_name
 from onnx_serving.server.runtime.examples import ExampleParse, read_parse_spec
 from onnx_serving.server.runtime.graph import Graph, Shape
 

@@ -15,8 +15,9 @@ from onnx_serving.server.api.grpc.model_spec import checked_spec
 from onnx_serving.server.api.grpc.status import translate_errors
 from onnx_serving.server.config import ModelConfig, from_proto
 from onnx_serving.server.errors import FailedPrecondition, InvalidArgument
-from onnx_serving.server.repository.manager import ModelManager
+from onnx_serving.server.repository.manager import ModelManager, VersionStatus
 from onnx_serving.server.runtime.model import LoadedModel
+from onnx_serving.server.serving.core import ServingCore
 
 _Base = model_service_pb2_grpc.ModelServiceServicer
 
@@ -29,7 +30,7 @@ class Reload(Protocol):
 class ModelService(_Base):
     def __init__(self, manager: ModelManager[LoadedModel], reload: Reload | None) -> None:
         """``reload`` is None in a worker of several: a reload would reach only one."""
-        self._manager = manager
+        self._core = ServingCore(manager)
         self._reload = reload
 
     def GetModelStatus(
@@ -38,7 +39,7 @@ class ModelService(_Base):
         spec = checked_spec(request)
         # A label is ignored, as TF Serving ignores it here: every version is listed.
         version = spec.version.value if spec.HasField("version") else None
-        return status_response(self._manager, spec.name, version)
+        return status_response(self._core.status(spec.name, version))
 
     def HandleReloadConfigRequest(
         self, request: model_management_pb2.ReloadConfigRequest, context: grpc.ServicerContext
@@ -66,11 +67,11 @@ class ModelService(_Base):
 
 
 def status_response(
-    manager: ModelManager[LoadedModel], name: str, version: int | None
+    statuses: list[VersionStatus],
 ) -> get_model_status_pb2.GetModelStatusResponse:
     """GetModelStatus's answer; REST prints the same message."""
     response = get_model_status_pb2.GetModelStatusResponse()
-    for status in manager.statuses(name, version):
+    for status in statuses:
         entry = response.model_version_status.add(version=status.version)
         entry.state = int(status.state)  # type: ignore[assignment]
         entry.status.SetInParent()

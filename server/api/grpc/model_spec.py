@@ -1,14 +1,12 @@
-"""ModelSpec ⇄ the manager's (name, version, label) request."""
+"""ModelSpec ⇄ the core's ModelRef."""
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager
 from typing import Protocol
 
 from onnx_serving.protos.tensorflow_serving.apis import model_pb2
 from onnx_serving.server.errors import InvalidArgument
-from onnx_serving.server.repository.manager import ModelManager
-from onnx_serving.server.runtime.model import LoadedModel
+from onnx_serving.server.serving.core import ModelRef
 
 
 class HasModelSpec(Protocol):
@@ -24,19 +22,16 @@ def checked_spec(request: HasModelSpec) -> model_pb2.ModelSpec:
     return request.model_spec
 
 
-def acquire(
-    manager: ModelManager[LoadedModel], request: HasModelSpec
-) -> AbstractContextManager[tuple[int, LoadedModel]]:
-    """TF Serving's ServableRequestFromModelSpec, then the manager pins that version."""
-    spec = checked_spec(request)
+def model_ref(spec: model_pb2.ModelSpec) -> ModelRef:
+    """TF Serving's ServableRequestFromModelSpec."""
     if not spec.name:
         raise InvalidArgument("ModelSpec has no name specified.")
     choice = spec.WhichOneof("version_choice")
     if choice == "version_label":
-        return manager.acquire(spec.name, label=spec.version_label)
+        return ModelRef(spec.name, label=spec.version_label)
     if choice == "version":
-        return manager.acquire(spec.name, version=spec.version.value)
-    return manager.acquire(spec.name)
+        return ModelRef(spec.name, version=spec.version.value)
+    return ModelRef(spec.name)
 
 
 def fill_spec(

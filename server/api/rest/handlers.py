@@ -8,7 +8,10 @@ model version and signature, then the inputs.
 
 from __future__ import annotations
 
-import functools
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
 
 from onnx_serving.server.api.rest.body import gunzip
 from onnx_serving.server.api.rest.model_info import metadata_json, status_json
@@ -17,54 +20,66 @@ from onnx_serving.server.api.rest.predict_response import columnar_json, row_jso
 from onnx_serving.server.api.rest.rapidjson_compat import parse_object
 from onnx_serving.server.api.rest.routes import Route
 from onnx_serving.server.errors import InvalidArgument, Unimplemented
-from onnx_serving.server.metrics import REST, Metrics, StageClock
+from onnx_serving.server.metrics import REST, Metrics
 from onnx_serving.server.repository.manager import ModelManager
-from onnx_serving.server.runtime.model import LoadedModel
-from onnx_serving.server.runtime.signature import DEFAULT_SIGNATURE
+from onnx_serving.server.runtime.model import LoadedModel, Outputs
+from onnx_serving.server.runtime.signature import DEFAULT_SIGNATURE, Signature
+from onnx_serving.server.serving.core import ModelRef, ServingCore
+from onnx_serving.server.serving.predict import Served
 
 
 class RestHandler:
     def __init__(self, manager: ModelManager[LoadedModel], metrics: Metrics) -> None:
-        self._manager = manager
-        self._metrics = metrics
+        self._core = ServingCore(manager, metrics)
 
     def handle(self, route: Route, body: bytes, gzipped: bool) -> str:
         """The JSON response body; errors are raised as ServingError."""
         if route.kind == "status":
-            return status_json(self._manager, route.name, route.version)
+            # A label is ignored, as in TF: every version (or the one asked for) is listed.
+            return status_json(self._core.status(route.name, route.version))
+        ref = ModelRef(route.name, route.version, route.label)
         if route.kind == "metadata":
-            with self._manager.acquire(route.name, route.version, route.label) as pinned:
-                version, model = pinned
-            return metadata_json(route.name, version, model.signatures)
+            return metadata_json(self._core.metadata(ref))
         if gzipped:
             body = gunzip(body)
         if route.kind == "predict":
-            return self._predict(route, body)
+            return self._predict(ref, body)
         # As gRPC's PredictionService answers them, word for word.
         what = "Classify" if route.kind == "classify" else "Regress"
         raise Unimplemented(f"{what} is not implemented by onnx-serving yet; use Predict")
 
-    def _predict(self, route: Route, body: bytes) -> str:
-        clock = StageClock(functools.partial(self._metrics.stage, route.name, REST))
+    def _predict(self, ref: ModelRef, body: bytes) -> str:
         document = parse_object(body)
-        requested = signature_name(document)
-        # The version stays pinned (not unloaded) until its outputs are out.
-        with self._manager.acquire(route.name, route.version, route.label) as (_, model):
-            key = requested or DEFAULT_SIGNATURE
-            signature = model.signatures.get(key)
-            if signature is None:
-                raise InvalidArgument(
-                    f'Serving signature name: "{key}" not found in signature def'
-                )
-            if not signature.inputs:
-                raise InvalidArgument(
-                    f"Failed to get input map for signature: {requested or 'DEFAULT'}"
-                )
-            dtypes = {alias: spec.dtype for alias, spec in signature.inputs.items()}
-            inputs = read_inputs(document, dtypes)
-            clock.lap("decode")
-            with model.predict(signature, inputs.tensors) as outputs:
-                clock.lap("run")
-                text = columnar_json(outputs) if inputs.columnar else row_json(outputs)
-        clock.lap("encode")
-        return text
+        call = _JsonPredict(document)
+        return self._core.predict(
+            ref, signature_name(document), call.decode, call.encode,
+            entrypoint=REST, find=_rest_signature,
+        )
+
+
+class _JsonPredict:
+    """One :predict body's tensors, and its answer in the format the request used."""
+
+    def __init__(self, document: Mapping[str, Any]) -> None:
+        self._document = document
+        self._columnar = False
+
+    def decode(self, signature: Signature) -> dict[str, np.ndarray]:
+        dtypes = {alias: spec.dtype for alias, spec in signature.inputs.items()}
+        inputs = read_inputs(self._document, dtypes)
+        self._columnar = inputs.columnar
+        return inputs.tensors
+
+    def encode(self, served: Served, outputs: Outputs) -> str:
+        return columnar_json(outputs) if self._columnar else row_json(outputs)
+
+
+def _rest_signature(signatures: Mapping[str, Signature], requested: str) -> Signature:
+    """TF's REST handler looks the signature up itself, in its own words."""
+    key = requested or DEFAULT_SIGNATURE
+    signature = signatures.get(key)
+    if signature is None:
+        raise InvalidArgument(f'Serving signature name: "{key}" not found in signature def')
+    if not signature.inputs:
+        raise InvalidArgument(f"Failed to get input map for signature: {requested or 'DEFAULT'}")
+    return signature

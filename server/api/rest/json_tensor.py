@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
+from onnx_serving.codec.dtypes import tf_name
 from onnx_serving.server.api.rest.rapidjson_compat import debug_string, type_name
 from onnx_serving.server.errors import InvalidArgument, Unimplemented
-from onnx_serving.server.runtime.dtypes import tf_name
 
 B64_KEY = "b64"
 Shape = tuple[int, ...]

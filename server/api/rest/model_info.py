@@ -9,7 +9,6 @@ ToJsonString). The same protos as gRPC's are built and printed here.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
 from typing import Any
 
 from google.protobuf import json_format
@@ -18,24 +17,21 @@ from google.protobuf.message import Message
 from onnx_serving.protos.tensorflow_serving.apis import model_pb2
 from onnx_serving.server.api.grpc.model_service import status_response
 from onnx_serving.server.api.grpc.model_spec import fill_spec
-from onnx_serving.server.api.grpc.prediction_service import SIGNATURE_DEF, signature_def_map
-from onnx_serving.server.repository.manager import ModelManager
-from onnx_serving.server.runtime.model import LoadedModel
-from onnx_serving.server.runtime.signature import Signature
+from onnx_serving.server.api.grpc.signature_def import SIGNATURE_DEF, signature_def_map
+from onnx_serving.server.repository.manager import VersionStatus
+from onnx_serving.server.serving.core import ModelMetadata
 
 
-def status_json(manager: ModelManager[LoadedModel], name: str, version: int | None) -> str:
-    """Every version's state, or one version's; a label is ignored, as in TF."""
-    response = status_response(manager, name, version)
-    return json.dumps(_as_dict(response), indent=1, ensure_ascii=False)
+def status_json(statuses: list[VersionStatus]) -> str:
+    return json.dumps(_as_dict(status_response(statuses)), indent=1, ensure_ascii=False)
 
 
-def metadata_json(name: str, version: int, signatures: Mapping[str, Signature]) -> str:
+def metadata_json(metadata: ModelMetadata) -> str:
     spec = model_pb2.ModelSpec()
-    fill_spec(spec, name, version)
+    fill_spec(spec, metadata.name, metadata.version)
     document = {
         "model_spec": _as_dict(spec),
-        "metadata": {SIGNATURE_DEF: _as_dict(signature_def_map(signatures))},
+        "metadata": {SIGNATURE_DEF: _as_dict(signature_def_map(metadata.signatures))},
     }
     return json.dumps(document, indent=1, ensure_ascii=False)
 

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from math import prod
 from typing import Final
 
-import ml_dtypes
 import numpy as np
 
+from onnx_serving.codec.dtypes import NUMPY_BY_TF_NAME
 from onnx_serving.protos.tensorflow.core.framework import tensor_pb2, types_pb2
 
 TensorProto = tensor_pb2.TensorProto
@@ -56,27 +56,33 @@ def _varint(value: int) -> bytes:
     return bytes(out)
 
 
+# Where each type's values sit in a TensorProto: its typed field, and how (see _Kind.wire).
+_FIELDS: Final[dict[str, tuple[str, str]]] = {
+    "DT_FLOAT": ("float_val", "fixed"),
+    "DT_DOUBLE": ("double_val", "fixed"),
+    "DT_COMPLEX64": ("scomplex_val", "fixed"),
+    "DT_COMPLEX128": ("dcomplex_val", "fixed"),
+    "DT_INT8": ("int_val", "varint"),
+    "DT_INT16": ("int_val", "varint"),
+    "DT_INT32": ("int_val", "varint"),
+    "DT_UINT8": ("int_val", "varint"),
+    "DT_UINT16": ("int_val", "varint"),
+    "DT_INT64": ("int64_val", "varint"),
+    "DT_UINT32": ("uint32_val", "varint"),
+    "DT_UINT64": ("uint64_val", "varint"),
+    "DT_BOOL": ("bool_val", "varint"),
+    "DT_HALF": ("half_val", "bits16"),
+    "DT_BFLOAT16": ("half_val", "bits16"),
+    "DT_FLOAT8_E5M2": ("float8_val", "bytes"),
+    "DT_FLOAT8_E4M3FN": ("float8_val", "bytes"),
+    "DT_FLOAT8_E4M3FNUZ": ("float8_val", "bytes"),
+    "DT_FLOAT8_E5M2FNUZ": ("float8_val", "bytes"),
+    "DT_STRING": ("string_val", "string"),
+}
+
 KINDS: Final[dict[int, _Kind]] = {
-    types_pb2.DT_FLOAT: _kind(np.float32, "float_val", "fixed"),
-    types_pb2.DT_DOUBLE: _kind(np.float64, "double_val", "fixed"),
-    types_pb2.DT_COMPLEX64: _kind(np.complex64, "scomplex_val", "fixed"),
-    types_pb2.DT_COMPLEX128: _kind(np.complex128, "dcomplex_val", "fixed"),
-    types_pb2.DT_INT8: _kind(np.int8, "int_val", "varint"),
-    types_pb2.DT_INT16: _kind(np.int16, "int_val", "varint"),
-    types_pb2.DT_INT32: _kind(np.int32, "int_val", "varint"),
-    types_pb2.DT_UINT8: _kind(np.uint8, "int_val", "varint"),
-    types_pb2.DT_UINT16: _kind(np.uint16, "int_val", "varint"),
-    types_pb2.DT_INT64: _kind(np.int64, "int64_val", "varint"),
-    types_pb2.DT_UINT32: _kind(np.uint32, "uint32_val", "varint"),
-    types_pb2.DT_UINT64: _kind(np.uint64, "uint64_val", "varint"),
-    types_pb2.DT_BOOL: _kind(np.bool_, "bool_val", "varint"),
-    types_pb2.DT_HALF: _kind(np.float16, "half_val", "bits16"),
-    types_pb2.DT_BFLOAT16: _kind(ml_dtypes.bfloat16, "half_val", "bits16"),
-    types_pb2.DT_FLOAT8_E5M2: _kind(ml_dtypes.float8_e5m2, "float8_val", "bytes"),
-    types_pb2.DT_FLOAT8_E4M3FN: _kind(ml_dtypes.float8_e4m3fn, "float8_val", "bytes"),
-    types_pb2.DT_FLOAT8_E4M3FNUZ: _kind(ml_dtypes.float8_e4m3fnuz, "float8_val", "bytes"),
-    types_pb2.DT_FLOAT8_E5M2FNUZ: _kind(ml_dtypes.float8_e5m2fnuz, "float8_val", "bytes"),
-    types_pb2.DT_STRING: _kind(np.object_, "string_val", "string"),
+    types_pb2.DataType.Value(name): _kind(NUMPY_BY_TF_NAME[name], field, wire)
+    for name, (field, wire) in _FIELDS.items()
 }
 
 _DATATYPE_BY_NUMPY: Final[dict[np.dtype, int]] = {

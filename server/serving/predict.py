@@ -1,0 +1,62 @@
+"""Predict on a pinned version: TF Serving's checks in its order, then the model.
+
+The front end supplies how its request becomes tensors (``decode``) and how
+outputs become its answer (``encode``). ``encode`` runs while the outputs are
+still valid: with IO binding they are buffers the next request reuses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+import numpy as np
+
+from onnx_serving.server.metrics import StageClock
+from onnx_serving.server.runtime.model import LoadedModel, Outputs
+from onnx_serving.server.runtime.signature import Signature, find_signature
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Served:
+    """What answered, as responses echo it in their model_spec."""
+
+    name: str
+    version: int
+    signature: str
+
+
+# The request's inputs by alias. Its keys are checked before any value is read, so a
+# front end may decode lazily and key errors come before decoding ones, as in TF.
+Decode = Callable[[Signature], Mapping[str, np.ndarray]]
+Encode = Callable[[Served, Outputs], T]
+
+
+def predict(
+    model: LoadedModel,
+    name: str,
+    version: int,
+    signature_name: str,
+    decode: Decode,
+    encode: Encode[T],
+    *,
+    output_filter: Sequence[str] = (),
+    find: Callable[[Mapping[str, Signature], str], Signature] = find_signature,
+    observe: Callable[[str, float], None] | None = None,
+) -> T:
+    """``find`` resolves the signature (REST words a missing one its own way);
+    ``observe`` gets the seconds spent in each stage: decode, run, encode."""
+    clock = StageClock(observe)
+    signature = find(model.signatures, signature_name)
+    inputs = decode(signature)
+    signature.check_input_keys(inputs.keys())
+    arrays = {alias: inputs[alias] for alias in inputs}
+    clock.lap("decode")
+    with model.predict(signature, arrays, output_filter) as outputs:
+        clock.lap("run")
+        result = encode(Served(name, version, signature.name), outputs)
+    clock.lap("encode")
+    return result
