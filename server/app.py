@@ -37,6 +37,7 @@ from onnx_serving.server.runtime import config as runtime_config
 from onnx_serving.server.runtime.model import Batching, LoadedModel, load
 from onnx_serving.server.runtime.session import describe_install
 from onnx_serving.server.runtime.signature import Signature
+from onnx_serving.server.runtime.threads import choose, start_global_pools
 from onnx_serving.server.warmup import WarmupOptions, warm_up
 
 if TYPE_CHECKING:
@@ -61,6 +62,8 @@ class App:
         self._runtime = runtime_config.server_default(
             options.runtime_config_file, options.intra_op_threads, options.inter_op_threads
         )
+        if self._runtime.thread_pool == "global":  # before any session: sized once
+            start_global_pools(choose(self._runtime))
         self._warmup_options = WarmupOptions(
             enabled=options.enable_model_warmup,
             iterations=options.num_request_iterations_for_warmup,
@@ -87,7 +90,7 @@ class App:
                 transition=Transition(options.version_transition_policy),
             ),
             observer=self.metrics,
-            describe=lambda model: f" on {', '.join(model.providers)}",
+            describe=lambda model: f" on {', '.join(model.providers)} ({model.threads})",
             close=LoadedModel.close,
         )
         self._batching = (

@@ -18,6 +18,7 @@ from onnx_serving.server.runtime import config as runtime_config
 from onnx_serving.server.runtime.config import Provider, RuntimeConfig
 from onnx_serving.server.runtime.graph import read_graph
 from onnx_serving.server.runtime.session import OnnxSession, _provider_options, _session_options
+from onnx_serving.server.runtime.threads import choose
 from tests.models import add_constant
 from tests.server_process import ServerProcess
 
@@ -102,7 +103,8 @@ def test_session_options_are_applied(tmp_path: Path) -> None:
     assert not applied.enable_mem_pattern
     # ONNX Runtime may run a graph without parallel branches sequentially anyway; what we
     # hand it is what was asked for.
-    built = _session_options(RuntimeConfig(execution_mode="parallel"))
+    parallel = RuntimeConfig(execution_mode="parallel")
+    built = _session_options(parallel, choose(parallel))
     assert built.execution_mode == ort.ExecutionMode.ORT_PARALLEL
 
 

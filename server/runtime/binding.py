@@ -20,6 +20,7 @@ block ends, when the slot, buffers and all, goes back for the next request.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from typing import Any, TypeAlias
 
 import numpy as np
@@ -73,15 +74,17 @@ class BoundRunner:
         errors: tuple[type[Exception], ...],
         translate: Translate,
         convert: Convert,
+        gate: AbstractContextManager[Any],
     ) -> None:
         """``host_dtypes``: outputs that may get a reused numpy buffer (not strings, not
         types numpy cannot hand ONNX Runtime); the others are always allocated by it, and
-        ``convert`` turns them into arrays."""
+        ``convert`` turns them into arrays. ``gate`` is held around each run."""
         self._session = session
         self._host_dtypes = dict(host_dtypes)
         self._errors = errors
         self._translate = translate
         self._convert = convert
+        self._gate = gate
         self._free: list[_Slot] = []
         # Output shapes by input shapes; None where the values decide them.
         self._shapes: dict[_Key, list[tuple[int, ...]] | None] = {}
@@ -117,13 +120,15 @@ class BoundRunner:
             dtypes = [self._host_dtypes[n] for n in outputs] if shapes is not None else []
             slot.bind_outputs(key, dtypes, shapes)
         try:
-            self._session.run_with_iobinding(binding)
+            with self._gate:
+                self._session.run_with_iobinding(binding)
         except self._errors as exc:
             if slot.buffers is None:
                 raise self._translate(exc) from exc
             slot.bind_outputs(key, (), None)  # perhaps a shape the values decide: let it
             try:
-                self._session.run_with_iobinding(binding)
+                with self._gate:
+                    self._session.run_with_iobinding(binding)
             except self._errors as again:
                 raise self._translate(again) from again
             self._shapes[key] = None

@@ -21,6 +21,7 @@ RUNTIME_FILE = "runtime.json"
 CPU = "CPUExecutionProvider"
 LEVELS: Final = ("disabled", "basic", "extended", "all")
 MODES: Final = ("sequential", "parallel")
+THREAD_POOLS: Final = ("session", "global")
 
 
 @dataclass(frozen=True)
@@ -34,8 +35,10 @@ class RuntimeConfig:
     providers: tuple[Provider, ...] = (Provider(CPU),)
     allow_fallback: bool = False
     graph_optimization_level: str = "all"
-    intra_op_threads: int = 0  # 0: ONNX Runtime chooses
-    inter_op_threads: int = 0
+    intra_op_threads: int = 0  # 0: sized to the cores and instances (runtime/threads.py)
+    inter_op_threads: int = 0  # 0: one
+    instances: int = 0  # runs of one version at once; 0: sized to the cores
+    thread_pool: str = "session"  # or "global": ONNX Runtime's process-wide pools
     execution_mode: str = "sequential"
     enable_mem_arena: bool = True
     enable_mem_pattern: bool = True
@@ -54,7 +57,10 @@ _SESSION_KEYS: Final = {
     "graph_optimization_level", "intra_op_threads", "inter_op_threads", "execution_mode",
     "enable_mem_arena", "enable_mem_pattern", "config_entries",
 }
-_TOP_KEYS: Final = {"execution_providers", "allow_fallback", "session", "cache_dir", "io_binding"}
+_TOP_KEYS: Final = {
+    "execution_providers", "allow_fallback", "session", "cache_dir", "io_binding", "instances",
+    "thread_pool",
+}
 
 
 def merge_file(base: RuntimeConfig, path: Path, error: type[Exception] = ModelLoadError) -> (
@@ -76,6 +82,9 @@ def for_version(server_default: RuntimeConfig, version_dir: Path) -> RuntimeConf
     for path in (version_dir.parent / RUNTIME_FILE, version_dir / RUNTIME_FILE):
         if path.is_file():
             config = merge_file(config, path)
+            if config.thread_pool != server_default.thread_pool:
+                raise ModelLoadError(f"{path}: thread_pool is chosen for the whole process; "
+                                     "set it in --runtime_config_file")
     return config
 
 
@@ -101,6 +110,14 @@ def _merge(base: RuntimeConfig, document: Any) -> RuntimeConfig:
             changes[key] = _typed(document, key, bool)
     if "cache_dir" in document:
         changes["cache_dir"] = _typed(document, "cache_dir", str)
+    if "instances" in document:
+        changes["instances"] = _typed(document, "instances", int)
+        if changes["instances"] < 0:
+            raise ValueError("instances must be 0 (sized to the cores) or more")
+    if "thread_pool" in document:
+        if document["thread_pool"] not in THREAD_POOLS:
+            raise ValueError(f"thread_pool must be one of {list(THREAD_POOLS)}")
+        changes["thread_pool"] = document["thread_pool"]
     session = document.get("session", {})
     if not isinstance(session, dict) or session.keys() - _SESSION_KEYS:
         raise ValueError(f"session takes the keys {sorted(_SESSION_KEYS)}")

@@ -23,6 +23,7 @@ from onnx_serving.server.runtime.signature import (
     default_signatures,
     read_signature_file,
 )
+from onnx_serving.server.runtime.threads import warn_if_oversubscribed
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,11 @@ class LoadedModel:
     @property
     def providers(self) -> list[str]:
         return sorted({p for s in self._sessions.values() for p in s.providers})
+
+    @property
+    def threads(self) -> str:
+        """How its sessions run: instances, threads, spinning, pools."""
+        return "; ".join(sorted({s.threads.describe() for s in self._sessions.values()}))
 
     def predict(
         self,
@@ -128,4 +134,6 @@ def load(
     else:
         signatures = default_signatures(graph(DEFAULT_MODEL_FILE))
     sessions = {file: OnnxSession(version_dir / file, graphs[file], config) for file in graphs}
+    for file, session in sessions.items():
+        warn_if_oversubscribed(session.threads, str(version_dir / file))
     return LoadedModel(signatures, sessions, config, batching)

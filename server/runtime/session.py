@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import logging
+import threading
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
@@ -26,6 +27,7 @@ from onnx_serving.server.runtime.config import CPU, Provider, RuntimeConfig
 from onnx_serving.server.runtime.dtypes import ONNX_BY_NUMPY, RAW_BITS
 from onnx_serving.server.runtime.graph import Graph
 from onnx_serving.server.runtime.ort_errors import ORT_ERRORS
+from onnx_serving.server.runtime.threads import SPINNING, Threads, choose, start_global_pools
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +80,10 @@ class OnnxSession:
 
     def __init__(self, path: Path, graph: Graph, config: RuntimeConfig) -> None:
         providers = self._available(config, path.name)
-        options = _session_options(config)
+        self.threads = choose(config)
+        options = _session_options(config, self.threads)
+        # Runs beyond the instances wait here rather than oversubscribe the cores.
+        self._slots = threading.BoundedSemaphore(self.threads.instances)
         model = path
         cached: Path | None = None
         if config.cache_dir and [p.name for p in providers] == [CPU]:
@@ -126,7 +131,7 @@ class OnnxSession:
         # run_with_iobinding raises a bare RuntimeError for what run() raises as Fail.
         self._bound = BoundRunner(
             self._session, host_dtypes, (*ORT_ERRORS, RuntimeError), _run_error,
-            self._from_ort_value,
+            self._from_ort_value, self._slots,
         ) if config.io_binding else None
 
     @staticmethod
@@ -150,10 +155,12 @@ class OnnxSession:
         """Outputs the caller owns (a batch's, split among its requests later)."""
         ort_feeds = self._ort_feeds(feeds)
         try:
-            if self._raw_outputs and not self._raw_outputs.keys().isdisjoint(outputs):
-                values = self._session.run_with_ort_values(list(outputs), ort_feeds)
-                return [self._from_ort_value(n, v) for n, v in zip(outputs, values, strict=True)]
-            return self._session.run(list(outputs), ort_feeds)
+            with self._slots:
+                if self._raw_outputs and not self._raw_outputs.keys().isdisjoint(outputs):
+                    values = self._session.run_with_ort_values(list(outputs), ort_feeds)
+                else:
+                    return self._session.run(list(outputs), ort_feeds)
+            return [self._from_ort_value(n, v) for n, v in zip(outputs, values, strict=True)]
         except ORT_ERRORS as exc:
             raise _run_error(exc) from exc
 
@@ -212,11 +219,16 @@ def _decode_text(name: str, array: np.ndarray) -> np.ndarray:
     return text.reshape(array.shape)
 
 
-def _session_options(config: RuntimeConfig) -> ort.SessionOptions:
+def _session_options(config: RuntimeConfig, threads: Threads) -> ort.SessionOptions:
     options = ort.SessionOptions()
     options.graph_optimization_level = _LEVELS[config.graph_optimization_level]
-    options.intra_op_num_threads = config.intra_op_threads
-    options.inter_op_num_threads = config.inter_op_threads
+    if threads.global_pools:
+        start_global_pools(threads)  # a no-op after the first session
+        options.use_per_session_threads = False
+    else:
+        options.intra_op_num_threads = threads.intra_op_threads
+        options.inter_op_num_threads = threads.inter_op_threads
+    options.add_session_config_entry(SPINNING, "1" if threads.spinning else "0")
     options.execution_mode = _MODES[config.execution_mode]
     options.enable_cpu_mem_arena = config.enable_mem_arena
     options.enable_mem_pattern = config.enable_mem_pattern

@@ -1,0 +1,116 @@
+"""How many runs and threads a model gets: chosen from the cores, not guessed.
+
+ONNX Runtime's own default is one intra-op thread per core for every session,
+spinning between runs. In a server that oversubscribes the cores as soon as two
+requests run at once (each run brings the whole pool's work onto the same
+cores), and the spinning burns the cores that gRPC, the next request's decoding
+and the other models need. Here:
+
+- **instances**: runs of one model version at once (Triton's instance count; it
+  gives ONNX Runtime on the CPU two). Further requests wait for a slot instead
+  of oversubscribing the cores. Every slot runs on the same session, whose
+  ``run`` is thread-safe and allocates each run's intermediates apart, so the
+  weights (prepacked ones included) exist once. Default ``min(2, cores)``.
+- **intra-op threads**: ``cores // instances``, so the runs in flight together
+  use each core once; with one thread there is no pool at all (the caller
+  runs the graph), so a server of 20 such models adds no ONNX Runtime threads.
+- **inter-op threads**: 1; sequential execution has no inter-op work.
+- **spinning**: off. A pool's threads spin after each run waiting for the
+  next; in a server the next run is a network round trip away.
+
+An explicit value in runtime.json or a flag wins over each default.
+
+``"thread_pool": "global"`` (server-wide only) puts every session on ONNX
+Runtime's process-wide pools instead, sized once at start: thread count stays
+bounded however many models load, with intra-op threads above one. Its Python
+API sets only the pools' sizes: they spin, and that cannot be turned off.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from typing import Final
+
+import onnxruntime as ort
+
+from onnx_serving.server.errors import ConfigError
+from onnx_serving.server.runtime.config import RuntimeConfig
+
+log = logging.getLogger(__name__)
+
+SPINNING: Final = "session.intra_op.allow_spinning"
+SESSION_POOLS, GLOBAL_POOLS = "session", "global"
+_DEFAULT_INSTANCES: Final = 2
+
+
+def cores() -> int:
+    """CPUs this process may run on (its affinity mask, as a container's cpuset sets)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class Threads:
+    instances: int
+    intra_op_threads: int
+    inter_op_threads: int
+    spinning: bool
+    global_pools: bool
+
+    def oversubscription(self, cpus: int) -> float:
+        """Threads busy when every instance runs, per core (above 1: oversubscribed)."""
+        return self.instances * self.intra_op_threads / cpus
+
+    def describe(self) -> str:
+        pools = "global pools" if self.global_pools else "per-session pools"
+        return (f"{self.instances} instance(s) x {self.intra_op_threads} intra-op thread(s), "
+                f"{self.inter_op_threads} inter-op, spinning {'on' if self.spinning else 'off'}, "
+                f"{pools}")
+
+
+def choose(config: RuntimeConfig, cpus: int | None = None) -> Threads:
+    """The effective settings: what the config names, the rest sized to the cores."""
+    cpus = cpus or cores()
+    instances, intra = config.instances, config.intra_op_threads
+    if not instances:
+        instances = max(1, cpus // intra) if intra else min(_DEFAULT_INSTANCES, cpus)
+    if not intra:
+        intra = max(1, cpus // instances)
+    spinning = config.session_config.get(SPINNING, "0") != "0"
+    return Threads(instances, intra, config.inter_op_threads or 1, spinning,
+                   config.thread_pool == GLOBAL_POOLS)
+
+
+_global_lock = threading.Lock()
+_global_sizes: tuple[int, int] | None = None
+
+
+def start_global_pools(threads: Threads) -> None:
+    """Creates ONNX Runtime's process-wide pools, once; sessions then must all use them
+    (ONNX Runtime refuses per-session pools once global ones exist)."""
+    global _global_sizes
+    sizes = (threads.intra_op_threads, threads.inter_op_threads)
+    with _global_lock:
+        if _global_sizes is None:
+            try:
+                ort.set_global_thread_pool_sizes(*sizes)
+            except ort.capi.onnxruntime_pybind11_state.Fail as exc:  # created elsewhere
+                raise ConfigError(f"ONNX Runtime's global thread pools: {exc}") from exc
+            _global_sizes = sizes
+            log.info("ONNX Runtime global thread pools: %d intra-op, %d inter-op", *sizes)
+        elif _global_sizes != sizes:
+            raise ConfigError(f"ONNX Runtime's global thread pools already have sizes "
+                              f"{_global_sizes}; they cannot be resized to {sizes}")
+
+
+def warn_if_oversubscribed(threads: Threads, what: str, cpus: int | None = None) -> bool:
+    cpus = cpus or cores()
+    ratio = threads.oversubscription(cpus)
+    if ratio > 1:
+        log.warning("%s: %s keeps %.1f threads busy per core on %d core(s): runs will "
+                    "oversubscribe the cores", what, threads.describe(), ratio, cpus)
+    return ratio > 1
