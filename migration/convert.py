@@ -27,7 +27,7 @@ import onnx
 import onnxruntime as ort
 from google.protobuf import text_format
 
-from onnx_serving.migration import transforms
+from onnx_serving.migration import shared_files, transforms
 from onnx_serving.migration.saved_model import (
     SavedModelError,
     SignatureSig,
@@ -125,6 +125,9 @@ def convert_version(
     try:
         entries = _convert_signatures(where, saved_dir, staging, options, result)
         if entries and (not result.problems or options.allow_partial):
+            for file in shared_files.share_identical(staging, entries):
+                log(f"{where} {file} held the same model as another signature's file; "
+                    "they share one")
             _publish(saved_dir, staging, target, entries)
             result.size_after = _size(target)
             result.status = "partial" if result.problems else "converted"

@@ -140,6 +140,15 @@ def test_metadata_looks_as_under_tf_serving(repository, served, model) -> None:
                 assert mine[alias].tensor_shape == info.tensor_shape
 
 
+def test_keras3_export_stores_its_weights_once(repository) -> None:
+    """Keras 3's serve and serving_default are one function: one ONNX file serves both
+    (test_served_answers_match_tensorflow asks each of them)."""
+    version = repository / "onnx" / "named" / "1"
+    entries = json.loads((version / "signatures.json").read_text())["signature_def"]
+    assert {e["model_file"] for e in entries.values()} == {"model.onnx"}
+    assert [p.name for p in version.glob("*.onnx")] == ["model.onnx"]
+
+
 def test_warmup_file_is_carried_over_and_used_for_validation(repository) -> None:
     saved = repository / "saved" / "multi" / "1" / "assets.extra" / "tf_serving_warmup_requests"
     onnx_copy = repository / "onnx" / "multi" / "1" / "assets.extra" / "tf_serving_warmup_requests"
