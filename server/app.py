@@ -38,6 +38,7 @@ from onnx_serving.server.runtime.model import Batching, LoadedModel, load
 from onnx_serving.server.runtime.session import describe_install
 from onnx_serving.server.runtime.signature import Signature
 from onnx_serving.server.runtime.threads import choose, start_global_pools
+from onnx_serving.server.tls import ServerTls
 from onnx_serving.server.warmup import WarmupOptions, warm_up
 
 if TYPE_CHECKING:
@@ -107,6 +108,9 @@ class App:
             self.manager, self._poller,
             allow_unavailable_labels=options.allow_version_labels_for_unavailable_models,
         )
+        self._tls = ServerTls(
+            Path(options.ssl_config_file), options.ssl_config_file_poll_wait_seconds
+        ) if options.ssl_config_file else None
         self._server: grpc.Server | None = None
         self._health = HealthServicer() if options.enable_grpc_healthcheck_service else None
         self._rest: RestServer | None = None
@@ -182,13 +186,16 @@ class App:
             addresses.append(f"unix:{self.options.grpc_socket_path}")
         for address in addresses:
             try:
-                bound = server.add_insecure_port(address)
+                bound = server.add_secure_port(address, self._tls.grpc_credentials()) \
+                    if self._tls is not None else server.add_insecure_port(address)
             except RuntimeError as exc:
                 raise ConfigError(f"Cannot listen on {address}: {exc}") from exc
             if not bound and not address.startswith("unix:"):
                 raise ConfigError(f"Cannot listen on {address}: the port is in use or unavailable")
         server.start()
         self._server = server
+        if self._tls is not None:
+            self._tls.start()
         for address in addresses:
             log.info("Running gRPC ModelServer at %s ...", address)
         if self.options.rest_api_port:
@@ -204,6 +211,8 @@ class App:
                 metrics_path=self._metrics_path,
                 access_log=self.options.enable_access_log,
                 reuse_port=self.options.reuse_port,
+                ssl_context=self._tls.rest_context()
+                if self._tls is not None and self.options.rest_api_enable_ssl else None,
             )
             self._rest.start()
             log.info("Exporting HTTP/REST API at:localhost:%d ...", self.options.rest_api_port)
@@ -244,6 +253,8 @@ class App:
         if self._health is not None:
             self._health.enter_graceful_shutdown()
         self._poller.stop()
+        if self._tls is not None:
+            self._tls.stop()
         if self._rest is not None:
             self._rest.stop()
         if self._server is not None:

@@ -58,6 +58,10 @@ class ServerOptions:
     batching_parameters_file: str = ""
     enable_per_model_batching_parameters: bool = False
     enable_grpc_healthcheck_service: bool = False
+    ssl_config_file: str = ""
+    # onnx-serving's own TLS options (server/tls.py).
+    rest_api_enable_ssl: bool = False  # REST (and metrics) over HTTPS with --ssl_config_file
+    ssl_config_file_poll_wait_seconds: int = 0  # 0: read once; else reload certificates
 
     @property
     def grpc_threads(self) -> int:
@@ -96,7 +100,6 @@ _NOT_YET: dict[str, str] = {
     "tensorflow_session_config_file": "",
     "platform_config_file": "",
     "per_process_gpu_memory_fraction": "0",
-    "ssl_config_file": "",
     "use_alts_credentials": "false",
     "enable_signature_method_name_check": "false",
     "enable_profiler": "true",
@@ -180,6 +183,9 @@ def parse_flags(argv: Sequence[str]) -> ServerOptions:
             "server_options.batching_parameters_file is set without setting "
             "server_options.enable_batching to true."
         )
+    if options.rest_api_enable_ssl and not options.ssl_config_file:
+        raise ConfigError("--rest_api_enable_ssl serves the credentials of --ssl_config_file: "
+                          "set it too")
     if options.rest_api_port and options.rest_api_port == options.port:
         raise ConfigError("--port and --rest_api_port must differ")
     return options

@@ -29,6 +29,8 @@ class ServerProcess:
     log_path: Path
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
+    # For a server with --ssl_config_file: how the readiness probe connects.
+    credentials: grpc.ChannelCredentials | None = None
 
     @property
     def address(self) -> str:
@@ -49,7 +51,7 @@ class ServerProcess:
         deadline = time.monotonic() + timeout
         request = predict_pb2.PredictRequest()
         request.model_spec.name = "intentionally_missing_model"
-        with grpc.insecure_channel(self.address) as channel:
+        with self.channel() as channel:
             stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
             while time.monotonic() < deadline:
                 if self.process is not None and self.process.poll() is not None:
@@ -61,6 +63,11 @@ class ServerProcess:
                         return
                 time.sleep(0.1)
         raise TimeoutError(f"server not ready after {timeout}s:\n{self.logs()}")
+
+    def channel(self) -> grpc.Channel:
+        if self.credentials is None:
+            return grpc.insecure_channel(self.address)
+        return grpc.secure_channel(self.address, self.credentials)
 
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace")

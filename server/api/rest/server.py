@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import socket
+import ssl
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -44,12 +45,15 @@ class RestServer:
         metrics_path: str | None = None,
         access_log: bool = False,
         reuse_port: bool = False,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
+        """``ssl_context``: serve HTTPS with it (its certificates may change while serving)."""
         self._manager = manager
         self._metrics = metrics
         self._metrics_path = metrics_path
         self._access_log = access_log
         self._reuse_port = reuse_port
+        self._ssl_context = ssl_context
         self._port = port
         self._threads = threads
         self._timeout_ms = timeout_ms
@@ -65,6 +69,7 @@ class RestServer:
             RestHandler(self._manager, self._metrics), self._executor, self._timeout_ms,
             self._metrics, metrics_path=self._metrics_path, access_log=self._access_log,
         )
+        context = self._ssl_context
         config = uvicorn.Config(
             app,
             http="httptools",
@@ -77,6 +82,7 @@ class RestServer:
             server_header=False,
             proxy_headers=False,
             timeout_graceful_shutdown=_GRACE_S,
+            ssl_context_factory=None if context is None else (lambda _conf, _default: context),
         )
         self._server = uvicorn.Server(config)
         # Run in a thread, uvicorn leaves signal handling to the main thread (the CLI's).
