@@ -136,7 +136,7 @@ class ServerTls:
     def _to_current(self, connection: ssl.SSLObject, _name: str | None,
                     context: ssl.SSLContext) -> None:
         current = self._rest
-        if current is not context:
+        if current is not None and current is not context:
             connection.context = current
 
     def start(self) -> None:
