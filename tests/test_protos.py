@@ -33,6 +33,12 @@ NOT_IN_TF_SERVING_API = {
     "tensorflow.serving.MonitoringConfig": {
         "prometheus_config": (1, FieldDescriptor.TYPE_MESSAGE),
     },
+    "tensorflow.serving.SSLConfig": {
+        "server_key": (1, FieldDescriptor.TYPE_STRING),
+        "server_cert": (2, FieldDescriptor.TYPE_STRING),
+        "custom_ca": (3, FieldDescriptor.TYPE_STRING),
+        "client_verify": (4, FieldDescriptor.TYPE_BOOL),
+    },
     "tensorflow.serving.BatchingParameters": {
         "max_batch_size": (1, FieldDescriptor.TYPE_MESSAGE),
         "batch_timeout_micros": (2, FieldDescriptor.TYPE_MESSAGE),
