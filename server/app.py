@@ -40,6 +40,7 @@ from onnx_serving.server.runtime.signature import Signature
 from onnx_serving.server.runtime.threads import choose, start_global_pools
 from onnx_serving.server.tls import ServerTls
 from onnx_serving.server.warmup import WarmupOptions, warm_up
+from onnx_serving.server.workers import Peers
 
 if TYPE_CHECKING:
     from onnx_serving.server.api.rest.server import RestServer
@@ -114,7 +115,9 @@ class App:
         self._server: grpc.Server | None = None
         self._health = HealthServicer() if options.enable_grpc_healthcheck_service else None
         self._rest: RestServer | None = None
+        self._stop_requested = threading.Event()
         self._stopped = threading.Event()
+        self._peers = Peers.from_environment(self.core.apply)
 
     def _load(self, version_dir: Path) -> LoadedModel:
         model = load(version_dir, self._runtime, self._batching_for(version_dir))
@@ -153,9 +156,14 @@ class App:
 
     def _version_counts(self) -> list[VersionCounts]:
         counts = []
+        in_flight = self.manager.in_flight()
         for name, models in self.manager.available().items():
             providers = Counter(p for model in models for p in model.providers)
-            counts.append(VersionCounts(name, len(models), dict(providers)))
+            counts.append(VersionCounts(
+                name, len(models), dict(providers),
+                in_flight=in_flight.get(name, 0),
+                batch_queue_depth=sum(model.batch_queue_depth for model in models),
+            ))
         return counts
 
     def start(self) -> None:
@@ -168,9 +176,12 @@ class App:
             log.error("Not every model is available at start-up: %s", exc.message)
         self._poller.start()
         self._start_config_polling()
+        if self._peers is not None:
+            self._peers.start(self._stopped)
+        self.metrics.publish_live(self._stopped)
         server = build_server(
             self.manager,
-            reload=None if self.options.reuse_port else self.core.apply,
+            reload=self._peers.reload if self._peers is not None else self.core.apply,
             reuse_port=self.options.reuse_port,
             metrics=self.metrics,
             max_threads=self.options.grpc_threads,
@@ -213,6 +224,7 @@ class App:
                 reuse_port=self.options.reuse_port,
                 ssl_context=self._tls.rest_context()
                 if self._tls is not None and self.options.rest_api_enable_ssl else None,
+                readiness=self.readiness,
             )
             self._rest.start()
             log.info("Exporting HTTP/REST API at:localhost:%d ...", self.options.rest_api_port)
@@ -244,14 +256,32 @@ class App:
             except ServingError as exc:
                 log.error("Reloading %s: %s", path, exc.message)
 
+    def readiness(self) -> str | None:
+        """Why this server should not get traffic now, or None when every model can answer."""
+        if self._stop_requested.is_set():
+            return "shutting down"
+        missing = self.manager.unavailable_models()
+        return f"no version available of {', '.join(missing)}" if missing else None
+
+    def request_stop(self) -> None:
+        """Safe in a signal handler: ``wait`` returns, and the caller then calls ``stop``."""
+        self._stop_requested.set()
+
     def wait(self) -> None:
-        self._stopped.wait()
+        self._stop_requested.wait()
 
     def stop(self, grace: float = 5.0) -> None:
-        """Stops taking requests and lets those in flight finish, for at most ``grace`` seconds."""
-        self._stopped.set()
+        """Health turns NOT_SERVING at once; requests are still answered for
+        --shutdown_delay_seconds (while load balancers stop sending any), then the ports
+        close and those in flight get at most ``grace`` seconds to finish."""
+        self._stop_requested.set()
         if self._health is not None:
             self._health.enter_graceful_shutdown()
+        delay = self.options.shutdown_delay_seconds
+        if delay > 0 and self._server is not None:
+            log.info("Not serving; still answering for %d s (--shutdown_delay_seconds)", delay)
+            time.sleep(delay)
+        self._stopped.set()
         self._poller.stop()
         if self._tls is not None:
             self._tls.stop()

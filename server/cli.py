@@ -47,11 +47,12 @@ def serve(argv: Sequence[str]) -> int:
 
     def stop(signum: int, _frame: FrameType | None) -> None:
         log.info("Received %s, shutting down", signal.Signals(signum).name)
-        app.stop()
+        app.request_stop()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     app.wait()
+    app.stop()
     return 0
 
 

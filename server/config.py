@@ -98,6 +98,26 @@ def from_proto(
     return models
 
 
+def to_text(configs: list[ModelConfig]) -> str:
+    """The ModelServerConfig text that ``read_config_file`` reads back as ``configs``."""
+    message = model_server_config_pb2.ModelServerConfig()
+    entries = message.model_config_list
+    entries.SetInParent()
+    for config in configs:
+        entry = entries.config.add(
+            name=config.name, base_path=str(config.base_path.absolute()), model_platform="onnx"
+        )
+        policy = config.policy
+        if isinstance(policy, All):
+            entry.model_version_policy.all.SetInParent()
+        elif isinstance(policy, Specific):
+            entry.model_version_policy.specific.versions.extend(sorted(policy.versions))
+        else:
+            entry.model_version_policy.latest.num_versions = policy.num_versions
+        entry.version_labels.update(config.labels)
+    return text_format.MessageToString(message)
+
+
 def _base_path(name: str, raw: str, relative_to: Path | None) -> Path:
     if not raw:
         raise ConfigError(f"Model {name} has no base_path")

@@ -50,6 +50,8 @@ class ServerOptions:
     runtime_config_file: str = ""  # server-wide runtime.json defaults (docs/runtime.md)
     num_workers: int = 1  # processes sharing the ports (server/workers.py)
     reuse_port: bool = False  # set for each worker: share the ports with SO_REUSEPORT
+    # At SIGTERM: seconds of answering while health says NOT_SERVING (docs/kubernetes.md).
+    shutdown_delay_seconds: int = 0
     rest_api_port: int = 0  # 0: no REST API, as TF Serving
     rest_api_num_threads: int = 0  # 0: four per CPU
     rest_api_timeout_in_ms: int = 30000
@@ -90,6 +92,7 @@ _LIMITS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "load_retry_interval_micros": (lambda v: v >= 0, "expected 0 or more microseconds"),
     "synthetic_warmup_dim": (lambda v: v >= 1, "expected a size of 1 or more"),
     "num_workers": (lambda v: v >= 1, "expected 1 or more processes"),
+    "shutdown_delay_seconds": (lambda v: v >= 0, "expected 0 or more seconds"),
 }
 
 # TF Serving flags not implemented yet, with their defaults.

@@ -9,17 +9,27 @@ naming.
 
 onnx-serving's own metrics (``:onnx_serving:...``) add per-stage request
 latency, load/unload/warmup durations and failures, the execution providers
-in use, and the versions available per model.
+in use, the versions available, and the requests in flight and waiting for a
+batch per model (autoscaling signals).
+
+With --num_workers, every worker records into prometheus-client's
+multiprocess files (``PROMETHEUS_MULTIPROC_DIR``, set by the parent) and any
+worker's scrape merges them all: one view of the whole server. The live
+gauges, read from the manager at scrape time in one process, are then
+published by each worker every ``LIVE_PUBLISH_SECONDS`` and combined (in
+flight and queue depth summed, versions the least any worker has).
 """
 
 from __future__ import annotations
 
+import os
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
@@ -35,13 +45,20 @@ _LOAD_BUCKETS = [1e3 * 2**i for i in range(25)]
 _BATCH_BUCKETS = [2**i for i in range(15)]
 
 GRPC, REST = "GRPC", "REST"
+# Where prometheus-client keeps every process's values in multiprocess mode.
+MULTIPROCESS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+LIVE_PUBLISH_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
 class VersionCounts:
+    """One model's live state, read at scrape time."""
+
     model_name: str
     available: int
     providers: dict[str, int]  # provider → available versions using it
+    in_flight: int = 0  # requests holding one of its versions
+    batch_queue_depth: int = 0  # requests waiting for a batch
 
 
 class Metrics:
@@ -109,8 +126,13 @@ class Metrics:
             "Requests' rows per batch, before padding: is batching merging anything?",
             ["model_name"], buckets=_BATCH_BUCKETS, registry=r,
         )
+        self._multiprocess_dir = os.environ.get(MULTIPROCESS_DIR_ENV)
+        self._shared: _SharedGauges | None = None
         if versions is not None:
-            r.register(_VersionCollector(versions))
+            if self._multiprocess_dir:
+                self._shared = _SharedGauges(versions)
+            else:
+                r.register(_LiveCollector(versions))
         # prometheus-client's labels() takes a lock and checks its labels on every call:
         # microseconds on each request's path. The labelled children are kept here.
         self._children: dict[tuple[object, tuple[str, ...]], Any] = {}
@@ -159,7 +181,26 @@ class Metrics:
         self._unload_latency.labels(model).observe(seconds * 1e6)
 
     def render(self) -> bytes:
-        return "".join(_exposition(self.registry.collect())).encode("utf-8")
+        if not self._multiprocess_dir:
+            return "".join(_exposition(self.registry.collect())).encode("utf-8")
+        if self._shared is not None:
+            self._shared.publish()  # this worker's view is current; the others' a second old
+        merged = CollectorRegistry()
+        multiprocess.MultiProcessCollector(merged, self._multiprocess_dir)
+        return "".join(_exposition(merged.collect())).encode("utf-8")
+
+    def publish_live(self, stop: threading.Event) -> None:
+        """With --num_workers: publishes this worker's live gauges until ``stop`` is set."""
+        if self._shared is None:
+            return
+        shared = self._shared
+
+        def loop() -> None:
+            while not stop.wait(LIVE_PUBLISH_SECONDS):
+                shared.publish()
+
+        shared.publish()
+        threading.Thread(target=loop, name="metrics-publisher", daemon=True).start()
 
 
 class StageClock:
@@ -176,7 +217,34 @@ class StageClock:
             self._last = now
 
 
-class _VersionCollector(Collector):
+# The live gauges: name, help, labels, and how workers' values combine (multiprocess mode).
+_AVAILABLE = (":onnx_serving:model_versions_available", "Versions of a model available.",
+              ["model_name"], "livemin")
+_PROVIDERS = (":onnx_serving:execution_provider",
+              "Available versions of a model running on each ONNX Runtime execution provider.",
+              ["model_name", "provider"], "livemax")
+_IN_FLIGHT = (":onnx_serving:requests_in_flight",
+              "Requests holding a version of the model now (decoding, queued or running).",
+              ["model_name"], "livesum")
+_QUEUED = (":onnx_serving:batch_queue_depth",
+           "Requests waiting in the model's batch queues (--enable_batching).",
+           ["model_name"], "livesum")
+
+
+_Sample = tuple[str, tuple[str, ...], float]
+
+
+def _live_values(counts: Iterable[VersionCounts]) -> Iterator[_Sample]:
+    """(gauge, labels, value) for every live sample."""
+    for c in counts:
+        yield _AVAILABLE[0], (c.model_name,), c.available
+        for provider, number in c.providers.items():
+            yield _PROVIDERS[0], (c.model_name, provider), number
+        yield _IN_FLIGHT[0], (c.model_name,), c.in_flight
+        yield _QUEUED[0], (c.model_name,), c.batch_queue_depth
+
+
+class _LiveCollector(Collector):
     """Read at scrape time from the manager, so it can never drift from it."""
 
     def __init__(self, versions: Callable[[], Iterable[VersionCounts]]) -> None:
@@ -187,21 +255,36 @@ class _VersionCollector(Collector):
         return []
 
     def collect(self) -> Iterator[Metric]:
-        available = GaugeMetricFamily(
-            ":onnx_serving:model_versions_available", "Versions of a model available.",
-            labels=["model_name"],
-        )
-        providers = GaugeMetricFamily(
-            ":onnx_serving:execution_provider",
-            "Available versions of a model running on each ONNX Runtime execution provider.",
-            labels=["model_name", "provider"],
-        )
-        for counts in self._versions():
-            available.add_metric([counts.model_name], counts.available)
-            for provider, number in counts.providers.items():
-                providers.add_metric([counts.model_name, provider], number)
-        yield available
-        yield providers
+        families = {
+            name: GaugeMetricFamily(name, doc, labels=labels)
+            for name, doc, labels, _ in (_AVAILABLE, _PROVIDERS, _IN_FLIGHT, _QUEUED)
+        }
+        for name, labels, value in _live_values(self._versions()):
+            families[name].add_metric(list(labels), value)
+        yield from families.values()
+
+
+class _SharedGauges:
+    """The live gauges as multiprocess Gauges, copied from the manager on ``publish``."""
+
+    def __init__(self, versions: Callable[[], Iterable[VersionCounts]]) -> None:
+        self._versions = versions
+        self._gauges = {
+            name: Gauge(name, doc, labels, registry=None, multiprocess_mode=mode)  # type: ignore[arg-type]
+            for name, doc, labels, mode in (_AVAILABLE, _PROVIDERS, _IN_FLIGHT, _QUEUED)
+        }
+        self._published: set[tuple[str, tuple[str, ...]]] = set()
+        self._lock = threading.Lock()
+
+    def publish(self) -> None:
+        with self._lock:
+            now = set()
+            for name, labels, value in _live_values(self._versions()):
+                self._gauges[name].labels(*labels).set(value)
+                now.add((name, labels))
+            for name, labels in self._published - now:  # a model gone: no longer counted
+                self._gauges[name].labels(*labels).set(0)
+            self._published = now
 
 
 def _exposition(families: Iterable[Metric]) -> Iterator[str]:

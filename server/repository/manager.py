@@ -302,6 +302,19 @@ class ModelManager(Generic[S]):
                 for name, m in self._models.items() if not m.removed
             }
 
+    def in_flight(self) -> dict[str, int]:
+        """Requests holding a version now, by model: how busy each model is (autoscaling)."""
+        with self._lock:
+            return {
+                name: sum(s.in_flight for s in m.versions.values())
+                for name, m in self._models.items() if not m.removed
+            }
+
+    def unavailable_models(self) -> list[str]:
+        """Models with no available version: none, when a readiness probe may pass."""
+        with self._lock:
+            return sorted(n for n, m in self._models.items() if not m.removed and not m.available())
+
     def wait_settled(self, names: Iterable[str], timeout: float | None = None) -> dict[str, str]:
         """Waits until every aspired version of these models has loaded or failed its first
         attempt (retries go on in the background).

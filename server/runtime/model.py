@@ -37,6 +37,11 @@ class BatchQueue(Protocol):
 
     def close(self) -> None: ...
 
+    @property
+    def pending(self) -> int:
+        """Requests waiting for a batch: the queue depth."""
+        ...
+
 
 # Given a signature and how to run one batch of it (every output), a queue for it.
 Batching = Callable[[Signature, Callable[[dict[str, np.ndarray]], Outputs]], BatchQueue]
@@ -68,6 +73,11 @@ class LoadedModel:
     def threads(self) -> str:
         """How its sessions run: instances, threads, spinning, pools."""
         return "; ".join(sorted({s.threads.describe() for s in self._sessions.values()}))
+
+    @property
+    def batch_queue_depth(self) -> int:
+        """Requests waiting in this version's batch queues."""
+        return sum(queue.pending for queue in self._queues.values())
 
     def predict(
         self,

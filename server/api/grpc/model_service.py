@@ -14,7 +14,7 @@ from onnx_serving.protos.tensorflow_serving.apis import (
 from onnx_serving.server.api.grpc.model_spec import checked_spec
 from onnx_serving.server.api.grpc.status import translate_errors
 from onnx_serving.server.config import ModelConfig, from_proto
-from onnx_serving.server.errors import FailedPrecondition, InvalidArgument
+from onnx_serving.server.errors import InvalidArgument
 from onnx_serving.server.repository.manager import ModelManager, VersionStatus
 from onnx_serving.server.runtime.model import LoadedModel
 from onnx_serving.server.serving.core import ServingCore
@@ -28,8 +28,8 @@ class Reload(Protocol):
 
 @translate_errors(_Base)
 class ModelService(_Base):
-    def __init__(self, manager: ModelManager[LoadedModel], reload: Reload | None) -> None:
-        """``reload`` is None in a worker of several: a reload would reach only one."""
+    def __init__(self, manager: ModelManager[LoadedModel], reload: Reload) -> None:
+        """``reload`` applies a config (with --num_workers, in every worker)."""
         self._core = ServingCore(manager)
         self._reload = reload
 
@@ -53,11 +53,6 @@ class ModelService(_Base):
             raise InvalidArgument(
                 "ServerModelConfig type not supported by HandleReloadConfigRequest. "
                 "Only ModelConfigList is currently supported"
-            )
-        if self._reload is None:
-            raise FailedPrecondition(
-                "HandleReloadConfigRequest would reach only one of the --num_workers processes; "
-                "change the model config file instead (--model_config_file_poll_wait_seconds)"
             )
         remaining = context.time_remaining()
         self._reload(from_proto(request.config), timeout=remaining)

@@ -64,7 +64,7 @@ def parse_channel_arguments(raw: str) -> list[tuple[str, int | str]]:
 def build_server(
     manager: ModelManager[LoadedModel],
     *,
-    reload: Reload | None,
+    reload: Reload,
     metrics: Metrics,
     reuse_port: bool = False,
     max_threads: int,

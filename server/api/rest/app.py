@@ -40,6 +40,12 @@ _NOT_FOUND: Final = (
     b"</BODY></HTML>\n"
 )
 _CORS_ORIGIN: Final = re.compile(r"https?://")
+# Static probe URLs for Kubernetes, outside TF Serving's /v1/ (docs/kubernetes.md).
+LIVE_PATH: Final = "/livez"
+READY_PATH: Final = "/readyz"
+
+Readiness = Callable[[], "str | None"]
+"""Why the server should get no traffic now, or None when it is ready."""
 
 
 class RestApp:
@@ -52,8 +58,10 @@ class RestApp:
         *,
         metrics_path: str | None = None,
         access_log: bool = False,
+        readiness: Readiness | None = None,
     ) -> None:
         """``metrics_path``: where Prometheus scrapes (--monitoring_config_file), if anywhere."""
+        self._readiness = readiness
         self._handler = handler
         self._executor = executor
         self._timeout_ms = timeout_ms
@@ -67,6 +75,12 @@ class RestApp:
         path = request_path(scope)
         if self._metrics_path is not None and scope["path"] == self._metrics_path:
             response = Response(self._metrics.render(), 200, media_type=CONTENT_TYPE)
+        elif scope["path"] == LIVE_PATH:
+            response = Response(b"live\n", 200, media_type="text/plain")
+        elif scope["path"] == READY_PATH:
+            reason = self._readiness() if self._readiness is not None else None
+            response = Response(b"ready\n", 200, media_type="text/plain") if reason is None \
+                else Response(f"not ready: {reason}\n".encode(), 503, media_type="text/plain")
         elif not V1_PATH.fullmatch(path):
             response = Response(_NOT_FOUND, 404, media_type="text/html")
         else:

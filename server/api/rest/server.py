@@ -18,7 +18,7 @@ from typing import Final
 
 import uvicorn
 
-from onnx_serving.server.api.rest.app import RestApp
+from onnx_serving.server.api.rest.app import Readiness, RestApp
 from onnx_serving.server.api.rest.handlers import RestHandler
 from onnx_serving.server.errors import ConfigError
 from onnx_serving.server.metrics import Metrics
@@ -46,9 +46,11 @@ class RestServer:
         access_log: bool = False,
         reuse_port: bool = False,
         ssl_context: ssl.SSLContext | None = None,
+        readiness: Readiness | None = None,
     ) -> None:
         """``ssl_context``: serve HTTPS with it (its certificates may change while serving)."""
         self._manager = manager
+        self._readiness = readiness
         self._metrics = metrics
         self._metrics_path = metrics_path
         self._access_log = access_log
@@ -68,6 +70,7 @@ class RestServer:
         app = RestApp(
             RestHandler(self._manager, self._metrics), self._executor, self._timeout_ms,
             self._metrics, metrics_path=self._metrics_path, access_log=self._access_log,
+            readiness=self._readiness,
         )
         context = self._ssl_context
         config = uvicorn.Config(
