@@ -86,8 +86,9 @@ def run_workers(argv: Sequence[str], count: int) -> int:
 class Peers:
     """A worker's view of the others: reloads go to all of them.
 
-    The worker asked applies the config itself (its answer is TF Serving's), then
-    publishes it in the shared folder and waits until every worker has applied it;
+    The worker asked applies the config itself (a refused reload changes nothing and
+    goes no further), then publishes it in the shared folder and waits until every
+    worker has applied it (a worker that refuses it keeps its config and says why);
     each worker watches that file and applies what it finds, also when it starts
     after the reload. Config file polling needs none of this: each worker polls.
     """
@@ -117,17 +118,12 @@ class Peers:
         text = to_text(configs)
         digest = _digest(text)
         with self._lock:
-            try:
-                self._apply(configs, timeout=timeout)
-                self._acknowledge(digest, "")
-            except ServingError as exc:
-                self._acknowledge(digest, exc.message)
-                raise
-            finally:  # what applied here stays applied, so the others must follow
-                temporary = self._config.with_suffix(f".{os.getpid()}")
-                temporary.write_text(text)
-                temporary.replace(self._config)
-                self._applied = digest
+            self._apply(configs, timeout=timeout)  # refused: nothing changed, nothing to share
+            self._acknowledge(digest, "")
+            temporary = self._config.with_suffix(f".{os.getpid()}")
+            temporary.write_text(text)
+            temporary.replace(self._config)
+            self._applied = digest
         self._wait_for_peers(digest, deadline)
 
     def _wait_for_peers(self, digest: str, deadline: float | None) -> None:
