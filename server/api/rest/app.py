@@ -26,7 +26,7 @@ from starlette.types import Receive, Scope, Send
 from onnx_serving.server.api.rest.body import MAX_BODY_BYTES, is_gzip, too_large
 from onnx_serving.server.api.rest.handlers import RestHandler
 from onnx_serving.server.api.rest.http_status import error_body, http_status
-from onnx_serving.server.api.rest.routes import API_NAMES, V1_PATH, Route, parse_route
+from onnx_serving.server.api.rest.routes import API_LABELS, V1_PATH, Route, parse_route
 from onnx_serving.server.errors import Code, FailedPrecondition, ServingError
 from onnx_serving.server.metrics import CONTENT_TYPE, REST, Metrics
 
@@ -119,7 +119,7 @@ class RestApp:
                 self._record(route, code, time.perf_counter() - started)
 
     def _record(self, route: Route, code: Code, seconds: float) -> None:
-        self._metrics.request(route.name, API_NAMES[route.kind], REST, code, seconds)
+        self._metrics.request(route.name, API_LABELS[route.kind], REST, code, seconds)
         if self._access_log:
             version = route.version if route.version is not None else route.label or ""
             access_log.info("rest %s model=%s version=%s status=%s ms=%.2f",

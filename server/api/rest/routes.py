@@ -33,10 +33,11 @@ _POST_KINDS: Final[dict[str, Kind]] = {
     "predict": "predict", "classify": "classify", "regress": "regress"
 }
 _INT64_MAX: Final = 2**63 - 1
-# Each kind by the API name TF Serving's metrics give it (its gRPC method's).
-API_NAMES: Final[dict[Kind, str]] = {
-    "status": "GetModelStatus", "metadata": "GetModelMetadata",
-    "predict": "Predict", "classify": "Classify", "regress": "Regress",
+# The API label TF Serving's REST latency metric carries: the method as the path names
+# it for POSTs, nothing for GETs (its http_server.cc).
+API_LABELS: Final[dict[Kind, str]] = {
+    "status": "", "metadata": "", "predict": "predict", "classify": "classify",
+    "regress": "regress",
 }
 
 
