@@ -36,10 +36,10 @@ test-slow: $(VENV)/.test-installed
 lint: $(VENV)/.test-installed
 	$(BIN)/ruff check .
 	mkdir -p $(VENV)/typecheck/onnx_serving
-	for d in server client codec protos migration; do ln -sfn ../../../$$d $(VENV)/typecheck/onnx_serving/$$d; done
+	for d in server client codec protos migration tune; do ln -sfn ../../../$$d $(VENV)/typecheck/onnx_serving/$$d; done
 	cd $(VENV)/typecheck && MYPYPATH=. ../bin/mypy --config-file ../../pyproject.toml \
 		-p onnx_serving.server -p onnx_serving.client -p onnx_serving.codec \
-		-p onnx_serving.migration
+		-p onnx_serving.migration -p onnx_serving.tune
 
 # After editing a .proto file.
 protos: $(VENV)/.test-installed

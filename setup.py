@@ -12,6 +12,7 @@ FOLDERS = {
     "codec": "onnx_serving.codec",
     "protos": "onnx_serving.protos",
     "migration": "onnx_serving.migration",
+    "tune": "onnx_serving.tune",
 }
 
 package_dir: dict[str, str] = {}

@@ -73,10 +73,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands.add_parser(
         "compare", add_help=False, help="compare two TF Serving API endpoints (needs [migration])"
     )
+    commands.add_parser(
+        "tune", add_help=False, help="measure server settings under a load; write the best "
+        "as the model's runtime.json (needs [tune])"
+    )
     args, rest = parser.parse_known_args(argv)
     if args.command == "serve":
         return serve(rest)
-    # Imported on demand: serving never loads TensorFlow or tf2onnx.
+    # Imported on demand: serving never loads TensorFlow, tf2onnx or matplotlib.
+    if args.command == "tune":
+        from onnx_serving.tune import cli as tune
+
+        return tune.main(rest)
     if args.command == "convert":
         from onnx_serving.migration import convert
 
