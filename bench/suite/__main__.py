@@ -11,7 +11,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench.suite import machine, matrix, models, report, targets
+from bench.suite import machine, many, matrix, models, report, targets
 from bench.suite.plan import Plan, parse
 from bench.suite.results import Results
 
@@ -29,6 +29,14 @@ def run(plan: Plan) -> Results:
         except Exception as exc:  # one model failing must not cost the others' figures
             results.skipped[(name, "every contender")] = f"{type(exc).__name__}: {exc}"
             log(f"{name}: failed, going on with the others: {exc}")
+    if plan.many_models:
+        try:
+            results.many = many.run(models.ensure("mobilenet_v2", log=log), plan.many_models,
+                                    steady_seconds=max(plan.seconds / 2, 3.0), swaps=3,
+                                    extra=[], log=log)
+        except Exception as exc:  # as above: the other figures stand
+            results.skipped[("many models", "every contender")] = f"{type(exc).__name__}: {exc}"
+            log(f"many models: failed: {exc}")
     return results
 
 

@@ -37,6 +37,7 @@ from bench.suite.probes import Probe
 from bench.suite.processes import Refused, ServerProcess, free_port
 from bench.suite.results import Cell, ModelFacts, Results
 from bench.suite.runners import Contender, GrpcContender, OrtContender, TensorFlowContender
+from onnx_serving.server.runtime.threads import cores
 
 Log = Callable[[str], None]
 MAX_WARMUP = 10.0
@@ -53,11 +54,15 @@ def start_serving(
     flags = [
         f"--port={port}", f"--rest_api_port={rest_port}",
         f"--model_name={model.name}", f"--model_base_path={model.onnx_base}",
-        f"--tensorflow_intra_op_parallelism={plan.intra_op_threads}",
-        f"--tensorflow_inter_op_parallelism={plan.inter_op_threads}",
-        f"--grpc_max_threads={plan.grpc_threads}",
         f"--monitoring_config_file={monitoring}",
     ]
+    if plan.grpc_threads:
+        flags.append(f"--grpc_max_threads={plan.grpc_threads}")
+    # 0: no flag, the server's own choice (the default-flags targets need it so).
+    if plan.intra_op_threads:
+        flags.append(f"--tensorflow_intra_op_parallelism={plan.intra_op_threads}")
+    if plan.inter_op_threads:
+        flags.append(f"--tensorflow_inter_op_parallelism={plan.inter_op_threads}")
     if plan.ort_config:
         runtime = folder / "runtime.json"
         runtime.write_text(json.dumps({"session": {"config_entries": dict(plan.ort_config)}}))
@@ -74,6 +79,8 @@ def start_serving(
 
 def batching_flags(plan: Plan, folder: Path) -> list[str]:
     parameters = folder / "batching.config"
+    if not plan.batching_parameters:
+        return ["--enable_batching"]
     parameters.write_text(plan.batching_parameters + "\n")
     return ["--enable_batching", f"--batching_parameters_file={parameters}"]
 
@@ -124,7 +131,7 @@ def run_model(model: BenchModel, plan: Plan, results: Results, log: Log) -> None
             echo = stack.enter_context(ServerProcess(
                 "bench.suite.echo_server",
                 [f"--port={port}", f"--response={response_file}",
-                 f"--max_threads={plan.grpc_threads}"],
+                 f"--max_threads={plan.grpc_threads or 4 * cores()}"],
                 port, label=f"{model.name}-echo"))
             echo.wait_ready()
             add_grpc(ECHO, echo.address, Probe(server_pid=echo.pid))

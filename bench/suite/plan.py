@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,12 +17,11 @@ TF = "TF in-process"
 CONTENDERS = {"serving": SERVING, "batching": BATCHING, "echo": ECHO, "ort": ORT, "tf": TF}
 GRPC_CONTENDERS = (SERVING, BATCHING, ECHO)
 
-# TF Serving's batching_parameters_file text format; max_batch_size meets 32 clients.
-DEFAULT_BATCHING = (
-    "max_batch_size { value: 32 } batch_timeout_micros { value: 2000 } "
-    "num_batch_threads { value: 2 } max_enqueued_batches { value: 100 }"
-)
-SWEEP_MODEL = "mobilenet_v2"  # the batching target's model: ORT's best over batch sizes
+# The batching contender's parameters file; empty: --enable_batching alone (the server's
+# defaults, TF Serving's: no batch timeout, so batches form only while runs are busy).
+DEFAULT_BATCHING = ""
+SWEEP_MODEL = "mobilenet_v2"  # the throughput targets' model: ORT's best over batch sizes
+FLAGS_CLIENTS = 16  # requests in flight for the default-flags throughput targets
 TARGET_MODEL = "half_plus_two"  # the batching-vs-none target's model, at --target_clients
 
 
@@ -50,6 +48,7 @@ class Plan:
     # ONNX Runtime session config entries, for the server (through --runtime_config_file)
     # and in-process alike, e.g. session.intra_op.allow_spinning=0.
     ort_config: tuple[tuple[str, str], ...] = ()
+    many_models: int = 0  # models in the many-models case (0: not run)
 
     @property
     def all_contenders(self) -> tuple[str, ...]:
@@ -69,6 +68,8 @@ class Plan:
                 total += len(self.sweep_batches) * self.rounds * (slot + 0.5)
             if model == TARGET_MODEL and BATCHING in self.contenders and self.target_clients:
                 total += 2 * self.rounds * slot
+        if self.many_models:
+            total += 60 + 2 * self.many_models
         return total
 
 
@@ -95,7 +96,6 @@ def _ints(text: str) -> tuple[int, ...]:
 
 
 def parse(argv: Sequence[str]) -> Plan:
-    cpus = os.cpu_count() or 1
     parser = argparse.ArgumentParser(
         prog="python -m bench.suite",
         description="onnx-serving beside in-process ONNX Runtime, a gRPC echo floor and "
@@ -105,7 +105,8 @@ def parse(argv: Sequence[str]) -> Plan:
                         help="small models, 2 s cells in 2 rounds: a few minutes")
     parser.add_argument("--models", help=f"comma-separated from {','.join(SPECS)} "
                         "(default: all; --quick: the small ones)")
-    parser.add_argument("--concurrency", default="1,8,32", help="client threads per cell")
+    parser.add_argument("--concurrency", default=f"1,{FLAGS_CLIENTS}",
+                        help="client threads per cell")
     parser.add_argument("--contenders", default=",".join(CONTENDERS),
                         help=f"comma-separated from {','.join(CONTENDERS)}")
     parser.add_argument("--seconds", type=float, help="measured seconds per cell (default 10; "
@@ -114,21 +115,24 @@ def parse(argv: Sequence[str]) -> Plan:
                         "(default 1; --quick 0.5)")
     parser.add_argument("--rounds", type=int, help="slots per cell, alternating the contender "
                         "order (default 4; --quick 2)")
-    parser.add_argument("--intra_op_threads", type=int, default=cpus,
-                        help="ONNX Runtime's and TensorFlow's intra-op threads, for the server "
-                        "(--tensorflow_intra_op_parallelism) and in-process (default: CPUs)")
-    parser.add_argument("--inter_op_threads", type=int, default=1)
+    parser.add_argument("--intra_op_threads", type=int, default=0,
+                        help="ONNX Runtime's intra-op threads, for the server "
+                        "(--tensorflow_intra_op_parallelism) and in-process (default 0: no "
+                        "flag, the server's own choice; ONNX Runtime's default in-process)")
+    parser.add_argument("--inter_op_threads", type=int, default=0)
     parser.add_argument("--tf_intra_op_threads", type=int, default=0,
                         help="TensorFlow in-process (default 0: its own choice, as TF Serving's "
                         "default, so that it stands for TF Serving at its best)")
     parser.add_argument("--tf_inter_op_threads", type=int, default=0)
-    parser.add_argument("--grpc_threads", type=int, default=64,
-                        help="--grpc_max_threads of onnx-serving, and the echo server's pool")
+    parser.add_argument("--grpc_threads", type=int, default=0,
+                        help="--grpc_max_threads of onnx-serving, and the echo server's pool "
+                        "(default 0: no flag, the server's four per CPU; the echo server too)")
     parser.add_argument("--channels", choices=["per-thread", "shared"], default="per-thread",
                         help="one gRPC channel (connection) per client thread, or one for all")
     parser.add_argument("--batching_parameters", default=DEFAULT_BATCHING,
-                        help="batching_parameters_file text for the batching contender")
-    parser.add_argument("--sweep_batches", default="1,4,8,16,32",
+                        help="batching_parameters_file text for the batching contender "
+                        "(default: none, the server's batching defaults)")
+    parser.add_argument("--sweep_batches", default="1,4,8",
                         help=f"batch sizes for ORT's best throughput on {SWEEP_MODEL}")
     parser.add_argument("--target_clients", type=int, default=64,
                         help=f"clients for the batching target on {TARGET_MODEL} (0: skip)")
@@ -138,6 +142,9 @@ def parse(argv: Sequence[str]) -> Plan:
     parser.add_argument("--ort_config", type=_entry, action="append", default=[],
                         metavar="KEY=VALUE", help="an ONNX Runtime session config entry for the "
                         "server (via --runtime_config_file) and in-process ORT (repeatable)")
+    parser.add_argument("--many_models", type=int, default=20,
+                        help="models on one server for the many-models case: threads, RSS, "
+                        "p99 while another swaps (0: skip; --quick: 0)")
     parser.add_argument("--json", help="also write the raw results here")
     args = parser.parse_args(argv)
     if args.models:
@@ -170,4 +177,5 @@ def parse(argv: Sequence[str]) -> Plan:
         json_path=args.json,
         variants=tuple(args.variant),
         ort_config=tuple(args.ort_config),
+        many_models=0 if quick and "--many_models" not in " ".join(argv) else args.many_models,
     )

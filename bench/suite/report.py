@@ -8,6 +8,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import asdict
 
+from bench.suite import many
 from bench.suite.plan import ECHO, ORT, SERVING, Plan
 from bench.suite.results import Cell, Results
 from bench.suite.stages import HANDLER
@@ -97,16 +98,22 @@ def _targets(targets: list[Target]) -> list[str]:
 
 
 def settings(plan: Plan) -> str:
+    threads = (f"intra-op threads {plan.intra_op_threads}, inter-op threads "
+               f"{plan.inter_op_threads}" if plan.intra_op_threads or plan.inter_op_threads
+               else "the server's thread flags left out (its own choice: runtime/threads.py) "
+                    "and ONNX Runtime's default session in-process (intra-op threads 0: one "
+                    "per core, spinning)")
+    grpc = (f"--grpc_max_threads={plan.grpc_threads}" if plan.grpc_threads
+            else "no --grpc_max_threads (four per CPU)")
     return (
-        f"Session options (server and in-process ORT): graph optimization all, sequential, "
-        f"intra-op threads {plan.intra_op_threads}, inter-op threads {plan.inter_op_threads}; "
+        f"Session options: graph optimization all, sequential, {threads}; "
         f"TensorFlow in-process: intra {plan.tf_intra_op_threads}, inter "
-        f"{plan.tf_inter_op_threads} (0: its own choice). Server "
-        f"--grpc_max_threads={plan.grpc_threads} (echo server: the same pool). "
-        f"Client: pre-serialized requests over raw gRPC stubs, "
+        f"{plan.tf_inter_op_threads} (0: its own choice). Server {grpc} (echo server: the same "
+        f"pool). Client: pre-serialized requests over raw gRPC stubs, "
         f"{plan.channels} channels. Cells: {plan.seconds:g} s measured in {plan.rounds} "
         f"slot(s), {plan.warmup:g} s warm-up each; batch 1 per request. Batching contender: "
-        f"`{plan.batching_parameters}`."
+        + (f"`{plan.batching_parameters}`." if plan.batching_parameters
+           else "`--enable_batching` with the server's default parameters.")
         + "".join(f" Variant `{label}`: `{' '.join(flags)}`." for label, flags in plan.variants)
         + (" ORT config entries: " + ", ".join(f"`{k}={v}`" for k, v in plan.ort_config) + "."
            if plan.ort_config else "")
@@ -127,8 +134,10 @@ def markdown(results: Results, plan: Plan, targets: list[Target], machine: list[
               "and the server's process tree, per request. Handler: onnx-serving's own "
               "timings; outside handler = latency - handler (gRPC, protobuf, queues, client).",
               "", *_where(results), "",
-              "## Payloads and the light client's cost", "", *_facts(results), "",
-              "## Targets", "", *_targets(targets), ""]
+              "## Payloads and the light client's cost", "", *_facts(results), ""]
+    if results.many is not None:
+        lines += ["## Many models on one server", "", *many.describe(results.many), ""]
+    lines += ["## Targets", "", *_targets(targets), ""]
     if results.skipped:
         lines += ["## Skipped", ""]
         lines += [f"- {model} / {name}: {why}" for (model, name), why in results.skipped.items()]
@@ -152,4 +161,5 @@ def to_json(results: Results, plan: Plan, targets: list[Target], machine: list[s
         "skipped": [{"model": m, "contender": n, "why": w}
                     for (m, n), w in results.skipped.items()],
         "targets": [asdict(t) for t in targets],
+        "many_models": asdict(results.many) if results.many is not None else None,
     }, indent=1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from bench.suite.load import Sample
+from bench.suite.many import ManyModels
 
 
 @dataclass
@@ -58,6 +59,7 @@ class Results:
     sweep: list[Cell] = field(default_factory=list)  # ORT at batch sizes, one client
     skipped: dict[tuple[str, str], str] = field(default_factory=dict)  # (model, contender)
     facts: dict[str, ModelFacts] = field(default_factory=dict)
+    many: ManyModels | None = None  # the many-models case, when run
 
     def cell(self, model: str, clients: int, contender: str) -> Cell | None:
         for cell in self.cells:
