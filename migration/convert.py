@@ -336,7 +336,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--output_dir", type=Path)
     parser.add_argument("--model_name", default="", help="for the summary (default: folder name)")
     parser.add_argument("--opset", type=int, default=Options.opset)
-    parser.add_argument("--tag", default=Options.tag, help="MetaGraph tag (default serve)")
+    parser.add_argument("--tag", "--saved_model_tags", dest="tag", default=Options.tag,
+                        help="the tag of the MetaGraph converted (default serve); "
+                             "--saved_model_tags is tensorflow_model_server's name for it")
     parser.add_argument("--signatures", default="", help="comma-separated; default: all")
     parser.add_argument("--large_model", action="store_true",
                         help="models over 2 GB: weights as external data files")
@@ -354,6 +356,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--allow_partial", action="store_true",
                         help="write a version even if some of its signatures failed")
     args = parser.parse_args(argv)
+    if "," in args.tag:
+        parser.error(f"--saved_model_tags={args.tag}: tf2onnx converts a MetaGraph named by "
+                     "one tag")
     by_config = args.model_config_file is not None
     if by_config != (args.output_dir is not None) or by_config == (
         args.saved_model_base_path is not None

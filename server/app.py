@@ -62,7 +62,8 @@ class App:
         self.options = options
         self._initial_configs = model_configs(options)
         self._runtime = runtime_config.server_default(
-            options.runtime_config_file, options.intra_op_threads, options.inter_op_threads
+            options.runtime_config_file, options.intra_op_threads, options.inter_op_threads,
+            options.per_process_gpu_memory_fraction,
         )
         if self._runtime.thread_pool == "global":  # before any session: sized once
             start_global_pools(choose(self._runtime))
@@ -225,6 +226,7 @@ class App:
                 ssl_context=self._tls.rest_context()
                 if self._tls is not None and self.options.rest_api_enable_ssl else None,
                 readiness=self.readiness,
+                cors=self.options.rest_api_enable_cors_support,
             )
             self._rest.start()
             log.info("Exporting HTTP/REST API at:localhost:%d ...", self.options.rest_api_port)

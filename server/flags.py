@@ -1,19 +1,23 @@
 """tensorflow_model_server's command-line flags, in its ``--flag=value`` syntax.
 
-Every flag of tensorflow_model_server is known here. Those we implement
-parse into ``ServerOptions``; the others are accepted only at their TF
-Serving default (asking for nothing we lack) and otherwise refused with a
-message naming the flag, never silently ignored.
+Every flag of tensorflow_model_server is known here. Those with an ONNX
+Runtime or server meaning parse into ``ServerOptions``; those with none are
+accepted with a log line saying so; those that would change answers or
+security here are accepted only at their TF Serving default and otherwise
+refused with a message naming the flag. None is silently ignored.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
 from onnx_serving.server.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 def _default_threads() -> int:
@@ -61,6 +65,8 @@ class ServerOptions:
     enable_per_model_batching_parameters: bool = False
     enable_grpc_healthcheck_service: bool = False
     ssl_config_file: str = ""
+    rest_api_enable_cors_support: bool = False
+    per_process_gpu_memory_fraction: float = 0.0  # 0: no limit; else of each CUDA device
     # onnx-serving's own TLS options (server/tls.py).
     rest_api_enable_ssl: bool = False  # REST (and metrics) over HTTPS with --ssl_config_file
     ssl_config_file_poll_wait_seconds: int = 0  # 0: read once; else reload certificates
@@ -93,29 +99,54 @@ _LIMITS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "synthetic_warmup_dim": (lambda v: v >= 1, "expected a size of 1 or more"),
     "num_workers": (lambda v: v >= 1, "expected 1 or more processes"),
     "shutdown_delay_seconds": (lambda v: v >= 0, "expected 0 or more seconds"),
+    "per_process_gpu_memory_fraction": (
+        lambda v: 0 <= v <= 1,
+        "expected a fraction from 0 to 1 (TF's values above 1 ask for unified memory, which "
+        "ONNX Runtime's CUDA provider does not use)",
+    ),
 }
 
-# TF Serving flags not implemented yet, with their defaults.
-_NOT_YET: dict[str, str] = {
-    "rest_api_enable_cors_support": "false",
-    "flush_filesystem_caches": "true",
-    "saved_model_tags": "serve",
-    "tensorflow_session_config_file": "",
-    "platform_config_file": "",
-    "per_process_gpu_memory_fraction": "0",
-    "use_alts_credentials": "false",
-    "enable_signature_method_name_check": "false",
-    "enable_profiler": "true",
-    "prefer_tflite_model": "false",
-    "use_tflite_model": "false",
-    "thread_pool_factory_config_file": "",
-    "mixed_precision": "",
-    "remove_unused_fields_from_bundle_metagraph": "true",
-    "xla_cpu_compilation_enabled": "false",
-    "enable_model_warmup_in_parallel": "false",
+# TF Serving flags with no meaning on ONNX Runtime: any value is accepted, and saying so
+# takes one log line. None of them can change an answer or a guarantee.
+NO_EFFECT: dict[str, str] = {
+    "flush_filesystem_caches": "it flushes TensorFlow's file system caches after loads",
+    "saved_model_tags": "an ONNX model has no MetaGraphs to choose from; "
+                        "`onnx-serving convert --saved_model_tags` picks the one converted",
+    "tensorflow_session_config_file": "it configures TensorFlow sessions; ONNX Runtime's "
+                                      "session options are in runtime.json",
+    "enable_profiler": "it serves TensorFlow's ProfilerService, which profiles TensorFlow",
+    "thread_pool_factory_config_file": "it sets TensorFlow's per-request thread pools; "
+                                       "ONNX Runtime's are set by the *_parallelism flags "
+                                       "and runtime.json",
+    "remove_unused_fields_from_bundle_metagraph": "it trims TensorFlow's MetaGraph in memory",
+    "xla_cpu_compilation_enabled": "XLA compiles TensorFlow graphs; ONNX Runtime optimizes "
+                                   "its own (runtime.json's graph_optimization_level)",
+    "enable_model_warmup_in_parallel": "warmup runs inside each load; --num_load_threads "
+                                       "sets how many loads run at once",
+}
+
+# TF Serving flags that would change answers or security here: refused unless at their
+# TF Serving default, with why.
+REFUSED: dict[str, tuple[str, str]] = {
+    "platform_config_file": ("", "it configures TensorFlow's platform (session, batching); "
+                                 "use --runtime_config_file and --batching_parameters_file"),
+    "use_alts_credentials": ("false", "ALTS credentials are not available; use "
+                                      "--ssl_config_file"),
+    "enable_signature_method_name_check": ("false", "ONNX signatures carry no TensorFlow "
+                                                    "method names to check"),
+    "prefer_tflite_model": ("false", "onnx-serving serves ONNX models, not TensorFlow Lite"),
+    "use_tflite_model": ("false", "onnx-serving serves ONNX models, not TensorFlow Lite"),
+    "mixed_precision": ("", "TensorFlow's automatic mixed precision would change answers; "
+                            "convert the model to float16 instead"),
 }
 
 _TYPES = {f.name: f.type for f in fields(ServerOptions)}
+# Taken bare as true, as tensorflow_model_server takes its boolean flags.
+_BOOLEAN_TF_FLAGS = {
+    "flush_filesystem_caches", "enable_profiler", "remove_unused_fields_from_bundle_metagraph",
+    "xla_cpu_compilation_enabled", "enable_model_warmup_in_parallel",
+    *(name for name, (default, _) in REFUSED.items() if default == "false"),
+}
 _TRUE = ("true", "1")
 _FALSE = ("false", "0")
 
@@ -128,6 +159,13 @@ def _parse_value(name: str, raw: str) -> Any:
         if raw.lower() in _FALSE:
             return False
         raise ConfigError(f"Illegal value '{raw}' for flag --{name}: expected true or false")
+    if kind == "float":
+        try:
+            return float(raw)
+        except ValueError:
+            raise ConfigError(
+                f"Illegal value '{raw}' for flag --{name}: expected a number"
+            ) from None
     if kind == "int":
         try:
             return int(raw)
@@ -156,21 +194,25 @@ def parse_flags(argv: Sequence[str]) -> ServerOptions:
         if not token.startswith("-") or token in ("-", "--"):
             raise ConfigError(f"Unexpected argument '{token}': flags take the form --flag=value")
         name, has_value, raw = token.lstrip("-").partition("=")
-        known = name in _TYPES or name in _NOT_YET
+        known = name in _TYPES or name in NO_EFFECT or name in REFUSED
         if not known:
             raise ConfigError(f"Unknown command line flag '{name}'")
         if not has_value:
-            if _TYPES.get(name) == "bool" or _NOT_YET.get(name) in _TRUE + _FALSE:
+            if _TYPES.get(name) == "bool" or name in _BOOLEAN_TF_FLAGS:
                 raw = "true"
             elif args:
                 raw = args.pop(0)
             else:
                 raise ConfigError(f"Flag --{name} needs a value")
-        if name in _NOT_YET:
-            if not _same(raw, _NOT_YET[name]):
+        if name in NO_EFFECT:
+            log.info("Flag --%s=%s has no effect on onnx-serving: %s", name, raw, NO_EFFECT[name])
+            continue
+        if name in REFUSED:
+            default, why = REFUSED[name]
+            if not _same(raw, default):
                 raise ConfigError(
-                    f"Flag --{name}={raw} is a TF Serving flag that onnx-serving does not "
-                    "support yet; remove it or leave it at its default"
+                    f"Flag --{name}={raw} is not supported: {why}. Remove it or leave it "
+                    f"at TF Serving's default ({default or 'empty'})"
                 )
             continue
         value = _parse_value(name, raw)
@@ -198,6 +240,8 @@ def usage() -> str:
     lines = ["Flags (tensorflow_model_server's, as --flag=value):"]
     for f in fields(ServerOptions):
         lines.append(f"  --{f.name}={str(f.default).lower() if f.type == 'bool' else f.default}")
-    lines.append("TF Serving flags accepted only at their default, not implemented yet:")
-    lines.extend(f"  --{name}" for name in _NOT_YET)
+    lines.append("TF Serving flags accepted with no effect on ONNX Runtime:")
+    lines.extend(f"  --{name}" for name in NO_EFFECT)
+    lines.append("TF Serving flags accepted only at their default:")
+    lines.extend(f"  --{name}={default}" for name, (default, _) in REFUSED.items())
     return "\n".join(lines)

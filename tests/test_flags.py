@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import ctypes.util
+import logging
 from pathlib import Path
 
 import pytest
 
 from onnx_serving.server.api.grpc.server import parse_channel_arguments
 from onnx_serving.server.config import read_config_file
-from onnx_serving.server.errors import ConfigError
-from onnx_serving.server.flags import ServerOptions, parse_flags
+from onnx_serving.server.errors import ConfigError, ModelLoadError
+from onnx_serving.server.flags import NO_EFFECT, ServerOptions, parse_flags
 from onnx_serving.server.repository.policy import All, Latest, Specific
+from onnx_serving.server.runtime import config as runtime_config
+from onnx_serving.server.runtime import gpu_memory, session
+from onnx_serving.server.runtime.config import Provider
+from onnx_serving.server.runtime.gpu_memory import CUDA, with_memory_limit
 
 
 def test_defaults_are_tf_servings() -> None:
@@ -40,7 +46,12 @@ def test_flag_syntaxes() -> None:
     [
         (["--no_such_flag=1"], "Unknown command line flag 'no_such_flag'"),
         (["--port=eighty"], "Illegal value 'eighty' for flag --port"),
-        (["--enable_profiler=false"], "Flag --enable_profiler=false is a TF Serving flag"),
+        (["--mixed_precision=bfloat16"], "Flag --mixed_precision=bfloat16 is not supported"),
+        (["--use_tflite_model"], "not TensorFlow Lite"),
+        (["--platform_config_file=/p.config"], "--runtime_config_file"),
+        (["--enable_signature_method_name_check=true"], "no TensorFlow method names"),
+        (["--per_process_gpu_memory_fraction=1.5"], "unified memory"),
+        (["--per_process_gpu_memory_fraction=half"], "expected a number"),
         (["--use_alts_credentials=true"], "--use_alts_credentials=true"),
         (["--rest_api_enable_ssl"], "set it too"),
         (["--rest_api_port=8500"], "--port and --rest_api_port must differ"),
@@ -56,12 +67,83 @@ def test_refused_flags(argv: list[str], message: str) -> None:
     assert message in info.value.message
 
 
-def test_unsupported_flags_at_their_default_are_accepted() -> None:
+def test_refused_flags_at_their_default_are_accepted() -> None:
     parse_flags([
-        "--rest_api_port=0", "--enable_profiler=true", "--ssl_config_file=",
+        "--model_base_path=/m", "--rest_api_port=0", "--ssl_config_file=",
         "--file_system_poll_wait_seconds=0", "--enable_model_warmup=true",
-        "--saved_model_tags=serve",
+        "--use_alts_credentials=false", "--mixed_precision=", "--prefer_tflite_model=0",
     ])
+
+
+def test_flags_without_effect_are_accepted_with_one_log_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    argv = ["--model_base_path=/m", *(f"--{name}" if name in BOOLEAN else f"--{name}=x"
+                                      for name in NO_EFFECT)]
+    with caplog.at_level(logging.INFO, logger="onnx_serving.server.flags"):
+        assert parse_flags(argv) == parse_flags(["--model_base_path=/m"])
+    lines = [r.getMessage() for r in caplog.records if "has no effect" in r.getMessage()]
+    assert len(lines) == len(NO_EFFECT)  # one each
+    assert any(line.startswith("Flag --xla_cpu_compilation_enabled=true has no effect")
+               for line in lines)
+
+
+def test_mapped_flags() -> None:
+    options = parse_flags([
+        "--model_base_path=/m", "--per_process_gpu_memory_fraction=0.5",
+        "--rest_api_enable_cors_support=true",
+    ])
+    assert options.per_process_gpu_memory_fraction == 0.5
+    assert options.rest_api_enable_cors_support is True
+
+
+def test_channel_arguments_as_tf_parses_them() -> None:
+    """absl::SimpleAtoi into an int32: ints where they parse, strings otherwise."""
+    assert parse_channel_arguments(
+        "grpc.keepalive_time_ms=100, a=+7,b= 8 ,c=1_000,d=2147483648,e=-2147483648,f=x=y"
+    ) == [("grpc.keepalive_time_ms", 100), ("a", 7), ("b", 8), ("c", "1_000"),
+          ("d", "2147483648"), ("e", -2147483648), ("f", "x")]
+
+
+def test_gpu_memory_fraction_sets_the_cuda_limit_per_device(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Checked on the options built; the device's total comes from the CUDA driver."""
+    totals = {0: 80 << 30, 1: 16 << 30}
+    assert with_memory_limit({"device_id": 1}, 0.5, totals.__getitem__) == {
+        "device_id": 1, "gpu_mem_limit": 8 << 30
+    }
+    assert with_memory_limit({}, 0.25, totals.__getitem__) == {"gpu_mem_limit": 20 << 30}
+    assert with_memory_limit({"gpu_mem_limit": 5}, 0.5, totals.__getitem__) == {
+        "gpu_mem_limit": 5  # runtime.json's own limit wins
+    }
+    assert with_memory_limit({"device_id": 0}, 0.0, totals.__getitem__) == {"device_id": 0}
+
+    config = runtime_config.server_default("", 0, 0, gpu_memory_fraction=0.5)
+    monkeypatch.setattr(gpu_memory, "device_memory", totals.__getitem__)
+    cuda = session._provider_options(Provider(CUDA, {"device_id": 0}), tmp_path, config)
+    assert cuda == {"device_id": "0", "gpu_mem_limit": str(40 << 30)}
+    cpu = session._provider_options(Provider(runtime_config.CPU), tmp_path, config)
+    assert cpu == {}
+
+
+def test_gpu_memory_without_a_cuda_driver_fails_the_load_clearly() -> None:
+    if ctypes.util.find_library("cuda"):
+        pytest.skip("a CUDA driver is installed")
+    with pytest.raises(ModelLoadError, match="needs the CUDA driver"):
+        gpu_memory.device_memory.__wrapped__(0)
+
+
+def test_convert_takes_saved_model_tags() -> None:
+    from onnx_serving.migration import convert
+
+    assert convert.parse_args(["a", "b", "--saved_model_tags=serve"]).tag == "serve"
+    with pytest.raises(SystemExit):
+        convert.parse_args(["a", "b", "--saved_model_tags=serve,gpu"])
+
+
+BOOLEAN = {"flush_filesystem_caches", "enable_profiler", "xla_cpu_compilation_enabled",
+           "remove_unused_fields_from_bundle_metagraph", "enable_model_warmup_in_parallel"}
 
 
 def test_bad_channel_arguments() -> None:

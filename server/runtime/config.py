@@ -47,6 +47,8 @@ class RuntimeConfig:
     # across restarts; empty: nowhere.
     cache_dir: str = ""
     io_binding: bool = False
+    # --per_process_gpu_memory_fraction: a CUDA memory limit per device (runtime/gpu_memory.py)
+    gpu_memory_fraction: float = 0.0
 
     @property
     def provider_names(self) -> list[str]:
@@ -88,9 +90,12 @@ def for_version(server_default: RuntimeConfig, version_dir: Path) -> RuntimeConf
     return config
 
 
-def server_default(path: str, intra_op_threads: int, inter_op_threads: int) -> RuntimeConfig:
-    """The flags' thread counts, then --runtime_config_file on top."""
-    config = RuntimeConfig(intra_op_threads=intra_op_threads, inter_op_threads=inter_op_threads)
+def server_default(
+    path: str, intra_op_threads: int, inter_op_threads: int, gpu_memory_fraction: float = 0.0
+) -> RuntimeConfig:
+    """The flags' thread counts and GPU memory fraction, then --runtime_config_file on top."""
+    config = RuntimeConfig(intra_op_threads=intra_op_threads, inter_op_threads=inter_op_threads,
+                           gpu_memory_fraction=gpu_memory_fraction)
     return merge_file(config, Path(path), ConfigError) if path else config
 
 

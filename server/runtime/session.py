@@ -25,6 +25,7 @@ from onnx_serving.server.errors import InvalidArgument, ModelLoadError
 from onnx_serving.server.runtime.binding import BoundRunner
 from onnx_serving.server.runtime.config import CPU, Provider, RuntimeConfig
 from onnx_serving.server.runtime.dtypes import ONNX_BY_NUMPY, RAW_BITS
+from onnx_serving.server.runtime.gpu_memory import CUDA, with_memory_limit
 from onnx_serving.server.runtime.graph import Graph
 from onnx_serving.server.runtime.ort_errors import ORT_ERRORS
 from onnx_serving.server.runtime.threads import SPINNING, Threads, choose, start_global_pools
@@ -245,6 +246,8 @@ def _provider_options(provider: Provider, model: Path, config: RuntimeConfig) ->
     them, and a changed model never picks up a stale engine.
     """
     options = dict(provider.options)
+    if provider.name == CUDA:
+        options = with_memory_limit(options, config.gpu_memory_fraction)
     if provider.name == _TENSORRT:
         root = Path(config.cache_dir) if config.cache_dir else DEFAULT_CACHE
         for enable, path_key, folder in _TENSORRT_CACHES:

@@ -8,6 +8,7 @@ The standard health service is added with --enable_grpc_healthcheck_service.
 
 from __future__ import annotations
 
+import re
 from concurrent import futures
 
 import grpc
@@ -31,6 +32,8 @@ from onnx_serving.server.metrics import Metrics
 from onnx_serving.server.repository.manager import ModelManager
 from onnx_serving.server.runtime.model import LoadedModel
 
+# What absl::SimpleAtoi takes for an int: optional spaces around an optional sign and digits.
+_INT32 = re.compile(r"\s*[+-]?[0-9]+\s*", re.ASCII)
 # TF Serving's limit in both directions, not gRPC Python's 4 MB default.
 MAX_MESSAGE_BYTES = 2**31 - 1
 # The _pb2_grpc modules leave the services' own files unimported; reflection needs them.
@@ -46,7 +49,8 @@ _REFLECTION_V1_FILE = "grpc/reflection/v1/reflection.proto"
 
 
 def parse_channel_arguments(raw: str) -> list[tuple[str, int | str]]:
-    """``"k=v,k=v"`` as --grpc_channel_arguments takes it; numbers become ints."""
+    """``"k=v,k=v"`` as --grpc_channel_arguments takes it: a value that absl::SimpleAtoi
+    reads as a 32-bit int is passed as that int, any other as a string (TF's server.cc)."""
     arguments: list[tuple[str, int | str]] = []
     for item in filter(None, (part.strip() for part in raw.split(","))):
         key, sep, value = item.partition("=")
@@ -54,9 +58,10 @@ def parse_channel_arguments(raw: str) -> list[tuple[str, int | str]]:
             raise ConfigError(
                 f"Invalid --grpc_channel_arguments entry '{item}': expected key=value"
             )
-        try:
+        value = value.split("=")[0]  # TF keeps what comes before a second '='
+        if _INT32.fullmatch(value) and -(2**31) <= int(value) < 2**31:
             arguments.append((key, int(value)))
-        except ValueError:
+        else:
             arguments.append((key, value))
     return arguments
 

@@ -40,6 +40,12 @@ _NOT_FOUND: Final = (
     b"</BODY></HTML>\n"
 )
 _CORS_ORIGIN: Final = re.compile(r"https?://")
+# What TF Serving adds to API answers, errors and preflights included, with CORS on.
+CORS_HEADERS: Final = {
+    "Access-Control-Allow-Origin": "*",
+    "Access-Control-Allow-Methods": "POST, GET",
+    "Access-Control-Allow-Headers": "Content-Type",
+}
 # Static probe URLs for Kubernetes, outside TF Serving's /v1/ (docs/kubernetes.md).
 LIVE_PATH: Final = "/livez"
 READY_PATH: Final = "/readyz"
@@ -59,9 +65,12 @@ class RestApp:
         metrics_path: str | None = None,
         access_log: bool = False,
         readiness: Readiness | None = None,
+        cors: bool = False,
     ) -> None:
-        """``metrics_path``: where Prometheus scrapes (--monitoring_config_file), if anywhere."""
+        """``metrics_path``: where Prometheus scrapes (--monitoring_config_file), if anywhere;
+        ``cors``: TF's CORS headers on every API answer (--rest_api_enable_cors_support)."""
         self._readiness = readiness
+        self._cors = cors
         self._handler = handler
         self._executor = executor
         self._timeout_ms = timeout_ms
@@ -88,6 +97,8 @@ class RestApp:
                 response = await self._answer(Request(scope, receive), path)
             except ClientDisconnect:
                 return  # nobody is left to answer
+            if self._cors:
+                response.headers.update(CORS_HEADERS)
         await response(scope, receive, send)
 
     async def _answer(self, request: Request, path: str) -> Response:

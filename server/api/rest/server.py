@@ -47,9 +47,11 @@ class RestServer:
         reuse_port: bool = False,
         ssl_context: ssl.SSLContext | None = None,
         readiness: Readiness | None = None,
+        cors: bool = False,
     ) -> None:
         """``ssl_context``: serve HTTPS with it (its certificates may change while serving)."""
         self._manager = manager
+        self._cors = cors
         self._readiness = readiness
         self._metrics = metrics
         self._metrics_path = metrics_path
@@ -70,7 +72,7 @@ class RestServer:
         app = RestApp(
             RestHandler(self._manager, self._metrics), self._executor, self._timeout_ms,
             self._metrics, metrics_path=self._metrics_path, access_log=self._access_log,
-            readiness=self._readiness,
+            readiness=self._readiness, cors=self._cors,
         )
         context = self._ssl_context
         config = uvicorn.Config(
