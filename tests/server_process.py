@@ -60,9 +60,16 @@ class ServerProcess:
                     stub.Predict(request, timeout=1)
                 except grpc.RpcError as exc:
                     if "Servable" in (exc.details() or ""):
-                        return
+                        break
                 time.sleep(0.1)
-        raise TimeoutError(f"server not ready after {timeout}s:\n{self.logs()}")
+            else:
+                raise TimeoutError(f"server not ready after {timeout}s:\n{self.logs()}")
+        # REST opens just after gRPC: wait for it too, when there is one.
+        if any(f.startswith("--rest_api_port=") and f != "--rest_api_port=0" for f in self.flags):
+            while "Exporting HTTP/REST API at" not in self.logs():
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"REST not ready after {timeout}s:\n{self.logs()}")
+                time.sleep(0.05)
 
     def channel(self) -> grpc.Channel:
         if self.credentials is None:

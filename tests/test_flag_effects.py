@@ -48,14 +48,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerPro
         ],
         tmp / "server.log",
     ).start()
-    deadline = time.monotonic() + 30  # REST opens just after gRPC
-    while True:
-        try:
-            requests.get(f"http://127.0.0.1:{rest_port}/v1/models/default", timeout=TIMEOUT)
-            break
-        except requests.ConnectionError:
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
     yield server, rest_port
     server.stop()
 
