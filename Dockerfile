@@ -1,23 +1,36 @@
-# CPU image with TF Serving's Docker conventions: gRPC on 8500, REST on 8501, and
-# the model at ${MODEL_BASE_PATH}/${MODEL_NAME}, e.g.
-#   docker run -p 8500:8500 -p 8501:8501 -v /path/to/half_plus_two:/models/half_plus_two \
-#     -e MODEL_NAME=half_plus_two onnx-serving
-# Flags after the image name reach the server, as with tensorflow/serving.
-FROM python:3.11-slim
+# onnx-serving with TF Serving's Docker conventions: gRPC on 8500, REST on 8501, the model
+# at ${MODEL_BASE_PATH}/${MODEL_NAME}, flags after the image name reaching the server.
+# Build it with `make docker` (CPU) or `make docker-gpu`: the context is a folder the
+# Makefile stages with a wheelhouse built on the host (wheels/) and the files of docker/,
+# so nothing is downloaded inside the build and any base image with python3 and its venv
+# module serves (BASE_IMAGE).
+ARG BASE_IMAGE=python:3.11-slim
 
-WORKDIR /opt/onnx-serving
-COPY pyproject.toml setup.py README.md ./
-COPY protos protos
-COPY server server
-COPY client client
-COPY codec codec
-RUN pip install --no-cache-dir '.[cpu]' \
- && printf '%s\n' '#!/bin/sh' \
-    'exec onnx-serving serve --port=8500 --rest_api_port=8501 --model_name="${MODEL_NAME}" --model_base_path="${MODEL_BASE_PATH}/${MODEL_NAME}" "$@"' \
-    > /usr/bin/tf_serving_entrypoint.sh \
- && chmod +x /usr/bin/tf_serving_entrypoint.sh
+FROM ${BASE_IMAGE} AS install
+ARG EXTRA=cpu
+COPY wheels /wheels
+RUN python3 -m venv /opt/onnx-serving \
+ && /opt/onnx-serving/bin/pip install --no-cache-dir --no-index --find-links=/wheels \
+    "onnx-serving[${EXTRA}]" $(cat /wheels/requirements-*.txt 2>/dev/null | grep -v '^#') \
+ && /opt/onnx-serving/bin/pip uninstall --yes --quiet pip
 
-ENV MODEL_NAME=model MODEL_BASE_PATH=/models
-RUN mkdir -p "${MODEL_BASE_PATH}"
+FROM ${BASE_IMAGE}
+ARG EXTRA=cpu
+COPY --from=install /opt/onnx-serving /opt/onnx-serving
+COPY tf_serving_entrypoint.sh tensorflow_model_server /usr/bin/
+COPY monitoring.config /etc/onnx-serving/monitoring.config
+# A user with KServe's uid (runAsUser: 1000); the GPU image's CUDA libraries from wheels
+# made known to the dynamic loader.
+RUN echo 'serving:x:1000:1000:onnx-serving:/models:/usr/sbin/nologin' >> /etc/passwd \
+ && echo 'serving:x:1000:' >> /etc/group \
+ && mkdir -p /models && chown 1000:1000 /models \
+ && if [ "${EXTRA}" = gpu ]; then \
+      ls -d /opt/onnx-serving/lib/python3*/site-packages/nvidia/*/lib \
+            /opt/onnx-serving/lib/python3*/site-packages/nvidia/cu*/lib \
+            /opt/onnx-serving/lib/python3*/site-packages/tensorrt_libs \
+        2>/dev/null > /etc/ld.so.conf.d/onnx-serving-gpu.conf; ldconfig; \
+    fi
+ENV PATH=/opt/onnx-serving/bin:$PATH MODEL_NAME=model MODEL_BASE_PATH=/models
+USER 1000:1000
 EXPOSE 8500 8501
 ENTRYPOINT ["/usr/bin/tf_serving_entrypoint.sh"]

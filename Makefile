@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PORT ?= 8500
 
-.PHONY: serve test test-slow lint protos docker clean
+.PHONY: serve test test-slow lint protos docker docker-gpu docker-base clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -45,8 +45,37 @@ lint: $(VENV)/.test-installed
 protos: $(VENV)/.test-installed
 	$(BIN)/python protos/generate.py
 
-docker:
-	docker build -t onnx-serving .
+# Container images (docs/deployment.md). The wheelhouse is built here, so the build itself
+# needs no network; BASE_IMAGE is any image with python3 and its venv module
+# (`make docker-base` makes one from Debian's packages where no registry is reachable).
+IMAGE ?= onnx-serving
+GPU_IMAGE ?= onnx-serving-gpu
+BASE_IMAGE ?= python:3.11-slim
+TENSORRT ?= 1
+DOCKER_BUILD = docker build --network host --build-arg BASE_IMAGE=$(BASE_IMAGE)
+
+.whl/%/.built: $(BIN)/python pyproject.toml setup.py docker/requirements-gpu.txt docker/requirements-tensorrt.txt
+	rm -rf .whl/$* && mkdir -p .whl/$*/wheels
+	cp docker/tf_serving_entrypoint.sh docker/tensorflow_model_server docker/monitoring.config .whl/$*/
+	$(if $(filter gpu,$*),cp docker/requirements-gpu.txt \
+		$(if $(filter 1,$(TENSORRT)),docker/requirements-tensorrt.txt) .whl/$*/wheels/)
+	$(BIN)/python -m pip wheel --quiet --wheel-dir .whl/$*/wheels '.[$*]' \
+		$$(for f in .whl/$*/wheels/requirements-*.txt; do [ -e $$f ] && echo -r $$f; done)
+	touch $@
+
+docker: .whl/cpu/.built
+	$(BIN)/python -m pip wheel --quiet --no-deps --wheel-dir .whl/cpu/wheels .
+	$(DOCKER_BUILD) -f Dockerfile -t $(IMAGE) .whl/cpu
+
+docker-gpu: .whl/gpu/.built
+	$(BIN)/python -m pip wheel --quiet --no-deps --wheel-dir .whl/gpu/wheels .
+	$(DOCKER_BUILD) --build-arg EXTRA=gpu --label onnx-serving.tensorrt=$(TENSORRT) \
+		-f Dockerfile -t $(GPU_IMAGE) .whl/gpu
+
+# A python3 base image from Debian's packages, for machines that reach no registry.
+docker-base:
+	mmdebstrap --variant=minbase --include=python3,python3-venv,ca-certificates bookworm - \
+		| docker import - onnx-serving-base:bookworm
 
 clean:
 	rm -rf $(VENV) build *.egg-info
