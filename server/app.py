@@ -72,6 +72,7 @@ class App:
             iterations=options.num_request_iterations_for_warmup,
             synthetic=options.enable_synthetic_warmup,
             synthetic_dim=options.synthetic_warmup_dim,
+            method_check=options.enable_signature_method_name_check,
         )
         self._metrics_path = (
             read_monitoring_config(Path(options.monitoring_config_file))
@@ -188,6 +189,7 @@ class App:
             max_threads=self.options.grpc_threads,
             channel_arguments=self.options.grpc_channel_arguments,
             tensor_content=self.options.enable_serialization_as_tensor_content,
+            method_check=self.options.enable_signature_method_name_check,
             access_log=self.options.enable_access_log,
             health_servicer=self._health,
         )
@@ -220,6 +222,7 @@ class App:
                 threads=self.options.rest_threads,
                 timeout_ms=self.options.rest_api_timeout_in_ms,
                 metrics=self.metrics,
+                method_check=self.options.enable_signature_method_name_check,
                 metrics_path=self._metrics_path,
                 access_log=self.options.enable_access_log,
                 reuse_port=self.options.reuse_port,

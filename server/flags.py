@@ -46,6 +46,7 @@ class ServerOptions:
     allow_version_labels_for_unavailable_models: bool = False
     enable_model_warmup: bool = True
     num_request_iterations_for_warmup: int = 0  # 0: once
+    enable_signature_method_name_check: bool = False  # Classify/Regress check method_name
     # onnx-serving's own, beyond TF Serving's.
     enable_synthetic_warmup: bool = False
     synthetic_warmup_dim: int = 1
@@ -132,8 +133,6 @@ REFUSED: dict[str, tuple[str, str]] = {
                                  "use --runtime_config_file and --batching_parameters_file"),
     "use_alts_credentials": ("false", "ALTS credentials are not available; use "
                                       "--ssl_config_file"),
-    "enable_signature_method_name_check": ("false", "ONNX signatures carry no TensorFlow "
-                                                    "method names to check"),
     "prefer_tflite_model": ("false", "onnx-serving serves ONNX models, not TensorFlow Lite"),
     "use_tflite_model": ("false", "onnx-serving serves ONNX models, not TensorFlow Lite"),
     "mixed_precision": ("", "TensorFlow's automatic mixed precision would change answers; "

@@ -150,10 +150,12 @@ class Metrics:
         if code is Code.OK:
             self._child(self._request_latency, model, api, entrypoint).observe(seconds * 1e6)
 
-    def stage(self, model: str, entrypoint: str, stage: str, seconds: float) -> None:
+    def stage(
+        self, model: str, entrypoint: str, stage: str, seconds: float, api: str = "Predict"
+    ) -> None:
         self._child(self._stage_latency, model, entrypoint, stage).observe(seconds * 1e6)
         if stage == "run":
-            self._child(self._runtime_latency, model, "Predict", "ONNXRuntime").observe(
+            self._child(self._runtime_latency, model, api, "ONNXRuntime").observe(
                 seconds * 1e6
             )
 

@@ -11,12 +11,19 @@ initialization either.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from onnx_serving.codec.prediction_log import PredictionLogError, read_prediction_logs
+from onnx_serving.server.api.grpc.examples import (
+    classify_pinned,
+    multi_inference_pinned,
+    regress_pinned,
+)
 from onnx_serving.server.api.grpc.predict import predict_pinned
 from onnx_serving.server.errors import Code, ModelLoadError, ServingError
 from onnx_serving.server.runtime.model import LoadedModel
@@ -25,8 +32,13 @@ log = logging.getLogger(__name__)
 
 WARMUP_FILE = Path("assets.extra") / "tf_serving_warmup_requests"
 MAX_RECORDS = 1000
-# Record kinds TF Serving replays but whose APIs onnx-serving does not serve yet.
-_NOT_YET = ("classify_log", "regress_log", "multi_inference_log")
+# Each record kind TF Serving replays, and how: the request on the loading version.
+_REPLAY: dict[str, Callable[[LoadedModel, Any, bool], object]] = {
+    "predict_log": lambda model, request, _method_check: predict_pinned(model, request),
+    "classify_log": classify_pinned,
+    "regress_log": regress_pinned,
+    "multi_inference_log": multi_inference_pinned,
+}
 
 
 @dataclass(frozen=True)
@@ -35,6 +47,7 @@ class WarmupOptions:
     iterations: int = 1
     synthetic: bool = False
     synthetic_dim: int = 1
+    method_check: bool = False  # --enable_signature_method_name_check
 
 
 def warm_up(model: LoadedModel, version_dir: Path, options: WarmupOptions) -> None:
@@ -42,12 +55,12 @@ def warm_up(model: LoadedModel, version_dir: Path, options: WarmupOptions) -> No
         return
     path = version_dir / WARMUP_FILE
     if path.exists():
-        _replay(model, path, max(1, options.iterations))
+        _replay(model, path, max(1, options.iterations), options.method_check)
     elif options.synthetic:
         _synthetic(model, version_dir, options.synthetic_dim)
 
 
-def _replay(model: LoadedModel, path: Path, iterations: int) -> None:
+def _replay(model: LoadedModel, path: Path, iterations: int, method_check: bool) -> None:
     try:
         records = list(read_prediction_logs(path))
     except (OSError, PredictionLogError) as exc:
@@ -60,14 +73,13 @@ def _replay(model: LoadedModel, path: Path, iterations: int) -> None:
     replayed = 0
     for index, record in enumerate(records):
         kind = record.WhichOneof("log_type")
-        if kind in _NOT_YET:
-            log.warning("Skipping warmup record %d of %s: %s is not served yet", index, path, kind)
-            continue
-        if kind != "predict_log":
+        replay = _REPLAY.get(kind or "")
+        if replay is None:
             raise ModelLoadError(f"Unsupported log_type for warmup: {kind}", Code.UNIMPLEMENTED)
+        request = getattr(record, kind).request  # type: ignore[arg-type]
         for _ in range(iterations):
             try:
-                predict_pinned(model, record.predict_log.request)
+                replay(model, request, method_check)
             except ServingError as exc:
                 raise ModelLoadError(
                     f"warmup record {index} of {path} failed: {exc.message}", exc.code

@@ -81,6 +81,104 @@ def two_outputs() -> onnx.ModelProto:
     )
 
 
+def classifier() -> onnx.ModelProto:
+    """x: float [n, 1] → outputs of every shape and type Classify and Regress may meet.
+
+    scores2 [n, 2] = (x, 2x), labels2 the same as strings, labels3 [n, 3] strings,
+    scores_1d [n], scores_double [n, 1] float64, ints [n, 1] int64, short [1, 1] (the
+    first row only); z (a second, optional input) → z_out.
+    """
+    const = numpy_helper.from_array
+    return _model(
+        [
+            helper.make_node("Mul", ["x", "two"], ["twice"]),
+            helper.make_node("Concat", ["x", "twice"], ["scores2"], axis=1),
+            helper.make_node("Cast", ["scores2"], ["labels2"], to=TensorProto.STRING),
+            helper.make_node("Concat", ["x", "twice", "x"], ["three"], axis=1),
+            helper.make_node("Cast", ["three"], ["labels3"], to=TensorProto.STRING),
+            helper.make_node("Squeeze", ["x", "axis1"], ["scores_1d"]),
+            helper.make_node("Cast", ["x"], ["scores_double"], to=TensorProto.DOUBLE),
+            helper.make_node("Cast", ["x"], ["ints"], to=TensorProto.INT64),
+            helper.make_node("Slice", ["x", "zero", "one", "zero"], ["short"]),
+            helper.make_node("Identity", ["z"], ["z_out"]),
+        ],
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 1]),
+            helper.make_tensor_value_info("z", TensorProto.FLOAT, ["n", 1]),
+        ],
+        [
+            helper.make_tensor_value_info("scores2", TensorProto.FLOAT, ["n", 2]),
+            helper.make_tensor_value_info("labels2", TensorProto.STRING, ["n", 2]),
+            helper.make_tensor_value_info("labels3", TensorProto.STRING, ["n", 3]),
+            helper.make_tensor_value_info("scores_1d", TensorProto.FLOAT, ["n"]),
+            helper.make_tensor_value_info("scores_double", TensorProto.DOUBLE, ["n", 1]),
+            helper.make_tensor_value_info("ints", TensorProto.INT64, ["n", 1]),
+            helper.make_tensor_value_info("short", TensorProto.FLOAT, [1, 1]),
+            helper.make_tensor_value_info("z_out", TensorProto.FLOAT, ["n", 1]),
+        ],
+        [
+            const(np.array(2.0, np.float32), "two"),
+            const(np.array([1], np.int64), "axis1"),
+            const(np.array([0], np.int64), "zero"),
+            const(np.array([1], np.int64), "one"),
+            const(np.zeros((1, 1), np.float32), "z"),  # optional: only two_inputs feeds it
+        ],
+    )
+
+
+# Classify/Regress signatures over classifier(): alias → its graph output. Each parses
+# serialized tf.Example (feature x, float [1]) into x on the server.
+CLASSIFIER_SIGNATURES = {
+    "classify_both": ("tensorflow/serving/classify", {"classes": "labels2", "scores": "scores2"}),
+    "classify_labels": ("tensorflow/serving/classify", {"classes": "labels2"}),
+    "classify_scores": ("tensorflow/serving/classify", {"scores": "scores2"}),
+    "classify_mismatch": ("tensorflow/serving/classify",
+                          {"classes": "labels3", "scores": "scores2"}),
+    "classify_1d": ("tensorflow/serving/classify", {"scores": "scores_1d"}),
+    "classify_double": ("tensorflow/serving/classify", {"scores": "scores_double"}),
+    "classify_float_classes": ("tensorflow/serving/classify", {"classes": "scores2"}),
+    "classify_short": ("tensorflow/serving/classify", {"scores": "short"}),
+    "classify_unnamed": ("tensorflow/serving/classify", {"probabilities": "scores2"}),
+    "classify_three": ("tensorflow/serving/classify",
+                       {"classes": "labels2", "scores": "scores2", "extra": "ints"}),
+    "regress_1d": ("tensorflow/serving/regress", {"outputs": "scores_1d"}),
+    "regress_wide": ("tensorflow/serving/regress", {"outputs": "scores2"}),
+    "regress_int": ("tensorflow/serving/regress", {"outputs": "ints"}),
+    "regress_short": ("tensorflow/serving/regress", {"outputs": "short"}),
+    "regress_unnamed": ("tensorflow/serving/regress", {"y": "scores_1d"}),
+    "predict_method": ("tensorflow/serving/predict", {"scores": "scores2"}),
+}
+
+
+def classifier_signatures() -> dict[str, Any]:
+    parse = {"input": "inputs",
+             "dense": [{"key": "x", "dtype": "DT_FLOAT", "shape": [1], "default": None,
+                        "name": "x"}]}
+    signatures: dict[str, Any] = {
+        name: {
+            "method_name": method,
+            "inputs": {"inputs": {"name": "tf_example:0", "dtype": "DT_STRING"}},
+            "outputs": {alias: {"name": output} for alias, output in outputs.items()},
+            "parse_example": parse,
+        }
+        for name, (method, outputs) in CLASSIFIER_SIGNATURES.items()
+    }
+    # Predict-style: two plain inputs, and one plain input not named "inputs".
+    signatures["two_inputs"] = {
+        "inputs": {"inputs": {"name": "x"}, "z": {"name": "z"}},
+        "outputs": {"scores": {"name": "scores2"}, "z": {"name": "z_out"}},
+    }
+    signatures["x_input"] = {
+        "inputs": {"x": {"name": "x"}},
+        "outputs": {"outputs": {"name": "scores_1d"}},
+    }
+    signatures["serving_default"] = {
+        "inputs": {"x": {"name": "x"}, "z": {"name": "z"}},
+        "outputs": {"scores": {"name": "scores2"}},
+    }
+    return signatures
+
+
 def _write(version_dir: Path, files: dict[str, onnx.ModelProto], signatures: dict | None) -> None:
     version_dir.mkdir(parents=True, exist_ok=True)
     for name, model in files.items():
@@ -126,6 +224,8 @@ def build_repository(root: Path) -> Path:
         },
     )
 
+    _write(root / "classifier" / "1", {"model.onnx": classifier()}, classifier_signatures())
+
     broken = root / "broken" / "1"
     broken.mkdir(parents=True)
     (broken / "model.onnx").write_bytes(b"this is not an onnx model")
@@ -138,6 +238,7 @@ model_config_list {
   config { name: "half_plus_three" base_path: "half_plus_three" model_platform: "onnx" }
   config { name: "dtypes" base_path: "dtypes" model_platform: "onnx" }
   config { name: "multi" base_path: "multi" model_platform: "onnx" }
+  config { name: "classifier" base_path: "classifier" model_platform: "onnx" }
   config { name: "broken" base_path: "broken" model_platform: "onnx" }
   config {
     name: "versions"

@@ -49,7 +49,6 @@ def test_flag_syntaxes() -> None:
         (["--mixed_precision=bfloat16"], "Flag --mixed_precision=bfloat16 is not supported"),
         (["--use_tflite_model"], "not TensorFlow Lite"),
         (["--platform_config_file=/p.config"], "--runtime_config_file"),
-        (["--enable_signature_method_name_check=true"], "no TensorFlow method names"),
         (["--per_process_gpu_memory_fraction=1.5"], "unified memory"),
         (["--per_process_gpu_memory_fraction=half"], "expected a number"),
         (["--use_alts_credentials=true"], "--use_alts_credentials=true"),

@@ -140,28 +140,45 @@ def test_get_status_rest(rest: str) -> None:
     }
 
 
-def _tensor_info(name: str, dims: list[int] | None) -> dict[str, Any]:
+def _tensor_info(name: str, dims: list[int] | None, dtype: str = "DT_FLOAT") -> dict[str, Any]:
     shape: dict[str, Any] = (
         {"dim": [], "unknown_rank": True}
         if dims is None
         else {"dim": [{"size": str(d), "name": ""} for d in dims], "unknown_rank": False}
     )
-    return {"dtype": "DT_FLOAT", "tensor_shape": shape, "name": name}
+    return {"dtype": dtype, "tensor_shape": shape, "name": name}
+
+
+def _signature(method: str, inputs: dict[str, Any], outputs: dict[str, Any]) -> dict[str, Any]:
+    return {"inputs": inputs, "outputs": outputs, "method_name": f"tensorflow/serving/{method}",
+            "defaults": {}}
 
 
 def test_get_model_metadata_rest(rest: str) -> None:
-    """testGetModelMetadataREST: half_plus_two_model_metadata.json's shape, field for field."""
+    """testGetModelMetadataREST: half_plus_two_model_metadata.json, field for field."""
+    examples = {"inputs": _tensor_info("tf_example:0", None, "DT_STRING")}
     expected = {
         "model_spec": {"name": "half_plus_two", "signature_name": "", "version": "123"},
         "metadata": {
             "signature_def": {
                 "signature_def": {
-                    "serving_default": {
-                        "inputs": {"x": _tensor_info("x", [-1, 1])},
-                        "outputs": {"y": _tensor_info("y", [-1, 1])},
-                        "method_name": "tensorflow/serving/predict",
-                        "defaults": {},
-                    }
+                    "serving_default": _signature(
+                        "predict", {"x": _tensor_info("x:0", [-1, 1])},
+                        {"y": _tensor_info("y:0", [-1, 1])},
+                    ),
+                    "classify_x_to_y": _signature(
+                        "classify", examples, {"scores": _tensor_info("y:0", [-1, 1])}
+                    ),
+                    "regress_x_to_y": _signature(
+                        "regress", examples, {"outputs": _tensor_info("y:0", [-1, 1])}
+                    ),
+                    "regress_x_to_y2": _signature(
+                        "regress", examples, {"outputs": _tensor_info("y2:0", [-1, 1])}
+                    ),
+                    "regress_x2_to_y3": _signature(
+                        "regress", {"inputs": _tensor_info("x2:0", [-1, 1])},
+                        {"outputs": _tensor_info("y3:0", [-1, 1])},
+                    ),
                 }
             }
         },
@@ -555,13 +572,78 @@ def test_body_over_the_limit_is_refused_before_reading(rest: str) -> None:
         connection.close()
 
 
-def test_classify_and_regress_answer_as_grpc_does(rest: str) -> None:
-    body = {"signature_name": "classify_x_to_y", "examples": [{"x": 2.0}]}
-    assert error(call(rest, "POST", "/v1/models/half_plus_two:classify", body), 501) == (
-        "Classify is not implemented by onnx-serving yet; use Predict"
+def classify(base: str, body: Any, model: str = "half_plus_two", **kwargs: Any) -> Any:
+    return call(base, "POST", f"/v1/models/{model}:classify", body, **kwargs)
+
+
+def regress(base: str, body: Any, model: str = "half_plus_two", **kwargs: Any) -> Any:
+    return call(base, "POST", f"/v1/models/{model}:regress", body, **kwargs)
+
+
+def test_classify_and_regress_cases(rest: str) -> None:
+    """TEST_F(HttpRestApiHandlerTest, Regress/Classify): x=80 → 42, x=20 → 12, x=10 → 7."""
+    by_version = call(rest, "POST", "/v1/models/half_plus_two/versions/123:regress",
+                      {"signature_name": "regress_x_to_y", "examples": [{"x": 80.0}]})
+    assert ok(by_version) == {"results": [42.0]}
+    body = {"signature_name": "classify_x_to_y", "examples": [{"x": 20.0}, {"x": 10.0}]}
+    assert ok(classify(rest, body)) == {"results": [[["", 12.0]], [["", 7.0]]]}
+
+
+def test_classify_rest_labels_scores_and_context(rest: str) -> None:
+    body = {"signature_name": "classify_both", "context": {"x": 5.0},
+            "examples": [{}, {"x": 0.5}]}
+    assert ok(classify(rest, body, "classifier")) == {
+        "results": [[["5", 5.0], ["10", 10.0]], [["0.5", 0.5], ["1", 1.0]]]
+    }
+    regressed = regress(rest, {"signature_name": "regress_1d", "examples": [{"x": [1.5]}]},
+                        "classifier")
+    assert ok(regressed) == {"results": [1.5]}
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "message"),
+    [
+        ({"signature_name": "nope", "examples": [{"x": 1.0}]}, 400,
+         "No signature was found with the name: nope"),
+        ({"signature_name": 7, "examples": []}, 400,
+         "'signature_name' key must be a string value."),
+        ({"signature_name": "regress_x_to_y"}, 400,
+         "When method is classify, key 'examples' is expected and was not found"),
+        ({"signature_name": "regress_x_to_y", "examples": {}}, 400,
+         "Expecting 'examples' value to be an list/array"),
+        ({"signature_name": "regress_x_to_y", "examples": []}, 400,
+         "'examples' value is an empty array"),
+        ({"signature_name": "regress_x_to_y", "examples": [[1.0]]}, 400,
+         "Example must be JSON object but got JSON Array"),
+        ({"signature_name": "regress_x_to_y", "examples": [{"x": 1.0}], "context": 3}, 400,
+         "Example must be JSON object but got JSON Number"),
+        ({"signature_name": "regress_x_to_y", "examples": [{"x": [1.0, 2]}]}, 400,
+         "Unexpected element type in feature: x expecting type: float"),
+        ({"signature_name": "regress_x_to_y", "examples": [{"x": None}]}, 400,
+         "Feature: x has element with unexpected JSON type: Null"),
+        ({"signature_name": "regress_x_to_y", "examples": [{"x": 2**63}]}, 400,
+         "Feature: x has uint64_t element. Only int64_t is supported."),
+        ({"signature_name": "regress_x_to_y", "examples": [{"x": 1}]}, 400,
+         "Data types don't match. Data type: int64 but expected type: float"),
+        ({"signature_name": "regress_x_to_y", "examples": [{"y": 1.0}]}, 400,
+         "Feature: x (data type: float) is required but could not be found."),
+    ],
+    ids=["signature", "signature_type", "no_examples", "examples_object", "examples_empty",
+         "example_list", "context_number", "mixed_kinds", "null", "uint64", "int_for_float",
+         "missing_feature"],
+)
+def test_regress_rest_errors(rest: str, body: Any, status: int, message: str) -> None:
+    assert message in error(regress(rest, body), status)
+
+
+def test_classify_rest_unknown_model_and_predict_signature(rest: str) -> None:
+    body = {"examples": [{"x": 1.0}]}
+    assert error(classify(rest, body, "nope"), 404) == (
+        "Servable not found for request: Latest(nope)"
     )
-    assert error(call(rest, "POST", "/v1/models/half_plus_two:regress", body), 501) == (
-        "Regress is not implemented by onnx-serving yet; use Predict"
+    # serving_default, a Predict signature, takes "x", not "inputs".
+    assert error(classify(rest, body), 400).startswith(
+        'No classification inputs found in SignatureDef: inputs {\n  key: "x"\n'
     )
 
 

@@ -24,15 +24,12 @@ import tensorflow as tf
 from google.protobuf import message as protobuf_message
 from tensorflow.core.framework import tensor_pb2, types_pb2
 from tensorflow_serving.apis import (
-    classification_pb2,
     get_model_metadata_pb2,
     get_model_status_pb2,
-    inference_pb2,
     model_management_pb2,
     model_service_pb2_grpc,
     predict_pb2,
     prediction_service_pb2_grpc,
-    regression_pb2,
 )
 
 from tests.concurrency import run_concurrently
@@ -261,11 +258,17 @@ def test_metadata_half_plus_two(prediction):
     assert response.model_spec.version.value == 123
     assert response.model_spec.signature_name == ""
     signatures = signature_map(response)
-    assert list(signatures) == ["serving_default"]
+    assert sorted(signatures) == [
+        "classify_x_to_y", "regress_x2_to_y3", "regress_x_to_y", "regress_x_to_y2",
+        "serving_default",
+    ]
     serving = signatures["serving_default"]
     assert serving.method_name == "tensorflow/serving/predict"
-    assert tensor_infos(serving.inputs) == {"x": ("x", "DT_FLOAT", [-1, 1])}
-    assert tensor_infos(serving.outputs) == {"y": ("y", "DT_FLOAT", [-1, 1])}
+    assert tensor_infos(serving.inputs) == {"x": ("x:0", "DT_FLOAT", [-1, 1])}
+    assert tensor_infos(serving.outputs) == {"y": ("y:0", "DT_FLOAT", [-1, 1])}
+    classify = signatures["classify_x_to_y"]
+    assert classify.method_name == "tensorflow/serving/classify"
+    assert tensor_infos(classify.inputs) == {"inputs": ("tf_example:0", "DT_STRING", None)}
 
 
 def test_metadata_multi_signatures_and_aliases(prediction):
@@ -569,20 +572,6 @@ def test_metadata_error(prediction, request_message, code, message):
 @pytest.mark.parametrize(("request_message", "code", "message"), STATUS_ERRORS)
 def test_status_error(models, request_message, code, message):
     assert_error(rpc_error(models, "GetModelStatus", request_message), code, message)
-
-
-@pytest.mark.parametrize(
-    ("service", "method", "request_message"),
-    [
-        ("prediction", "Classify", spec(classification_pb2.ClassificationRequest(), "m")),
-        ("prediction", "Regress", spec(regression_pb2.RegressionRequest(), "m")),
-        ("prediction", "MultiInference", inference_pb2.MultiInferenceRequest()),
-    ],
-    ids=["Classify", "Regress", "MultiInference"],
-)
-def test_unimplemented(request, service, method, request_message):
-    error = rpc_error(request.getfixturevalue(service), method, request_message)
-    assert_error(error, Code.UNIMPLEMENTED, Contains(method))
 
 
 def test_reload_config_needs_a_model_config_list(models):

@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 import struct
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import tensorflow as tf
-from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
+from tensorflow_serving.apis import (
+    classification_pb2,
+    inference_pb2,
+    predict_pb2,
+    prediction_log_pb2,
+    regression_pb2,
+)
 
 from onnx_serving.client import Client
 from onnx_serving.codec.tfrecord import TFRecordError, read_records, write_records
-from tests.models import add_constant
+from tests.models import EXAMPLES, add_constant, classifier, classifier_signatures
 from tests.server_process import ServerProcess
 
 
@@ -25,10 +34,46 @@ def predict_log(x: list[float], input_name: str = "x") -> bytes:
     ).SerializeToString()
 
 
-def version_with_warmup(base: Path, records: list[bytes] | None) -> None:
+def example_logs(signature: str) -> list[bytes]:
+    """A Classify, a Regress and a MultiInference record over one example, x = 2."""
+    examples = example_input()
+    classify = classification_pb2.ClassificationRequest(input=examples)
+    classify.model_spec.signature_name = signature
+    regress = regression_pb2.RegressionRequest(input=examples)
+    regress.model_spec.signature_name = "regress_x_to_y"
+    multi = inference_pb2.MultiInferenceRequest(input=examples)
+    for name, method in ((signature, "classify"), ("regress_x_to_y2", "regress")):
+        task = multi.tasks.add(method_name=f"tensorflow/serving/{method}")
+        task.model_spec.name = "ignored by warmup"
+        task.model_spec.signature_name = name
+    return [
+        prediction_log_pb2.PredictionLog(
+            classify_log=prediction_log_pb2.ClassifyLog(request=classify)).SerializeToString(),
+        prediction_log_pb2.PredictionLog(
+            regress_log=prediction_log_pb2.RegressLog(request=regress)).SerializeToString(),
+        prediction_log_pb2.PredictionLog(
+            multi_inference_log=prediction_log_pb2.MultiInferenceLog(request=multi)
+        ).SerializeToString(),
+    ]
+
+
+def example_input() -> Any:
+    example = tf.train.Example(features=tf.train.Features(feature={
+        "x": tf.train.Feature(float_list=tf.train.FloatList(value=[2.0]))
+    }))
+    request = classification_pb2.ClassificationRequest()
+    request.input.example_list.examples.add().CopyFrom(example)
+    return request.input
+
+
+def version_with_warmup(base: Path, records: list[bytes] | None, copy: Path | None = None) -> None:
+    """Version 1 of add_constant(1), or of the model directory ``copy``."""
     version = base / "1"
-    version.mkdir(parents=True)
-    (version / "model.onnx").write_bytes(add_constant(1).SerializeToString())
+    if copy is None:
+        version.mkdir(parents=True)
+        (version / "model.onnx").write_bytes(add_constant(1).SerializeToString())
+    else:
+        shutil.copytree(copy, version)
     if records is not None:
         (version / "assets.extra").mkdir()
         path = version / "assets.extra" / "tf_serving_warmup_requests"
@@ -68,14 +113,25 @@ def test_warmup_replays_before_a_version_is_available(tmp_path: Path) -> None:
     version_with_warmup(tmp_path / "bad", [predict_log([1.0]), predict_log([1.0], "nope")])
     version_with_warmup(tmp_path / "many", [predict_log([1.0])] * 1001)
     version_with_warmup(tmp_path / "synthetic", None)
+    half_plus_two = EXAMPLES / "models" / "half_plus_two" / "123"
+    version_with_warmup(tmp_path / "examples", example_logs("classify_x_to_y"), half_plus_two)
+    # With --enable_signature_method_name_check a Predict signature cannot classify.
+    predict_method = tmp_path / "predict_method_model"
+    predict_method.mkdir()
+    (predict_method / "model.onnx").write_bytes(classifier().SerializeToString())
+    (predict_method / "signatures.json").write_text(
+        json.dumps({"signature_def": classifier_signatures()})
+    )
+    version_with_warmup(tmp_path / "method", example_logs("predict_method")[:1], predict_method)
     config = tmp_path / "models.config"
     config.write_text("model_config_list { " + " ".join(
         f'config {{ name: "{name}" base_path: "{tmp_path / name}" }}'
-        for name in ("good", "bad", "many", "synthetic")
+        for name in ("good", "bad", "many", "synthetic", "examples", "method")
     ) + " }")
     server = ServerProcess(
         [f"--model_config_file={config}", "--num_request_iterations_for_warmup=2",
-         "--max_num_load_retries=0", "--enable_synthetic_warmup"],
+         "--max_num_load_retries=0", "--enable_synthetic_warmup",
+         "--enable_signature_method_name_check"],
         tmp_path / "server.log",
     ).start()
     try:
@@ -88,8 +144,16 @@ def test_warmup_replays_before_a_version_is_available(tmp_path: Path) -> None:
             [many] = client.status("many")
             assert "Number of warmup records exceeds the maximum (1000)" in many.error_message
             assert client.status("synthetic")[0].state == "AVAILABLE"
+            assert client.status("examples")[0].state == "AVAILABLE"
+            [method] = client.status("method")
+            assert method.state == "END"
+            assert "warmup record 0 of" in method.error_message
+            assert ("Expected classification signature method_name to be "
+                    "tensorflow/serving/classify. Was: tensorflow/serving/predict"
+                    in method.error_message)
         logs = server.logs()
         warmed = logs.index("Number of warmup records read: 2.")
+        assert "Number of warmup records read: 3." in logs
         assert warmed < logs.index("Successfully loaded servable version {name: good")
         assert "Synthetic warmup of signature serving_default" in logs
     finally:

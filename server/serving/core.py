@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import TypeVar
+
+import numpy as np
 
 from onnx_serving.server.metrics import Metrics
 from onnx_serving.server.repository.manager import ModelManager, VersionStatus
 from onnx_serving.server.runtime.config import RuntimeConfig
 from onnx_serving.server.runtime.model import LoadedModel
 from onnx_serving.server.runtime.signature import Signature, find_signature
-from onnx_serving.server.serving.predict import Decode, Encode, predict
+from onnx_serving.server.serving.classify import Classifications, classify, regress
+from onnx_serving.server.serving.multi_inference import Task, TaskResult, multi_inference
+from onnx_serving.server.serving.predict import Decode, Encode, Served, predict
 
 T = TypeVar("T")
+Observe = Callable[[str, float], None]
 
 
 @dataclass(frozen=True)
@@ -37,14 +41,28 @@ class ModelMetadata:
 
 
 class ServingCore:
-    def __init__(self, manager: ModelManager[LoadedModel], metrics: Metrics | None = None) -> None:
-        """Without ``metrics``, stages go unobserved (ModelService has none to feed)."""
+    def __init__(
+        self,
+        manager: ModelManager[LoadedModel],
+        metrics: Metrics | None = None,
+        *,
+        method_check: bool = False,
+    ) -> None:
+        """Without ``metrics``, stages go unobserved (ModelService has none to feed).
+        ``method_check``: --enable_signature_method_name_check, for Classify and Regress."""
         self._manager = manager
         self._metrics = metrics
+        self._method_check = method_check
 
     def pin(self, ref: ModelRef) -> AbstractContextManager[tuple[int, LoadedModel]]:
         """The answering version, kept loaded until the block ends."""
         return self._manager.acquire(ref.name, ref.version, ref.label)
+
+    def _observer(self, model: str, entrypoint: str, api: str) -> Observe | None:
+        metrics = self._metrics
+        if metrics is None:
+            return None
+        return lambda stage, seconds: metrics.stage(model, entrypoint, stage, seconds, api)
 
     def predict(
         self,
@@ -58,14 +76,61 @@ class ServingCore:
         find: Callable[[Mapping[str, Signature], str], Signature] = find_signature,
     ) -> T:
         """See ``predict.predict``; ``entrypoint`` labels the stage metrics."""
-        observe = (
-            None if self._metrics is None
-            else functools.partial(self._metrics.stage, ref.name, entrypoint)
-        )
+        observe = self._observer(ref.name, entrypoint, "Predict")
         with self.pin(ref) as (version, model):
             return predict(
                 model, ref.name, version, signature_name, decode, encode,
                 output_filter=output_filter, find=find, observe=observe,
+            )
+
+    def classify(
+        self,
+        ref: ModelRef,
+        signature_name: str,
+        examples: np.ndarray,
+        encode: Callable[[Served, Classifications], T],
+        *,
+        entrypoint: str,
+    ) -> T:
+        """``examples``: serialized tf.Example, shape [N] (see ``classify.classify``)."""
+        observe = self._observer(ref.name, entrypoint, "Classify")
+        with self.pin(ref) as (version, model):
+            return classify(
+                model, ref.name, version, signature_name, examples, encode,
+                method_check=self._method_check, observe=observe,
+            )
+
+    def regress(
+        self,
+        ref: ModelRef,
+        signature_name: str,
+        examples: np.ndarray,
+        encode: Callable[[Served, np.ndarray], T],
+        *,
+        entrypoint: str,
+    ) -> T:
+        observe = self._observer(ref.name, entrypoint, "Regress")
+        with self.pin(ref) as (version, model):
+            return regress(
+                model, ref.name, version, signature_name, examples, encode,
+                method_check=self._method_check, observe=observe,
+            )
+
+    def multi_inference(
+        self,
+        ref: ModelRef,
+        tasks: Sequence[Task],
+        examples: np.ndarray,
+        encode: Callable[[list[TaskResult]], T],
+        *,
+        entrypoint: str,
+    ) -> T:
+        """``ref`` is the first task's model, as TF Serving picks the version by it."""
+        observe = self._observer(ref.name, entrypoint, "MultiInference")
+        with self.pin(ref) as (version, model):
+            return multi_inference(
+                model, version, tasks, examples, encode,
+                method_check=self._method_check, observe=observe,
             )
 
     def metadata(self, ref: ModelRef) -> ModelMetadata:

@@ -14,19 +14,27 @@ from onnx_serving.protos.tensorflow_serving.apis import (
     classification_pb2,
     get_model_metadata_pb2,
     inference_pb2,
+    model_pb2,
     predict_pb2,
     prediction_service_pb2_grpc,
     regression_pb2,
 )
+from onnx_serving.server.api.grpc.examples import (
+    classification_response,
+    multi_inference_response,
+    regression_response,
+    serialized_examples,
+    tasks,
+)
 from onnx_serving.server.api.grpc.model_spec import checked_spec, fill_spec, model_ref
 from onnx_serving.server.api.grpc.predict import decoder, response_encoder
-from onnx_serving.server.api.grpc.signature_def import SIGNATURE_DEF, signature_def_map
 from onnx_serving.server.api.grpc.status import translate_errors
-from onnx_serving.server.errors import InvalidArgument, Unimplemented
+from onnx_serving.server.errors import InvalidArgument
 from onnx_serving.server.metrics import GRPC, Metrics
 from onnx_serving.server.repository.manager import ModelManager
 from onnx_serving.server.runtime.model import LoadedModel
 from onnx_serving.server.serving.core import ServingCore
+from onnx_serving.server.serving.signature_def import SIGNATURE_DEF, signature_def_map
 
 # onnx-serving's own field: the execution providers in use and the runtime config, as a
 # google.protobuf.Struct. TF Serving's clients never ask for it.
@@ -43,8 +51,10 @@ class PredictionService(_Base):
         metrics: Metrics,
         *,
         tensor_content: bool = False,
+        method_check: bool = False,
     ) -> None:
-        self._core = ServingCore(manager, metrics)
+        """``method_check``: --enable_signature_method_name_check."""
+        self._core = ServingCore(manager, metrics, method_check=method_check)
         self._encode = response_encoder(tensor_content=tensor_content)
 
     def Predict(
@@ -84,17 +94,30 @@ class PredictionService(_Base):
     def Classify(
         self, request: classification_pb2.ClassificationRequest, context: grpc.ServicerContext
     ) -> classification_pb2.ClassificationResponse:
-        raise Unimplemented("Classify is not implemented by onnx-serving yet; use Predict")
+        spec = checked_spec(request)
+        return self._core.classify(
+            model_ref(spec), spec.signature_name, serialized_examples(request.input),
+            classification_response, entrypoint=GRPC,
+        )
 
     def Regress(
         self, request: regression_pb2.RegressionRequest, context: grpc.ServicerContext
     ) -> regression_pb2.RegressionResponse:
-        raise Unimplemented("Regress is not implemented by onnx-serving yet; use Predict")
+        spec = checked_spec(request)
+        return self._core.regress(
+            model_ref(spec), spec.signature_name, serialized_examples(request.input),
+            regression_response, entrypoint=GRPC,
+        )
 
     def MultiInference(
         self, request: inference_pb2.MultiInferenceRequest, context: grpc.ServicerContext
     ) -> inference_pb2.MultiInferenceResponse:
-        raise Unimplemented("MultiInference is not implemented by onnx-serving yet; use Predict")
+        # TF Serving picks the model and version by the first task's spec.
+        first = request.tasks[0].model_spec if request.tasks else model_pb2.ModelSpec()
+        return self._core.multi_inference(
+            model_ref(first), tasks(request), serialized_examples(request.input),
+            multi_inference_response, entrypoint=GRPC,
+        )
 
 
 def _plain(value: Any) -> Any:

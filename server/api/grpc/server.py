@@ -75,6 +75,7 @@ def build_server(
     max_threads: int,
     channel_arguments: str = "",
     tensor_content: bool = False,
+    method_check: bool = False,
     access_log: bool = False,
     health_servicer: health.HealthServicer | None = None,
 ) -> grpc.Server:
@@ -94,7 +95,9 @@ def build_server(
         interceptors=[ObserveRequests(metrics, access_log_enabled=access_log)],
     )
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-        PredictionService(manager, metrics, tensor_content=tensor_content), server
+        PredictionService(
+            manager, metrics, tensor_content=tensor_content, method_check=method_check
+        ), server
     )
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(
         ModelService(manager, reload), server

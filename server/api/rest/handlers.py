@@ -13,13 +13,16 @@ from typing import Any
 
 import numpy as np
 
+from onnx_serving.server.api.grpc.examples import serialized_examples
 from onnx_serving.server.api.rest.body import gunzip
+from onnx_serving.server.api.rest.classify_request import read_examples
+from onnx_serving.server.api.rest.classify_response import classification_json, regression_json
 from onnx_serving.server.api.rest.model_info import metadata_json, status_json
 from onnx_serving.server.api.rest.predict_request import read_inputs, signature_name
 from onnx_serving.server.api.rest.predict_response import columnar_json, row_json
 from onnx_serving.server.api.rest.rapidjson_compat import parse_object
 from onnx_serving.server.api.rest.routes import Route
-from onnx_serving.server.errors import InvalidArgument, Unimplemented
+from onnx_serving.server.errors import InvalidArgument
 from onnx_serving.server.metrics import REST, Metrics
 from onnx_serving.server.repository.manager import ModelManager
 from onnx_serving.server.runtime.model import LoadedModel, Outputs
@@ -29,8 +32,11 @@ from onnx_serving.server.serving.predict import Served
 
 
 class RestHandler:
-    def __init__(self, manager: ModelManager[LoadedModel], metrics: Metrics) -> None:
-        self._core = ServingCore(manager, metrics)
+    def __init__(
+        self, manager: ModelManager[LoadedModel], metrics: Metrics, *, method_check: bool = False
+    ) -> None:
+        """``method_check``: --enable_signature_method_name_check."""
+        self._core = ServingCore(manager, metrics, method_check=method_check)
 
     def handle(self, route: Route, body: bytes, gzipped: bool) -> str:
         """The JSON response body; errors are raised as ServingError."""
@@ -44,9 +50,14 @@ class RestHandler:
             body = gunzip(body)
         if route.kind == "predict":
             return self._predict(ref, body)
-        # As gRPC's PredictionService answers them, word for word.
-        what = "Classify" if route.kind == "classify" else "Regress"
-        raise Unimplemented(f"{what} is not implemented by onnx-serving yet; use Predict")
+        document = parse_object(body)
+        requested = signature_name(document)
+        examples = serialized_examples(read_examples(document))
+        if route.kind == "classify":
+            return self._core.classify(
+                ref, requested, examples, classification_json, entrypoint=REST
+            )
+        return self._core.regress(ref, requested, examples, regression_json, entrypoint=REST)
 
     def _predict(self, ref: ModelRef, body: bytes) -> str:
         document = parse_object(body)

@@ -17,9 +17,9 @@ from google.protobuf.message import Message
 from onnx_serving.protos.tensorflow_serving.apis import model_pb2
 from onnx_serving.server.api.grpc.model_service import status_response
 from onnx_serving.server.api.grpc.model_spec import fill_spec
-from onnx_serving.server.api.grpc.signature_def import SIGNATURE_DEF, signature_def_map
 from onnx_serving.server.repository.manager import VersionStatus
 from onnx_serving.server.serving.core import ModelMetadata
+from onnx_serving.server.serving.signature_def import SIGNATURE_DEF, signature_def_map
 
 
 def status_json(statuses: list[VersionStatus]) -> str:

@@ -42,6 +42,7 @@ class RestServer:
         threads: int,
         timeout_ms: int,
         metrics: Metrics,
+        method_check: bool = False,
         metrics_path: str | None = None,
         access_log: bool = False,
         reuse_port: bool = False,
@@ -54,6 +55,7 @@ class RestServer:
         self._cors = cors
         self._readiness = readiness
         self._metrics = metrics
+        self._method_check = method_check
         self._metrics_path = metrics_path
         self._access_log = access_log
         self._reuse_port = reuse_port
@@ -69,9 +71,10 @@ class RestServer:
         """Returns once the port listens and the loop serves it."""
         sock = _listen(self._port, self._reuse_port)
         self._executor = ThreadPoolExecutor(max(1, self._threads), thread_name_prefix="rest")
+        handler = RestHandler(self._manager, self._metrics, method_check=self._method_check)
         app = RestApp(
-            RestHandler(self._manager, self._metrics), self._executor, self._timeout_ms,
-            self._metrics, metrics_path=self._metrics_path, access_log=self._access_log,
+            handler, self._executor, self._timeout_ms, self._metrics,
+            metrics_path=self._metrics_path, access_log=self._access_log,
             readiness=self._readiness, cors=self._cors,
         )
         context = self._ssl_context

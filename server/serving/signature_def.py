@@ -1,4 +1,5 @@
-"""Signatures → TensorFlow's SignatureDefMap, as GetModelMetadata (gRPC and REST) shows them."""
+"""Signatures as TensorFlow's SignatureDef: what metadata shows (gRPC and REST) and what
+TF Serving's messages about a signature quote."""
 
 from __future__ import annotations
 
