@@ -91,8 +91,10 @@ def test_best_respects_the_latency_budget_and_skips_errors() -> None:
 
 
 def test_grid_starts_with_the_default_and_parses_batching() -> None:
-    settings = grid([None, 2], [None], [None], [False], [None], [(), parse_batching("none")])
-    assert [s.label for s in settings] == ["default", "nospin", "inst=2 nospin"]
-    assert Setting(instances=2, intra_op_threads=2).busy_threads(2) == 4  # oversubscribed
+    # On 2 cores, "nospin" and "inst=2 nospin" run as the default does.
+    settings = grid([None, 2, 1], [None, 2], [None], [False], [None],
+                    [(), parse_batching("none")], 2)
+    assert [s.label for s in settings] == ["default", "intra=2 nospin", "inst=2 intra=2 nospin"]
+    assert Setting(instances=2, intra_op_threads=2).busy_threads(2) == 3  # oversubscribed
     with pytest.raises(ValueError, match="KEY=VALUE"):
         parse_batching("max_batch=8")

@@ -98,9 +98,10 @@ def main(argv: Sequence[str]) -> int:
         batching = [parse_batching(b) for b in (args.batching or ["none"])]
     except ValueError as exc:
         parser().error(str(exc))
-    settings = grid(args.instances, args.intra_op_threads, args.inter_op_threads,
-                    args.spinning, args.graph_optimization_level, batching) if base else []
     cpus = cores()
+    settings = grid(args.instances, args.intra_op_threads, args.inter_op_threads,
+                    args.spinning, args.graph_optimization_level, batching,
+                    cpus) if base else []
     for setting in settings:
         busy = setting.busy_threads(cpus)
         if busy > cpus:

@@ -11,7 +11,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from onnx_serving.server.runtime.threads import SPINNING
+from onnx_serving.server.runtime.config import RuntimeConfig
+from onnx_serving.server.runtime.threads import SPINNING, Threads, choose
 
 # Batching knobs a sweep may set, in TF Serving's BatchingParameters text format.
 BATCHING_KEYS = ("max_batch_size", "batch_timeout_micros", "num_batch_threads",
@@ -89,14 +90,13 @@ class Setting:
         return flags
 
     def busy_threads(self, cpus: int) -> int:
-        """Threads computing when every instance runs (server defaults resolved as the
-        server resolves them)."""
-        from onnx_serving.server.runtime.config import RuntimeConfig
-        from onnx_serving.server.runtime.threads import choose
+        """Threads computing when every instance runs."""
+        return self.threads(cpus).busy_threads
 
-        threads = choose(RuntimeConfig(instances=self.instances or 0,
-                                       intra_op_threads=self.intra_op_threads or 0), cpus)
-        return threads.instances * threads.intra_op_threads
+    def threads(self, cpus: int) -> Threads:
+        """Instances and threads as the server resolves them on ``cpus`` cores."""
+        return choose(RuntimeConfig(instances=self.instances or 0,
+                                    intra_op_threads=self.intra_op_threads or 0), cpus)
 
 
 def parse_batching(text: str) -> tuple[tuple[str, int], ...]:
@@ -117,12 +117,19 @@ def parse_batching(text: str) -> tuple[tuple[str, int], ...]:
 def grid(
     instances: list[int | None], intra: list[int | None], inter: list[int | None],
     spinning: list[bool | None], levels: list[str | None],
-    batching: list[tuple[tuple[str, int], ...]],
+    batching: list[tuple[tuple[str, int], ...]], cpus: int,
 ) -> list[Setting]:
-    """``default`` first, then every combination (duplicates of it dropped)."""
-    settings = [Setting()]
+    """``default`` first, then every combination that the server would not run exactly as
+    an earlier one (``auto`` resolved as the server resolves it on ``cpus`` cores)."""
+    settings: list[Setting] = []
+    seen = set()
     for combo in itertools.product(instances, intra, inter, spinning, levels, batching):
-        setting = Setting(*combo)
-        if setting not in settings:
-            settings.append(setting)
+        for setting in ([Setting()] if not settings else []) + [Setting(*combo)]:
+            threads = setting.threads(cpus)
+            key = (threads.instances, threads.intra_op_threads, setting.inter_op_threads or 1,
+                   bool(setting.spinning), setting.graph_optimization_level or "all",
+                   setting.batching)
+            if key not in seen:
+                seen.add(key)
+                settings.append(setting)
     return settings

@@ -11,9 +11,11 @@ and the other models need. Here:
   of oversubscribing the cores. Every slot runs on the same session, whose
   ``run`` is thread-safe and allocates each run's intermediates apart, so the
   weights (prepacked ones included) exist once. Default ``min(2, cores)``.
-- **intra-op threads**: ``cores // instances``, so the runs in flight together
-  use each core once; with one thread there is no pool at all (the caller
-  runs the graph), so a server of 20 such models adds no ONNX Runtime threads.
+- **intra-op threads**: ``cores // instances``. A session's pool has that many
+  threads less one (the calling thread works too), shared by its concurrent runs,
+  so instances + intra-op threads - 1 threads compute at once: one per core with
+  the defaults. With one thread there is no pool at all, so a server of 20 such
+  models adds no ONNX Runtime threads.
 - **inter-op threads**: 1; sequential execution has no inter-op work.
 - **spinning**: off. A pool's threads spin after each run waiting for the
   next; in a server the next run is a network round trip away.
@@ -61,9 +63,16 @@ class Threads:
     spinning: bool
     global_pools: bool
 
+    @property
+    def busy_threads(self) -> int:
+        """Threads computing when every instance of one model runs: each run's own thread,
+        and the pool's workers (intra-op threads - 1), which concurrent runs of a session
+        share."""
+        return self.instances + self.intra_op_threads - 1
+
     def oversubscription(self, cpus: int) -> float:
-        """Threads busy when every instance runs, per core (above 1: oversubscribed)."""
-        return self.instances * self.intra_op_threads / cpus
+        """Busy threads per core (above 1: oversubscribed)."""
+        return self.busy_threads / cpus
 
     def describe(self) -> str:
         pools = "global pools" if self.global_pools else "per-session pools"
