@@ -14,7 +14,6 @@ import sys
 from collections.abc import Sequence
 from types import FrameType
 
-from onnx_serving.server.app import App
 from onnx_serving.server.errors import ConfigError
 from onnx_serving.server.flags import parse_flags, usage
 from onnx_serving.server.workers import run_workers
@@ -39,6 +38,10 @@ def serve(argv: Sequence[str]) -> int:
         options = parse_flags(argv)
         if options.num_workers > 1:
             return run_workers(argv, options.num_workers)
+        # Imported here: the parent of --num_workers' processes loads no models, nor their
+        # libraries (it only supervises).
+        from onnx_serving.server.app import App
+
         app = App(options)
         app.start()
     except ConfigError as exc:

@@ -27,11 +27,14 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
-from onnx_serving.server.api.grpc.model_service import Reload
 from onnx_serving.server.config import ModelConfig, read_config_file, to_text
 from onnx_serving.server.errors import Code, ServingError
 from onnx_serving.server.metrics import MULTIPROCESS_DIR_ENV
+
+if TYPE_CHECKING:
+    from onnx_serving.server.api.grpc.model_service import Reload
 
 log = logging.getLogger(__name__)
 
