@@ -52,6 +52,11 @@ def _records(stream: BinaryIO, name: str) -> Iterator[bytes]:
 def write_records(path: Path, records: Iterable[bytes]) -> None:
     with path.open("wb") as stream:
         for data in records:
-            length = struct.pack("<Q", len(data))
-            stream.write(length + struct.pack("<I", masked_crc(length)))
-            stream.write(data + struct.pack("<I", masked_crc(data)))
+            stream.write(frame_record(data))
+
+
+def frame_record(data: bytes) -> bytes:
+    """One record as written to a file: for writers that append as they go."""
+    length = struct.pack("<Q", len(data))
+    return b"".join((length, struct.pack("<I", masked_crc(length)), data,
+                     struct.pack("<I", masked_crc(data))))

@@ -33,6 +33,7 @@ from onnx_serving.server.metrics import Metrics, VersionCounts
 from onnx_serving.server.repository.core import RepositoryCore
 from onnx_serving.server.repository.manager import LoadOptions, ModelManager, Transition
 from onnx_serving.server.repository.poller import Poller
+from onnx_serving.server.request_log import RequestLogOptions, RequestLogs
 from onnx_serving.server.runtime import config as runtime_config
 from onnx_serving.server.runtime.model import Batching, LoadedModel, load
 from onnx_serving.server.runtime.session import describe_install
@@ -107,9 +108,15 @@ class App:
             self._batching.num_batch_threads, self._batching.thread_pool_name
         ) if self._batching is not None else None
         self._poller = Poller(self.manager, options.file_system_poll_wait_seconds)
+        self._request_log = RequestLogs(
+            RequestLogOptions(options.request_log_max_file_bytes, options.request_log_max_files,
+                              options.request_log_queue_size),
+            self.metrics.request_log,
+        )
         self.core = RepositoryCore(
             self.manager, self._poller,
             allow_unavailable_labels=options.allow_version_labels_for_unavailable_models,
+            on_applied=self._request_log.set_configs,
         )
         self._tls = ServerTls(
             Path(options.ssl_config_file), options.ssl_config_file_poll_wait_seconds
@@ -192,6 +199,7 @@ class App:
             method_check=self.options.enable_signature_method_name_check,
             access_log=self.options.enable_access_log,
             health_servicer=self._health,
+            request_log=self._request_log,
         )
         addresses = []
         if self.options.port:
@@ -230,6 +238,7 @@ class App:
                 if self._tls is not None and self.options.rest_api_enable_ssl else None,
                 readiness=self.readiness,
                 cors=self.options.rest_api_enable_cors_support,
+                request_log=self._request_log,
             )
             self._rest.start()
             log.info("Exporting HTTP/REST API at:localhost:%d ...", self.options.rest_api_port)
@@ -297,3 +306,4 @@ class App:
         self.manager.close()
         if self._scheduler is not None:
             self._scheduler.close()
+        self._request_log.close()

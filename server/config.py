@@ -30,12 +30,26 @@ DEFAULT_METRICS_PATH = "/monitoring/prometheus/metrics"
 ServableVersionPolicy = FileSystemStoragePathSourceConfig.ServableVersionPolicy
 
 
+# logging_config's log_collector_config.type values that select our TFRecord collector.
+REQUEST_LOG_TYPES = ("", "tfrecord")
+
+
+@dataclass(frozen=True)
+class RequestLogConfig:
+    """A model's ``logging_config``: sampled requests with their responses, as TFRecord
+    PredictionLog files named from ``filename_prefix`` (server/request_log.py)."""
+
+    filename_prefix: Path
+    sampling_rate: float
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     name: str
     base_path: Path
     policy: VersionPolicy = field(default_factory=Latest)
     labels: Mapping[str, int] = field(default_factory=dict)
+    request_log: RequestLogConfig | None = None
 
 
 def single_model(name: str, base_path: str) -> ModelConfig:
@@ -93,9 +107,37 @@ def from_proto(
                 base_path=_base_path(entry.name, entry.base_path, relative_to),
                 policy=_policy(entry.model_version_policy),
                 labels=dict(entry.version_labels),
+                request_log=_request_log(entry, relative_to),
             )
         )
     return models
+
+
+def _request_log(
+    entry: model_server_config_pb2.ModelConfig, relative_to: Path | None
+) -> RequestLogConfig | None:
+    if not entry.HasField("logging_config"):
+        return None
+    config = entry.logging_config
+    collector = config.log_collector_config
+    if config.HasField("custom_logging_config"):
+        raise ConfigError(f"Model {entry.name}: logging_config.custom_logging_config is not "
+                          "supported")
+    if collector.type not in REQUEST_LOG_TYPES:
+        raise ConfigError(
+            f"Model {entry.name}: log collector type '{collector.type}' is not available; "
+            f"onnx-serving writes TFRecord files (type {' or '.join(map(repr, REQUEST_LOG_TYPES))})"
+        )
+    if not collector.filename_prefix:
+        raise ConfigError(f"Model {entry.name}: logging_config needs "
+                          "log_collector_config.filename_prefix")
+    rate = config.sampling_config.sampling_rate
+    if not 0 <= rate <= 1:
+        raise ConfigError(f"Model {entry.name}: sampling_rate {rate} is not between 0 and 1")
+    prefix = Path(collector.filename_prefix)
+    if not prefix.is_absolute() and relative_to is not None:
+        prefix = relative_to / prefix
+    return RequestLogConfig(prefix, rate)
 
 
 def to_text(configs: list[ModelConfig]) -> str:

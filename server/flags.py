@@ -71,6 +71,10 @@ class ServerOptions:
     # onnx-serving's own TLS options (server/tls.py).
     rest_api_enable_ssl: bool = False  # REST (and metrics) over HTTPS with --ssl_config_file
     ssl_config_file_poll_wait_seconds: int = 0  # 0: read once; else reload certificates
+    # Request logs (a model's logging_config; server/request_log.py).
+    request_log_max_file_bytes: int = 64 << 20
+    request_log_max_files: int = 10  # per filename_prefix; the oldest are deleted
+    request_log_queue_size: int = 1024  # records waiting to be written; more are dropped
 
     @property
     def grpc_threads(self) -> int:
@@ -100,6 +104,9 @@ _LIMITS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "synthetic_warmup_dim": (lambda v: v >= 1, "expected a size of 1 or more"),
     "num_workers": (lambda v: v >= 1, "expected 1 or more processes"),
     "shutdown_delay_seconds": (lambda v: v >= 0, "expected 0 or more seconds"),
+    "request_log_max_file_bytes": (lambda v: v >= 1, "expected 1 or more bytes"),
+    "request_log_max_files": (lambda v: v >= 1, "expected 1 or more files"),
+    "request_log_queue_size": (lambda v: v >= 1, "expected 1 or more records"),
     "per_process_gpu_memory_fraction": (
         lambda v: 0 <= v <= 1,
         "expected a fraction from 0 to 1 (TF's values above 1 ask for unified memory, which "

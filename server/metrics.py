@@ -126,6 +126,12 @@ class Metrics:
             "Requests' rows per batch, before padding: is batching merging anything?",
             ["model_name"], buckets=_BATCH_BUCKETS, registry=r,
         )
+        self._request_log = Counter(
+            ":onnx_serving:request_log_records",
+            "Sampled requests written to the request log, or dropped (queue full, write "
+            "failed).",
+            ["model_name", "outcome"], registry=r,
+        )
         self._multiprocess_dir = os.environ.get(MULTIPROCESS_DIR_ENV)
         self._shared: _SharedGauges | None = None
         if versions is not None:
@@ -172,6 +178,9 @@ class Metrics:
         for seconds in queue_seconds:
             queuing.observe(seconds * 1e6)
             queue_stage.observe(seconds * 1e6)
+
+    def request_log(self, model: str, written: bool) -> None:
+        self._child(self._request_log, model, "written" if written else "dropped").inc()
 
     def warmup(self, model_path: str, ok: bool, seconds: float) -> None:
         self._warmup_latency.labels(model_path, "OK" if ok else "FAILED").observe(seconds * 1e6)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from onnx_serving.server.config import ModelConfig
@@ -34,8 +35,11 @@ log = logging.getLogger(__name__)
 
 class RepositoryCore:
     def __init__(
-        self, manager: ModelManager[Any], poller: Poller, *, allow_unavailable_labels: bool
+        self, manager: ModelManager[Any], poller: Poller, *, allow_unavailable_labels: bool,
+        on_applied: Callable[[list[ModelConfig]], None] = lambda configs: None,
     ) -> None:
+        """``on_applied`` is told of each config once in force (what is logged, say)."""
+        self._on_applied = on_applied
         self._manager = manager
         self._poller = poller
         self._allow_unavailable_labels = allow_unavailable_labels
@@ -64,6 +68,7 @@ class RepositoryCore:
                 config.name, config.labels, self._allow_unavailable_labels, skip_invalid=True
             )
         self.configs = configs
+        self._on_applied(configs)
         _raise_first(unavailable, label_errors)
 
     def _reload(self, configs: list[ModelConfig], timeout: float | None) -> None:
@@ -85,6 +90,7 @@ class RepositoryCore:
         for config in configs:
             self._manager.set_labels(config.name, config.labels, self._allow_unavailable_labels)
         self.configs = configs
+        self._on_applied(configs)
 
     def _check(self, configs: list[ModelConfig], changed: list[ModelConfig]) -> None:
         """What can be known before loading anything: versions on disk, and labels."""

@@ -11,6 +11,7 @@ import numpy as np
 
 from onnx_serving.server.metrics import Metrics
 from onnx_serving.server.repository.manager import ModelManager, VersionStatus
+from onnx_serving.server.request_log import RequestLogs
 from onnx_serving.server.runtime.config import RuntimeConfig
 from onnx_serving.server.runtime.model import LoadedModel
 from onnx_serving.server.runtime.signature import Signature, find_signature
@@ -47,12 +48,15 @@ class ServingCore:
         metrics: Metrics | None = None,
         *,
         method_check: bool = False,
+        request_log: RequestLogs | None = None,
     ) -> None:
         """Without ``metrics``, stages go unobserved (ModelService has none to feed).
-        ``method_check``: --enable_signature_method_name_check, for Classify and Regress."""
+        ``method_check``: --enable_signature_method_name_check, for Classify and Regress;
+        ``request_log`` logs the sampled requests of models with a logging_config."""
         self._manager = manager
         self._metrics = metrics
         self._method_check = method_check
+        self._request_log = request_log
 
     def pin(self, ref: ModelRef) -> AbstractContextManager[tuple[int, LoadedModel]]:
         """The answering version, kept loaded until the block ends."""
@@ -77,10 +81,13 @@ class ServingCore:
     ) -> T:
         """See ``predict.predict``; ``entrypoint`` labels the stage metrics."""
         observe = self._observer(ref.name, entrypoint, "Predict")
+        log = None if self._request_log is None else self._request_log.predict_logger(
+            ref.name, ref.version, ref.label, output_filter
+        )
         with self.pin(ref) as (version, model):
             return predict(
                 model, ref.name, version, signature_name, decode, encode,
-                output_filter=output_filter, find=find, observe=observe,
+                output_filter=output_filter, find=find, observe=observe, log=log,
             )
 
     def classify(

@@ -33,6 +33,8 @@ class Served:
 # front end may decode lazily and key errors come before decoding ones, as in TF.
 Decode = Callable[[Signature], Mapping[str, np.ndarray]]
 Encode = Callable[[Served, Outputs], T]
+# Inputs, the version and signature that answered, and outputs (valid during the call).
+Log = Callable[[Mapping[str, np.ndarray], int, str, Outputs], None]
 
 
 def predict(
@@ -46,9 +48,11 @@ def predict(
     output_filter: Sequence[str] = (),
     find: Callable[[Mapping[str, Signature], str], Signature] = find_signature,
     observe: Callable[[str, float], None] | None = None,
+    log: Log | None = None,
 ) -> T:
     """``find`` resolves the signature (REST words a missing one its own way);
-    ``observe`` gets the seconds spent in each stage: decode, run, encode."""
+    ``observe`` gets the seconds spent in each stage: decode, run, encode; ``log``, when
+    given (a sampled request), gets a successful request's inputs and outputs."""
     clock = StageClock(observe)
     signature = find(model.signatures, signature_name)
     inputs = decode(signature)
@@ -58,5 +62,7 @@ def predict(
     with model.predict(signature, arrays, output_filter) as outputs:
         clock.lap("run")
         result = encode(Served(name, version, signature.name), outputs)
+        if log is not None:
+            log(arrays, version, signature.name, outputs)
     clock.lap("encode")
     return result

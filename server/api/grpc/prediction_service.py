@@ -32,6 +32,7 @@ from onnx_serving.server.api.grpc.status import translate_errors
 from onnx_serving.server.errors import InvalidArgument
 from onnx_serving.server.metrics import GRPC, Metrics
 from onnx_serving.server.repository.manager import ModelManager
+from onnx_serving.server.request_log import RequestLogs
 from onnx_serving.server.runtime.model import LoadedModel
 from onnx_serving.server.serving.core import ServingCore
 from onnx_serving.server.serving.signature_def import SIGNATURE_DEF, signature_def_map
@@ -52,9 +53,12 @@ class PredictionService(_Base):
         *,
         tensor_content: bool = False,
         method_check: bool = False,
+        request_log: RequestLogs | None = None,
     ) -> None:
         """``method_check``: --enable_signature_method_name_check."""
-        self._core = ServingCore(manager, metrics, method_check=method_check)
+        self._core = ServingCore(
+            manager, metrics, method_check=method_check, request_log=request_log
+        )
         self._encode = response_encoder(tensor_content=tensor_content)
 
     def Predict(

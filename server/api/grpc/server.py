@@ -30,6 +30,7 @@ from onnx_serving.server.api.grpc.prediction_service import PredictionService
 from onnx_serving.server.errors import ConfigError
 from onnx_serving.server.metrics import Metrics
 from onnx_serving.server.repository.manager import ModelManager
+from onnx_serving.server.request_log import RequestLogs
 from onnx_serving.server.runtime.model import LoadedModel
 
 # What absl::SimpleAtoi takes for an int: optional spaces around an optional sign and digits.
@@ -78,6 +79,7 @@ def build_server(
     method_check: bool = False,
     access_log: bool = False,
     health_servicer: health.HealthServicer | None = None,
+    request_log: RequestLogs | None = None,
 ) -> grpc.Server:
     """``health_servicer``, when given, is served and its services are set SERVING: the
     server is built only once the initial models have loaded."""
@@ -96,7 +98,8 @@ def build_server(
     )
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
         PredictionService(
-            manager, metrics, tensor_content=tensor_content, method_check=method_check
+            manager, metrics, tensor_content=tensor_content, method_check=method_check,
+            request_log=request_log,
         ), server
     )
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(

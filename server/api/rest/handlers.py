@@ -25,6 +25,7 @@ from onnx_serving.server.api.rest.routes import Route
 from onnx_serving.server.errors import InvalidArgument
 from onnx_serving.server.metrics import REST, Metrics
 from onnx_serving.server.repository.manager import ModelManager
+from onnx_serving.server.request_log import RequestLogs
 from onnx_serving.server.runtime.model import LoadedModel, Outputs
 from onnx_serving.server.runtime.signature import DEFAULT_SIGNATURE, Signature
 from onnx_serving.server.serving.core import ModelRef, ServingCore
@@ -33,10 +34,13 @@ from onnx_serving.server.serving.predict import Served
 
 class RestHandler:
     def __init__(
-        self, manager: ModelManager[LoadedModel], metrics: Metrics, *, method_check: bool = False
+        self, manager: ModelManager[LoadedModel], metrics: Metrics, *, method_check: bool = False,
+        request_log: RequestLogs | None = None,
     ) -> None:
         """``method_check``: --enable_signature_method_name_check."""
-        self._core = ServingCore(manager, metrics, method_check=method_check)
+        self._core = ServingCore(
+            manager, metrics, method_check=method_check, request_log=request_log
+        )
 
     def handle(self, route: Route, body: bytes, gzipped: bool) -> str:
         """The JSON response body; errors are raised as ServingError."""

@@ -23,6 +23,7 @@ from onnx_serving.server.api.rest.handlers import RestHandler
 from onnx_serving.server.errors import ConfigError
 from onnx_serving.server.metrics import Metrics
 from onnx_serving.server.repository.manager import ModelManager
+from onnx_serving.server.request_log import RequestLogs
 from onnx_serving.server.runtime.model import LoadedModel
 
 _HOST: Final = "0.0.0.0"
@@ -49,10 +50,12 @@ class RestServer:
         ssl_context: ssl.SSLContext | None = None,
         readiness: Readiness | None = None,
         cors: bool = False,
+        request_log: RequestLogs | None = None,
     ) -> None:
         """``ssl_context``: serve HTTPS with it (its certificates may change while serving)."""
         self._manager = manager
         self._cors = cors
+        self._request_log = request_log
         self._readiness = readiness
         self._metrics = metrics
         self._method_check = method_check
@@ -71,7 +74,8 @@ class RestServer:
         """Returns once the port listens and the loop serves it."""
         sock = _listen(self._port, self._reuse_port)
         self._executor = ThreadPoolExecutor(max(1, self._threads), thread_name_prefix="rest")
-        handler = RestHandler(self._manager, self._metrics, method_check=self._method_check)
+        handler = RestHandler(self._manager, self._metrics, method_check=self._method_check,
+                              request_log=self._request_log)
         app = RestApp(
             handler, self._executor, self._timeout_ms, self._metrics,
             metrics_path=self._metrics_path, access_log=self._access_log,

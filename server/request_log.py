@@ -1,0 +1,217 @@
+"""Request logging: a model's ``logging_config``, with a collector that writes files.
+
+TF Serving reads ``logging_config`` but its open-source build registers no log
+collector, so nothing is ever written. Here, sampled requests are written with
+their responses as ``PredictionLog`` records in TFRecord files named from
+``filename_prefix``: the format of TF Serving's warmup file, so a log file is
+a warmup file and a request set for ``onnx-serving compare --requests`` as it is.
+
+Nothing is written on a request's path. A sampled request copies its outputs
+(they may be buffers the next request reuses) and puts a record on a bounded
+queue; a full queue drops the record and counts it, never waits. One thread
+turns records into protobuf and appends them to files, starting a new file
+when one reaches its size or the warmup limit of records, and deleting the
+oldest beyond the count kept, so the logs are bounded in total.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import queue
+import random
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+
+from onnx_serving.codec.tensors import encode_into
+from onnx_serving.codec.tfrecord import frame_record
+from onnx_serving.protos.tensorflow_serving.apis import prediction_log_pb2
+from onnx_serving.server.config import ModelConfig, RequestLogConfig
+
+log = logging.getLogger(__name__)
+
+# TF Serving's limit of records in a warmup file: a log file never holds more.
+MAX_FILE_RECORDS = 1000
+_FLUSH_EVERY = 256
+
+PredictLogger = Callable[[Mapping[str, np.ndarray], int, str, Mapping[str, np.ndarray]], None]
+"""Called inside a sampled Predict with its inputs, the version and signature that
+answered, and its outputs (valid during the call only)."""
+
+
+@dataclass(frozen=True)
+class RequestLogOptions:
+    max_file_bytes: int = 64 << 20
+    max_files: int = 10  # per filename_prefix and server process; the oldest go first
+    queue_size: int = 1024  # records waiting to be written; more are dropped
+
+
+# What a record is built from, on the writer thread.
+Build = Callable[[], prediction_log_pb2.PredictionLog]
+
+
+@dataclass(frozen=True)
+class _Record:
+    model: str
+    prefix: Path
+    build: Build
+
+
+class RequestLogs:
+    """Every model's request log; ``observe(model, written)`` counts each record."""
+
+    def __init__(
+        self, options: RequestLogOptions,
+        observe: Callable[[str, bool], None] = lambda model, written: None,
+    ) -> None:
+        self._options = options
+        self._observe = observe
+        self._configs: dict[str, RequestLogConfig] = {}
+        self._queue: queue.Queue[_Record | None] = queue.Queue(max(1, options.queue_size))
+        self._files: dict[Path, _RotatingFile] = {}
+        self._thread = threading.Thread(target=self._write, name="request-log", daemon=True)
+        self._thread.start()
+
+    def set_configs(self, configs: Iterable[ModelConfig]) -> None:
+        """The models to log, from the config in force; others stop being logged."""
+        self._configs = {c.name: c.request_log for c in configs if c.request_log is not None}
+
+    def predict_logger(
+        self, name: str, version: int | None, label: str | None, output_filter: Sequence[str]
+    ) -> PredictLogger | None:
+        """None unless this Predict (for the model, version or label asked) is sampled."""
+        config = self._configs.get(name)
+        if config is None or not _sampled(config.sampling_rate):
+            return None
+        timestamp = int(time.time())
+
+        def record(inputs: Mapping[str, np.ndarray], served_version: int, signature: str,
+                   outputs: Mapping[str, np.ndarray]) -> None:
+            kept = {alias: np.array(array, copy=True) for alias, array in outputs.items()}
+
+            def build() -> prediction_log_pb2.PredictionLog:
+                entry = _metadata(config, name, served_version, signature, timestamp)
+                request = entry.predict_log.request
+                request.model_spec.name, request.model_spec.signature_name = name, signature
+                if version is not None:
+                    request.model_spec.version.value = version
+                elif label is not None:
+                    request.model_spec.version_label = label
+                for alias, array in inputs.items():
+                    encode_into(request.inputs[alias], array)
+                request.output_filter.extend(output_filter)
+                response = entry.predict_log.response
+                response.model_spec.CopyFrom(entry.log_metadata.model_spec)
+                for alias, array in kept.items():
+                    encode_into(response.outputs[alias], array)
+                return entry
+
+            self._put(_Record(name, config.filename_prefix, build))
+
+        return record
+
+    def _put(self, record: _Record) -> None:
+        try:
+            self._queue.put_nowait(record)
+        except queue.Full:
+            self._observe(record.model, False)
+
+    def close(self) -> None:
+        """Writes what is queued, then closes the files."""
+        self._queue.put(None)
+        self._thread.join()
+
+    def _write(self) -> None:
+        written = 0
+        while (record := self._queue.get()) is not None:
+            self._write_one(record)
+            written += 1
+            # Readable as soon as the queue runs dry; under load every so many records.
+            if self._queue.empty() or written % _FLUSH_EVERY == 0:
+                self._flush()
+        self._flush()
+        for file in self._files.values():
+            file.close()
+
+    def _write_one(self, record: _Record) -> None:
+        try:
+            data = frame_record(record.build().SerializeToString())
+            file = self._files.get(record.prefix)
+            if file is None:
+                file = self._files[record.prefix] = _RotatingFile(record.prefix, self._options)
+            file.write(data)
+        except (OSError, ValueError) as exc:  # a full disk, a value the codec refuses
+            log.error("Request log of model %s: record not written: %s", record.model, exc)
+            self._observe(record.model, False)
+            return
+        self._observe(record.model, True)
+
+    def _flush(self) -> None:
+        for prefix, file in self._files.items():
+            try:
+                file.flush()
+            except OSError as exc:
+                log.error("Request log %s: %s", prefix, exc)
+
+
+def _sampled(rate: float) -> bool:
+    return rate >= 1.0 or (rate > 0.0 and random.random() < rate)
+
+
+def _metadata(config: RequestLogConfig, name: str, version: int, signature: str,
+              timestamp: int) -> prediction_log_pb2.PredictionLog:
+    entry = prediction_log_pb2.PredictionLog()
+    meta = entry.log_metadata
+    meta.model_spec.name, meta.model_spec.signature_name = name, signature
+    meta.model_spec.version.value = version
+    meta.sampling_config.sampling_rate = config.sampling_rate
+    meta.timestamp_secs = timestamp
+    return entry
+
+
+class _RotatingFile:
+    """``<prefix>-<time>-<pid>-<n>.tfrecord`` files, at most ``max_files`` of them."""
+
+    def __init__(self, prefix: Path, options: RequestLogOptions) -> None:
+        self._prefix = prefix
+        self._options = options
+        self._stream: BinaryIO | None = None
+        self._size = self._records = self._count = 0
+        self._kept: collections.deque[Path] = collections.deque()
+
+    def write(self, data: bytes) -> None:
+        full = self._size + len(data) > self._options.max_file_bytes and self._size > 0
+        if self._stream is None or full or self._records >= MAX_FILE_RECORDS:
+            self._rotate()
+        assert self._stream is not None
+        self._stream.write(data)
+        self._size += len(data)
+        self._records += 1
+
+    def _rotate(self) -> None:
+        self.close()
+        self._count += 1
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        path = Path(f"{self._prefix}-{stamp}-{os.getpid()}-{self._count:05d}.tfrecord")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._stream = path.open("wb")
+        self._size = self._records = 0
+        self._kept.append(path)
+        while len(self._kept) > max(1, self._options.max_files):
+            self._kept.popleft().unlink(missing_ok=True)
+
+    def flush(self) -> None:
+        if self._stream is not None:
+            self._stream.flush()
+
+    def close(self) -> None:
+        if self._stream is not None:
+            self._stream.close()
+            self._stream = None
