@@ -6,6 +6,11 @@ their responses as ``PredictionLog`` records in TFRecord files named from
 ``filename_prefix``: the format of TF Serving's warmup file, so a log file is
 a warmup file and a request set for ``onnx-serving compare --requests`` as it is.
 
+Predict, Classify, Regress and MultiInference are logged, from every front end:
+the serving core hands each sampled request's inputs and answer here, and the
+records are the messages TF Serving's gRPC API carries (a REST request is logged
+as the request it amounts to).
+
 Nothing is written on a request's path. A sampled request copies its outputs
 (they may be buffers the next request reuses) and puts a record on a bounded
 queue; a full queue drops the record and counts it, never waits. One thread
@@ -24,7 +29,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import BinaryIO
 
@@ -32,8 +37,16 @@ import numpy as np
 
 from onnx_serving.codec.tensors import encode_into
 from onnx_serving.codec.tfrecord import frame_record
-from onnx_serving.protos.tensorflow_serving.apis import prediction_log_pb2
+from onnx_serving.protos.tensorflow_serving.apis import input_pb2, model_pb2, prediction_log_pb2
+from onnx_serving.server.api.grpc.examples import (
+    classification_response,
+    multi_inference_response,
+    regression_response,
+)
 from onnx_serving.server.config import ModelConfig, RequestLogConfig
+from onnx_serving.server.serving.classify import Classifications
+from onnx_serving.server.serving.multi_inference import Task, TaskResult
+from onnx_serving.server.serving.predict import Served
 
 log = logging.getLogger(__name__)
 
@@ -83,12 +96,16 @@ class RequestLogs:
         """The models to log, from the config in force; others stop being logged."""
         self._configs = {c.name: c.request_log for c in configs if c.request_log is not None}
 
+    def _sample(self, name: str) -> RequestLogConfig | None:
+        config = self._configs.get(name)
+        return config if config is not None and _sampled(config.sampling_rate) else None
+
     def predict_logger(
         self, name: str, version: int | None, label: str | None, output_filter: Sequence[str]
     ) -> PredictLogger | None:
         """None unless this Predict (for the model, version or label asked) is sampled."""
-        config = self._configs.get(name)
-        if config is None or not _sampled(config.sampling_rate):
+        config = self._sample(name)
+        if config is None:
             return None
         timestamp = int(time.time())
 
@@ -97,13 +114,9 @@ class RequestLogs:
             kept = {alias: np.array(array, copy=True) for alias, array in outputs.items()}
 
             def build() -> prediction_log_pb2.PredictionLog:
-                entry = _metadata(config, name, served_version, signature, timestamp)
+                entry = _metadata(config, Served(name, served_version, signature), timestamp)
                 request = entry.predict_log.request
-                request.model_spec.name, request.model_spec.signature_name = name, signature
-                if version is not None:
-                    request.model_spec.version.value = version
-                elif label is not None:
-                    request.model_spec.version_label = label
+                _asked(request.model_spec, name, version, label, signature)
                 for alias, array in inputs.items():
                     encode_into(request.inputs[alias], array)
                 request.output_filter.extend(output_filter)
@@ -111,6 +124,83 @@ class RequestLogs:
                 response.model_spec.CopyFrom(entry.log_metadata.model_spec)
                 for alias, array in kept.items():
                     encode_into(response.outputs[alias], array)
+                return entry
+
+            self._put(_Record(name, config.filename_prefix, build))
+
+        return record
+
+    def classify_logger(
+        self, name: str, version: int | None, label: str | None, examples: np.ndarray
+    ) -> Callable[[Served, Classifications], None] | None:
+        """None unless this Classify is sampled; else what records its answer."""
+        config = self._sample(name)
+        if config is None:
+            return None
+        timestamp = int(time.time())
+
+        def record(served: Served, result: Classifications) -> None:
+            kept = _copied_classifications(result)
+
+            def build() -> prediction_log_pb2.PredictionLog:
+                entry = _metadata(config, served, timestamp)
+                request = entry.classify_log.request
+                _asked(request.model_spec, name, version, label, served.signature)
+                _fill_input(request.input, examples)
+                entry.classify_log.response.CopyFrom(classification_response(served, kept))
+                return entry
+
+            self._put(_Record(name, config.filename_prefix, build))
+
+        return record
+
+    def regress_logger(
+        self, name: str, version: int | None, label: str | None, examples: np.ndarray
+    ) -> Callable[[Served, np.ndarray], None] | None:
+        """None unless this Regress is sampled; else what records its answer."""
+        config = self._sample(name)
+        if config is None:
+            return None
+        timestamp = int(time.time())
+
+        def record(served: Served, values: np.ndarray) -> None:
+            kept = np.array(values, copy=True)
+
+            def build() -> prediction_log_pb2.PredictionLog:
+                entry = _metadata(config, served, timestamp)
+                request = entry.regress_log.request
+                _asked(request.model_spec, name, version, label, served.signature)
+                _fill_input(request.input, examples)
+                entry.regress_log.response.CopyFrom(regression_response(served, kept))
+                return entry
+
+            self._put(_Record(name, config.filename_prefix, build))
+
+        return record
+
+    def multi_inference_logger(
+        self, name: str, version: int | None, label: str | None, tasks: Sequence[Task],
+        examples: np.ndarray,
+    ) -> Callable[[list[TaskResult]], None] | None:
+        """None unless this MultiInference (logged under its first task's model) is
+        sampled; else what records its answer."""
+        config = self._sample(name)
+        if config is None:
+            return None
+        timestamp = int(time.time())
+
+        def record(results: list[TaskResult]) -> None:
+            kept = [replace(r, result=_copied(r.result)) for r in results]
+
+            def build() -> prediction_log_pb2.PredictionLog:
+                entry = _metadata(config, kept[0].served, timestamp)
+                request = entry.multi_inference_log.request
+                for task in tasks:
+                    asked = request.tasks.add(method_name=task.method_name)
+                    _asked(asked.model_spec, task.model_name, version, label,
+                           task.signature_name)
+                _fill_input(request.input, examples)
+                entry.multi_inference_log.response.CopyFrom(multi_inference_response(kept))
                 return entry
 
             self._put(_Record(name, config.filename_prefix, build))
@@ -165,15 +255,46 @@ def _sampled(rate: float) -> bool:
     return rate >= 1.0 or (rate > 0.0 and random.random() < rate)
 
 
-def _metadata(config: RequestLogConfig, name: str, version: int, signature: str,
+def _metadata(config: RequestLogConfig, served: Served,
               timestamp: int) -> prediction_log_pb2.PredictionLog:
+    """A record whose metadata names what answered."""
     entry = prediction_log_pb2.PredictionLog()
     meta = entry.log_metadata
-    meta.model_spec.name, meta.model_spec.signature_name = name, signature
-    meta.model_spec.version.value = version
+    meta.model_spec.name, meta.model_spec.signature_name = served.name, served.signature
+    meta.model_spec.version.value = served.version
     meta.sampling_config.sampling_rate = config.sampling_rate
     meta.timestamp_secs = timestamp
     return entry
+
+
+def _asked(spec: model_pb2.ModelSpec, name: str, version: int | None, label: str | None,
+           signature: str) -> None:
+    """A logged request's model_spec: the version or label as the request asked."""
+    spec.name, spec.signature_name = name, signature
+    if version is not None:
+        spec.version.value = version
+    elif label is not None:
+        spec.version_label = label
+
+
+def _fill_input(request_input: input_pb2.Input, examples: np.ndarray) -> None:
+    """The examples as the model got them (a context already merged into each)."""
+    for serialized in examples.reshape(-1):
+        request_input.example_list.examples.add().MergeFromString(bytes(serialized))
+
+
+def _copied(result: Classifications | np.ndarray) -> Classifications | np.ndarray:
+    """A result that outlives the request (it may view buffers the next one reuses)."""
+    if isinstance(result, Classifications):
+        return _copied_classifications(result)
+    return np.array(result, copy=True)
+
+
+def _copied_classifications(result: Classifications) -> Classifications:
+    return Classifications(
+        None if result.labels is None else np.array(result.labels, copy=True),
+        None if result.scores is None else np.array(result.scores, copy=True),
+    )
 
 
 class _RotatingFile:

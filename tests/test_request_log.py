@@ -1,7 +1,7 @@
 """Request logging (a model's logging_config) on the real server, files read back.
 
-Requests come from TF Serving's own client and over REST; the files are TFRecord
-PredictionLog, rotated and bounded, and serve unchanged as a warmup file (a new
+Predict, Classify, Regress and MultiInference come from TF Serving's own client,
+Predict over REST too; the files are TFRecord PredictionLog, rotated and bounded, and serve unchanged as a warmup file (a new
 version warms up with one) and as ``onnx-serving compare --requests``.
 """
 
@@ -18,7 +18,13 @@ import numpy as np
 import pytest
 import requests
 import tensorflow as tf
-from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+from tensorflow_serving.apis import (
+    classification_pb2,
+    inference_pb2,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+    regression_pb2,
+)
 
 from onnx_serving.codec.prediction_log import read_prediction_logs
 from onnx_serving.codec.tensors import make_ndarray
@@ -28,8 +34,9 @@ from tests.models import EXAMPLES
 from tests.server_process import ServerProcess, free_port
 
 TIMEOUT = 10
+CLASSIFY, REGRESS = "tensorflow/serving/classify", "tensorflow/serving/regress"
 MAX_FILES = 2
-MAX_FILE_BYTES = 2000
+MAX_FILE_BYTES = 4000
 
 
 def wait_for(condition: Callable[[], bool], timeout: float = 30.0) -> None:
@@ -88,6 +95,26 @@ def predict(stub: prediction_service_pb2_grpc.PredictionServiceStub, model: str,
     return stub.Predict(request, timeout=TIMEOUT)
 
 
+def classify_regress_multi(stub: prediction_service_pb2_grpc.PredictionServiceStub) -> None:
+    example = tf.train.Example(features=tf.train.Features(feature={
+        "x": tf.train.Feature(float_list=tf.train.FloatList(value=[2.0]))}))
+    classify = classification_pb2.ClassificationRequest()
+    classify.model_spec.name, classify.model_spec.signature_name = "logged", "classify_x_to_y"
+    classify.input.example_list.examples.add().CopyFrom(example)
+    assert stub.Classify(classify, timeout=TIMEOUT).result.classifications[0].classes[0].score \
+        == 3.0
+    regress = regression_pb2.RegressionRequest()
+    regress.model_spec.name, regress.model_spec.signature_name = "logged", "regress_x_to_y"
+    regress.input.example_list.examples.add().CopyFrom(example)
+    assert stub.Regress(regress, timeout=TIMEOUT).result.regressions[0].value == 3.0
+    multi = inference_pb2.MultiInferenceRequest()
+    for signature, method in (("classify_x_to_y", CLASSIFY), ("regress_x_to_y", REGRESS)):
+        task = multi.tasks.add(method_name=method)
+        task.model_spec.name, task.model_spec.signature_name = "logged", signature
+    multi.input.example_list.examples.add().CopyFrom(example)
+    assert len(stub.MultiInference(multi, timeout=TIMEOUT).results) == 2
+
+
 def test_sampled_requests_are_logged_with_their_responses(logged, tmp_path: Path) -> None:
     server, rest_port, prefix, base = logged
     with grpc.insecure_channel(server.address) as channel:
@@ -97,13 +124,24 @@ def test_sampled_requests_are_logged_with_their_responses(logged, tmp_path: Path
         predict(stub, "quiet", [1.0])  # no logging_config: not logged
         with pytest.raises(grpc.RpcError):  # failed requests are not logged
             predict(stub, "logged", [1.0], signature_name="nope")
+        classify_regress_multi(stub)
     answer = requests.post(f"http://127.0.0.1:{rest_port}/v1/models/logged:predict",
                            json={"instances": [7.0]}, timeout=TIMEOUT)
     assert answer.json() == {"predictions": [5.5]}
-    wait_for(lambda: len(records(prefix)) == 6)
+    wait_for(lambda: len(records(prefix)) == 9)
 
     logs = records(prefix)
-    assert [r.WhichOneof("log_type") for r in logs] == ["predict_log"] * 6
+    assert [r.WhichOneof("log_type") for r in logs] == ["predict_log"] * 5 + [
+        "classify_log", "regress_log", "multi_inference_log", "predict_log"]
+    classified, regressed, multi = (logs[5].classify_log, logs[6].regress_log,
+                                    logs[7].multi_inference_log)
+    x = classified.request.input.example_list.examples[0].features.feature["x"]
+    assert list(x.float_list.value) == [2.0]
+    assert classified.request.model_spec.signature_name == "classify_x_to_y"
+    assert classified.response.result.classifications[0].classes[0].score == 3.0
+    assert [r.value for r in regressed.response.result.regressions] == [3.0]
+    assert [t.method_name for t in multi.request.tasks] == [CLASSIFY, REGRESS]
+    assert len(multi.response.results) == 2
     for i, entry in enumerate(logs[:5]):
         request, response = entry.predict_log.request, entry.predict_log.response
         assert request.model_spec.name == "logged"
@@ -113,9 +151,9 @@ def test_sampled_requests_are_logged_with_their_responses(logged, tmp_path: Path
         assert response.model_spec.version.value == 123
         assert entry.log_metadata.sampling_config.sampling_rate == 1.0
         assert entry.log_metadata.timestamp_secs > 0
-    np.testing.assert_array_equal(make_ndarray(logs[5].predict_log.request.inputs["x"]), [7.0])
+    np.testing.assert_array_equal(make_ndarray(logs[8].predict_log.request.inputs["x"]), [7.0])
 
-    assert written(rest_port) == 6
+    assert written(rest_port) == 9
 
     # Unchanged, a log file is onnx-serving compare's request set...
     from onnx_serving.migration import compare

@@ -5,19 +5,21 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
 from onnx_serving.server.metrics import Metrics
 from onnx_serving.server.repository.manager import ModelManager, VersionStatus
-from onnx_serving.server.request_log import RequestLogs
 from onnx_serving.server.runtime.config import RuntimeConfig
 from onnx_serving.server.runtime.model import LoadedModel
 from onnx_serving.server.runtime.signature import Signature, find_signature
 from onnx_serving.server.serving.classify import Classifications, classify, regress
 from onnx_serving.server.serving.multi_inference import Task, TaskResult, multi_inference
 from onnx_serving.server.serving.predict import Decode, Encode, Served, predict
+
+if TYPE_CHECKING:  # request_log builds on the front ends' messages, which import this module
+    from onnx_serving.server.request_log import RequestLogs
 
 T = TypeVar("T")
 Observe = Callable[[str, float], None]
@@ -101,6 +103,10 @@ class ServingCore:
     ) -> T:
         """``examples``: serialized tf.Example, shape [N] (see ``classify.classify``)."""
         observe = self._observer(ref.name, entrypoint, "Classify")
+        if self._request_log is not None:
+            encode = _logged(encode, self._request_log.classify_logger(
+                ref.name, ref.version, ref.label, examples
+            ))
         with self.pin(ref) as (version, model):
             return classify(
                 model, ref.name, version, signature_name, examples, encode,
@@ -117,6 +123,10 @@ class ServingCore:
         entrypoint: str,
     ) -> T:
         observe = self._observer(ref.name, entrypoint, "Regress")
+        if self._request_log is not None:
+            encode = _logged(encode, self._request_log.regress_logger(
+                ref.name, ref.version, ref.label, examples
+            ))
         with self.pin(ref) as (version, model):
             return regress(
                 model, ref.name, version, signature_name, examples, encode,
@@ -134,6 +144,10 @@ class ServingCore:
     ) -> T:
         """``ref`` is the first task's model, as TF Serving picks the version by it."""
         observe = self._observer(ref.name, entrypoint, "MultiInference")
+        if self._request_log is not None:
+            encode = _logged(encode, self._request_log.multi_inference_logger(
+                ref.name, ref.version, ref.label, tasks, examples
+            ))
         with self.pin(ref) as (version, model):
             return multi_inference(
                 model, version, tasks, examples, encode,
@@ -149,3 +163,16 @@ class ServingCore:
     def status(self, name: str, version: int | None = None) -> list[VersionStatus]:
         """Every version seen (or one), as GetModelStatus reports them; labels play no part."""
         return self._manager.statuses(name, version)
+
+
+def _logged(encode: Callable[..., T], log: Callable[..., None] | None) -> Callable[..., T]:
+    """``encode``, then the request log told of the answer (a sampled request only)."""
+    if log is None:
+        return encode
+
+    def encode_and_log(*answer: Any) -> T:
+        encoded = encode(*answer)
+        log(*answer)
+        return encoded
+
+    return encode_and_log
