@@ -1,8 +1,9 @@
 """Request logging (a model's logging_config) on the real server, files read back.
 
 Predict, Classify, Regress and MultiInference come from TF Serving's own client,
-Predict over REST too; the files are TFRecord PredictionLog, rotated and bounded, and serve unchanged as a warmup file (a new
-version warms up with one) and as ``onnx-serving compare --requests``.
+Predict over REST too; the files are TFRecord PredictionLog, rotated and bounded,
+and serve unchanged as a warmup file (a new version warms up with one) and as
+``onnx-serving compare --requests``.
 """
 
 from __future__ import annotations
