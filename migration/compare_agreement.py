@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from onnx_serving.migration.compare_requests import SIDES, Request, Side, SideError
+from onnx_serving.migration.tolerance import differences
 
 # Problems listed per output; the rest are counted.
 MAX_PROBLEMS = 5
@@ -230,21 +231,9 @@ def _measure_errors(
     check: OutputCheck, index: int, b: np.ndarray, c: np.ndarray, tolerance: Tolerance
 ) -> None:
     """Max errors in float64 (complex128 for complex), NaN agreeing only with NaN."""
-    wide = np.complex128 if "c" in (b.dtype.kind, c.dtype.kind) else np.float64
-    bw, cw = b.astype(wide), c.astype(wide)
-    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
-        same = (bw == cw) | (np.isnan(bw) & np.isnan(cw))
-        diff = np.abs(cw - bw)
-        diff[same] = 0.0
-        diff[np.isnan(diff)] = np.inf  # NaN against a number
-        finite = np.isfinite(bw) & np.isfinite(cw)
-        scale = np.abs(bw)
-        if check.check == "exact":
-            outside = np.asarray(b != c, dtype=bool)
-        else:
-            outside = ~same & (~finite | (diff > tolerance.atol + tolerance.rtol * scale))
-        relative = finite & (scale > 0)
-        rel = float((diff[relative] / scale[relative]).max()) if relative.any() else None
+    found = differences(b, c, tolerance.atol, tolerance.rtol)
+    diff, rel = found.diff, found.max_rel
+    outside = np.asarray(b != c, dtype=bool) if check.check == "exact" else found.outside
     check.mismatched += int(outside.sum())  # reported for top_k outputs, not judged
     abs_error = float(diff.max())
     if check.max_abs_error is None or abs_error > check.max_abs_error:

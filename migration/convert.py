@@ -28,6 +28,7 @@ import onnxruntime as ort
 from google.protobuf import text_format
 
 from onnx_serving.migration import shared_files, transforms
+from onnx_serving.migration.graph_cut import Cut, CutError, cut, needs_cut
 from onnx_serving.migration.saved_model import (
     SavedModelError,
     SignatureSig,
@@ -35,7 +36,12 @@ from onnx_serving.migration.saved_model import (
     TensorSig,
     read_signatures,
 )
-from onnx_serving.migration.tf2onnx_runner import ConversionError, convert_signature
+from onnx_serving.migration.shape_leniency import widen_inputs
+from onnx_serving.migration.tf2onnx_runner import (
+    ConversionError,
+    convert_graph_def,
+    convert_signature,
+)
 from onnx_serving.migration.validate import (
     WARMUP_FILE,
     Validation,
@@ -160,8 +166,11 @@ def _convert_signatures(
         file = _file_name(signature.name, len(chosen))
         log(f"{where} converting signature {signature.name} with tf2onnx (opset {options.opset})")
         try:
-            convert_signature(saved_dir, signature.name, staging / file, tag=options.tag,
-                              opset=options.opset, large_model=options.large_model)
+            cut_graph = _tf2onnx(runner, saved_dir, signature, staging / file, options)
+        except CutError as exc:
+            result.problems.append(f"signature {signature.name}: {exc}")
+            log(f"{where} signature {signature.name} cannot be converted: {exc}")
+            continue
         except ConversionError as exc:
             ops = f"; unsupported ops: {', '.join(exc.unsupported_ops)}" if exc.unsupported_ops \
                 else ""
@@ -170,7 +179,7 @@ def _convert_signatures(
             continue
         try:
             _apply_transforms(staging / file, options)
-            checked = _check(runner, saved_dir, staging / file, signature, options)
+            checked = _check(runner, saved_dir, staging / file, signature, options, cut_graph)
         except ORT_ERRORS as exc:
             result.problems.append(
                 f"signature {signature.name}: ONNX Runtime cannot run the converted model: {exc}"
@@ -201,7 +210,15 @@ def _convert_signatures(
                 f"{options.atol} / rtol {options.rtol}: {detail}"
             )
             continue
-        entries[signature.name] = _signature_entry(signature, file, names)
+        parse = cut_graph.parse if cut_graph else None
+        widened = widen_inputs(
+            staging / file, runner, signature, names, atol=options.atol, rtol=options.rtol,
+            skip=frozenset([parse["input"]] if parse else []),
+        )
+        for alias, how in widened.items():
+            log(f"{where} signature {signature.name}: input {alias} takes {how}, "
+                "as TF Serving's graph does")
+        entries[signature.name] = _signature_entry(signature, file, names, cut_graph)
         result.signatures.append(signature.name)
     return entries
 
@@ -211,6 +228,27 @@ def _file_name(signature: str, count: int) -> str:
         return "model.onnx"
     safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in signature)
     return f"{safe}.onnx"
+
+
+def _tf2onnx(
+    runner: TensorFlowRunner, saved_dir: Path, signature: SignatureSig, target: Path,
+    options: Options,
+) -> Cut | None:
+    """tf2onnx on the signature, or on its graph cut after tf.Example parsing and at
+    intermediate inputs (graph_cut.py) when it needs one; returns the cut."""
+    if not needs_cut(runner, signature):
+        convert_signature(saved_dir, signature.name, target, tag=options.tag,
+                          opset=options.opset, large_model=options.large_model)
+        return None
+    cut_graph = cut(runner, signature)
+    graph_def = target.with_suffix(".pb")
+    graph_def.write_bytes(cut_graph.graph_def)
+    try:
+        convert_graph_def(graph_def, cut_graph.input_tensors, list(cut_graph.outputs.values()),
+                          target, opset=options.opset, large_model=options.large_model)
+    finally:
+        graph_def.unlink()
+    return cut_graph
 
 
 def _apply_transforms(model: Path, options: Options) -> None:
@@ -224,50 +262,61 @@ def _apply_transforms(model: Path, options: Options) -> None:
 
 def _check(
     runner: TensorFlowRunner, saved_dir: Path, model: Path, signature: SignatureSig,
-    options: Options,
+    options: Options, cut_graph: Cut | None,
 ) -> tuple[Validation, dict[str, str]] | None:
     graph = onnx.load(str(model), load_external_data=False).graph
     initialized = {i.name for i in graph.initializer}
     inputs = {v.name for v in graph.input if v.name not in initialized}
     outputs = {v.name for v in graph.output}
+    parse = cut_graph.parse if cut_graph else None
     names: dict[str, str] = {}
     for specs, available in ((signature.inputs, inputs), (signature.outputs, outputs)):
         for alias, spec in specs.items():
-            found = next((n for n in _candidates(alias, spec) if n in available), None)
+            if parse is not None and alias == parse["input"]:
+                continue  # parsed by the server: not a graph input
+            found = next(
+                (n for n in _candidates(alias, spec, cut_graph) if n in available), None
+            )
             if found is None:
                 return None
             names[alias] = found
     session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
-    source, samples = sample_inputs(saved_dir, signature, options.samples, options.seed)
+    source, samples = sample_inputs(saved_dir, signature, options.samples, options.seed, parse)
     validation = validate(runner, session, signature, names, samples, source,
-                          atol=options.atol, rtol=options.rtol)
+                          atol=options.atol, rtol=options.rtol, parse=parse)
     return validation, names
 
 
-def _candidates(alias: str, spec: TensorSig) -> list[str]:
-    """tf2onnx names a signature's tensors after their keys; older versions after the graph."""
+def _candidates(alias: str, spec: TensorSig, cut_graph: Cut | None) -> list[str]:
+    """tf2onnx names a signature's tensors after their keys; older versions after the graph;
+    a cut graph's by their tensor names."""
+    if cut_graph is not None:
+        return [{**cut_graph.inputs, **cut_graph.outputs}.get(alias, spec.name)]
     return [alias, spec.name, spec.name.split(":")[0]]
 
 
 def _signature_entry(
-    signature: SignatureSig, file: str, names: dict[str, str]
+    signature: SignatureSig, file: str, names: dict[str, str], cut_graph: Cut | None
 ) -> dict[str, object]:
     def tensors(specs: Mapping[str, TensorSig]) -> dict[str, object]:
         return {
             alias: {
-                "name": names[alias],
+                "name": names.get(alias, spec.name),  # the examples input keeps its TF name
                 "dtype": spec.dtype_name,
                 "tensor_shape": None if spec.shape is None else list(spec.shape),
             }
             for alias, spec in specs.items()
         }
 
-    return {
+    entry: dict[str, object] = {
         "method_name": signature.method_name,
         "model_file": file,
         "inputs": tensors(signature.inputs),
         "outputs": tensors(signature.outputs),
     }
+    if cut_graph is not None and cut_graph.parse is not None:
+        entry["parse_example"] = cut_graph.parse
+    return entry
 
 
 def _publish(

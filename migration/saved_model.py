@@ -78,16 +78,42 @@ def _tensor(alias: str, info: Any) -> TensorSig:
 
 
 class TensorFlowRunner:
-    """Runs one SavedModel's signatures in TensorFlow, in this process."""
+    """Runs one SavedModel's signatures as TF Serving does, in this process.
+
+    The MetaGraph is loaded into a TF1 session and each signature is run by
+    feeding its tensors by name. Like TF Serving's C++ session, and unlike
+    TensorFlow's Python session and signature functions, nothing checks a
+    feed against the tensor's static shape: a graph answers any shape its ops
+    can compute (half_plus_two's ``x`` of shape [3] where [-1, 1] is
+    declared), and validation must see the same. An intermediate tensor
+    (half_plus_two's ``x``, parsed from tf.Example) is fed as TF Serving feeds it.
+    """
 
     def __init__(self, saved_model_dir: Path, tag: str = "serve") -> None:
         import tensorflow as tf
 
-        self._tf = tf
-        self._loaded = tf.saved_model.load(str(saved_model_dir), tags=[tag])
+        self.graph = tf.Graph()
+        self.session = tf.compat.v1.Session(graph=self.graph)
+        with self.graph.as_default():
+            meta_graph = tf.compat.v1.saved_model.loader.load(
+                self.session, [tag], str(saved_model_dir)
+            )
+        self.signature_defs = dict(meta_graph.signature_def)
 
     def run(self, signature: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        function = self._loaded.signatures[signature]
-        tensors = {k: self._tf.constant(v) for k, v in inputs.items()}
-        outputs = function(**tensors)
-        return {k: v.numpy() for k, v in outputs.items()}
+        definition = self.signature_defs[signature]
+        aliases = list(definition.outputs)
+        fetches = [self.graph.get_tensor_by_name(definition.outputs[a].name) for a in aliases]
+        feeds = {
+            self.graph.get_tensor_by_name(definition.inputs[a].name): np.asarray(v)
+            for a, v in inputs.items()
+        }
+        return dict(zip(aliases, self.run_tensors(feeds, fetches), strict=True))
+
+    def run_tensors(self, feeds: Mapping[Any, np.ndarray], fetches: list[Any]) -> list[np.ndarray]:
+        """The session's own run, below the Python layer that checks static shapes."""
+        values = self.session._call_tf_sessionrun(
+            None, {t._as_tf_output(): v for t, v in feeds.items()},
+            [t._as_tf_output() for t in fetches], [], None,
+        )
+        return [np.asarray(v) for v in values]

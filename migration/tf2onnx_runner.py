@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,11 +51,50 @@ def convert_signature(
     opset: int = 17,
     large_model: bool = False,
 ) -> Converted:
+    source = ["--saved-model", str(saved_model_dir), "--tag", tag, "--signature_def", signature]
+    return _convert(source, output, opset=opset, large_model=large_model)
+
+
+def convert_graph_def(
+    graph_def: Path,
+    inputs: Sequence[str],
+    outputs: Sequence[str],
+    output: Path,
+    *,
+    opset: int = 17,
+    large_model: bool = False,
+) -> Converted:
+    """A frozen GraphDef (a signature's graph cut by graph_cut.py), its tensors named.
+
+    Converted in this process, which has TensorFlow loaded already (the graph was cut
+    here): a child would spend seconds importing it again for each signature. Models
+    over 2 GB still go through a child, as tf2onnx's zip output needs its CLI.
+    """
+    if large_model:
+        source = ["--graphdef", str(graph_def), "--inputs", ",".join(inputs),
+                  "--outputs", ",".join(outputs)]
+        return _convert(source, output, opset=opset, large_model=True)
+    import tensorflow as tf
+    import tf2onnx
+
+    frozen = tf.compat.v1.GraphDef.FromString(graph_def.read_bytes())
+    try:
+        tf2onnx.convert.from_graph_def(frozen, input_names=list(inputs),
+                                       output_names=list(outputs), opset=opset,
+                                       output_path=str(output))
+    except Exception as exc:  # tf2onnx raises whatever its converters raise
+        raise ConversionError(f"tf2onnx: {type(exc).__name__}: {exc}") from exc
+    leftovers = _foreign_ops(output)
+    if leftovers:
+        raise ConversionError("tf2onnx left operators ONNX Runtime cannot run", leftovers)
+    return Converted(output)
+
+
+def _convert(source: list[str], output: Path, *, opset: int, large_model: bool) -> Converted:
     with tempfile.TemporaryDirectory() as scratch:
         target = Path(scratch) / ("model.zip" if large_model else "model.onnx")
         command = [
-            sys.executable, "-c", _RUN_TF2ONNX, "--saved-model", str(saved_model_dir),
-            "--tag", tag, "--signature_def", signature, "--opset", str(opset),
+            sys.executable, "-c", _RUN_TF2ONNX, *source, "--opset", str(opset),
             "--output", str(target),
         ]
         if large_model:

@@ -10,13 +10,16 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 
 from onnx_serving.codec.prediction_log import PredictionLogError, read_prediction_logs
 from onnx_serving.codec.tensors import TensorCodecError, make_ndarray
+from onnx_serving.migration.example_spec import random_examples, tensorflow_parse
 from onnx_serving.migration.saved_model import SignatureSig, TensorFlowRunner, TensorSig
+from onnx_serving.migration.tolerance import differences
 
 WARMUP_FILE = Path("assets.extra") / "tf_serving_warmup_requests"
 
@@ -53,16 +56,22 @@ class Validation:
 
 
 def sample_inputs(
-    version_dir: Path, signature: SignatureSig, count: int, seed: int
+    version_dir: Path, signature: SignatureSig, count: int, seed: int,
+    parse: Mapping[str, Any] | None = None,
 ) -> tuple[str, list[dict[str, np.ndarray]]]:
-    """The warmup requests for this signature if any, else ``count`` random ones."""
+    """The warmup requests for this signature if any, else ``count`` random ones (for an
+    input parsed as tf.Example, random Examples of its spec)."""
     warmup = list(_warmup_inputs(version_dir / WARMUP_FILE, signature))
     if warmup:
         return "warmup", warmup
     rng = np.random.default_rng(seed)
     return "random", [
-        {alias: random_tensor(spec, rng) for alias, spec in signature.inputs.items()}
-        for _ in range(count)
+        {
+            alias: random_examples(parse, rng, 2 + i % 2)
+            if parse is not None and alias == parse["input"] else random_tensor(spec, rng)
+            for alias, spec in signature.inputs.items()
+        }
+        for i in range(count)
     ]
 
 
@@ -107,8 +116,10 @@ def validate(
     *,
     atol: float,
     rtol: float,
+    parse: Mapping[str, Any] | None = None,
 ) -> Validation:
-    """``onnx_names``: alias → ONNX graph tensor, inputs and outputs alike."""
+    """``onnx_names``: alias → ONNX graph tensor, inputs and outputs alike; an input parsed
+    as tf.Example (``parse``) is parsed by TensorFlow for the ONNX graph."""
     result = Validation(signature.name, len(samples), source)
     output_names = [onnx_names[alias] for alias in signature.outputs]
     first: dict[str, np.ndarray] | None = None
@@ -122,11 +133,13 @@ def validate(
                 first[a].shape != expected[a].shape or not np.array_equal(first[a], expected[a])
                 for a in expected
             )
-        feeds = {onnx_names[a]: _for_onnx_runtime(v) for a, v in inputs.items()}
+        parsed = tensorflow_parse(parse, inputs[parse["input"]]) if parse is not None else {}
+        feeds = {onnx_names[a]: v for a, v in inputs.items() if a in onnx_names}
+        feeds = {name: _for_onnx_runtime(v) for name, v in {**feeds, **parsed}.items()}
         got = dict(zip(signature.outputs, session.run(output_names, feeds), strict=True))
         for alias in signature.outputs:
             error = result.outputs.setdefault(alias, OutputError())
-            _accumulate(error, expected[alias], got[alias], atol, rtol)
+            accumulate(error, expected[alias], got[alias], atol, rtol)
     result.constant = len(samples) > 1 and not varied
     return result
 
@@ -138,7 +151,7 @@ def _for_onnx_runtime(array: np.ndarray) -> np.ndarray:
     return array
 
 
-def _accumulate(
+def accumulate(
     error: OutputError, expected: np.ndarray, got: np.ndarray, atol: float, rtol: float
 ) -> None:
     if expected.shape != got.shape:
@@ -154,10 +167,7 @@ def _accumulate(
         return
     if expected.size == 0:
         return
-    e, g = expected.astype(np.float64), got.astype(np.float64)
-    same = (e == g) | (np.isnan(e) & np.isnan(g))
-    diff = np.where(same, 0.0, np.abs(e - g))
-    error.max_abs = max(error.max_abs, float(np.max(diff)))
-    rel = diff / np.maximum(np.abs(e), np.finfo(np.float32).tiny)
-    error.max_rel = max(error.max_rel, float(np.max(np.where(same, 0.0, rel))))
-    error.outside += int(np.count_nonzero(diff > atol + rtol * np.abs(e)))
+    found = differences(expected, got, atol, rtol)
+    error.max_abs = max(error.max_abs, found.max_abs)
+    error.max_rel = max(error.max_rel, found.max_rel or 0.0)
+    error.outside += int(np.count_nonzero(found.outside))

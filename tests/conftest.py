@@ -37,3 +37,13 @@ def channel(server: ServerProcess) -> Iterator[grpc.Channel]:
     options = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
     with grpc.insecure_channel(server.address, options=options) as channel:
         yield channel
+
+
+@pytest.fixture(scope="session")
+def converted_half_plus_two(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """TF Serving's half_plus_two test model (its TF1 export: Predict over the parsed ``x``,
+    Regress and Classify over serialized tf.Example) converted by ``onnx-serving convert``:
+    the ONNX model's base path, holding version 123."""
+    from tests.saved_models import converted_half_plus_two
+
+    return converted_half_plus_two(tmp_path_factory.mktemp("half_plus_two"))

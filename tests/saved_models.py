@@ -2,11 +2,31 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
+
+HALF_PLUS_TWO_VERSION = 123  # TF Serving's test data's version
+
+
+def convert(*args: object) -> subprocess.CompletedProcess[str]:
+    """``onnx-serving convert`` as a user runs it: the CLI, in its own process."""
+    command = [sys.executable, "-m", "onnx_serving.server", "convert", *map(str, args)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=900)
+
+
+def converted_half_plus_two(root: Path) -> Path:
+    """half_plus_two built under ``root``/saved and converted into ``root``/onnx; returns the
+    converted model's base path."""
+    half_plus_two(root / "saved" / "half_plus_two" / str(HALF_PLUS_TWO_VERSION))
+    result = convert(root / "saved" / "half_plus_two", root / "onnx" / "half_plus_two")
+    if result.returncode != 0:
+        raise RuntimeError(f"convert failed:\n{result.stdout}\n{result.stderr[-3000:]}")
+    return root / "onnx" / "half_plus_two"
 
 
 class MultiSignature(tf.Module):
@@ -97,3 +117,43 @@ def add_warmup(version_dir: Path, inputs: dict[str, np.ndarray]) -> None:
     folder.mkdir(exist_ok=True)
     with tf.io.TFRecordWriter(str(folder / "tf_serving_warmup_requests")) as writer:
         writer.write(log.SerializeToString())
+
+
+def half_plus_two(path: Path) -> None:
+    """TF Serving's half_plus_two test model, built the way its TF1 exporter builds it:
+    y = 0.5 x + 2, y2 = 0.5 x + 3, y3 = 0.5 x2 + 3 over a placeholder of serialized
+    tf.Example, with Predict's serving_default taking the parsed ``x`` directly."""
+    v1 = tf.compat.v1
+    builder = v1.saved_model.builder.SavedModelBuilder(str(path))
+    with tf.Graph().as_default(), v1.Session() as session:
+        a, b, c = (v1.Variable(v, name=n) for v, n in ((0.5, "a"), (2.0, "b"), (3.0, "c")))
+        examples = v1.placeholder(tf.string, shape=[None], name="tf_example")
+        parsed = v1.parse_example(examples, {
+            "x": v1.FixedLenFeature([1], tf.float32),
+            "x2": v1.FixedLenFeature([1], tf.float32, default_value=[0.0]),
+        })
+        x = tf.identity(parsed["x"], name="x")
+        y = tf.identity(a * x + b, name="y")
+        y2 = tf.identity(a * x + c, name="y2")
+        x2 = tf.identity(parsed["x2"], name="x2")
+        a2, c2 = v1.Variable(0.5, name="a2"), v1.Variable(3.0, name="c2")
+        y3 = tf.identity(a2 * x2 + c2, name="y3")
+        session.run(v1.global_variables_initializer())
+        info = v1.saved_model.utils.build_tensor_info
+        constants = v1.saved_model.signature_constants
+
+        def signature(inputs: dict, outputs: dict, method: str) -> object:
+            return v1.saved_model.signature_def_utils.build_signature_def(
+                {k: info(t) for k, t in inputs.items()},
+                {k: info(t) for k, t in outputs.items()}, method)
+
+        regress, classify = constants.REGRESS_METHOD_NAME, constants.CLASSIFY_METHOD_NAME
+        builder.add_meta_graph_and_variables(session, [v1.saved_model.tag_constants.SERVING],
+                                             signature_def_map={
+            "regress_x_to_y": signature({"inputs": examples}, {"outputs": y}, regress),
+            "regress_x_to_y2": signature({"inputs": examples}, {"outputs": y2}, regress),
+            "regress_x2_to_y3": signature({"inputs": x2}, {"outputs": y3}, regress),
+            "classify_x_to_y": signature({"inputs": examples}, {"scores": y}, classify),
+            "serving_default": signature({"x": x}, {"y": y}, constants.PREDICT_METHOD_NAME),
+        })
+    builder.save()

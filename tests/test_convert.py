@@ -4,8 +4,6 @@ with the real tensorflow-serving-api client, exactly as a TF Serving client woul
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -23,6 +21,7 @@ from tensorflow_serving.apis import (
 from tensorflow_serving.config import model_server_config_pb2
 
 from tests import saved_models
+from tests.saved_models import convert
 from tests.server_process import ServerProcess
 
 BUILDERS: dict[str, Callable[[Path], None]] = {
@@ -32,11 +31,6 @@ BUILDERS: dict[str, Callable[[Path], None]] = {
     "lstm": saved_models.lstm,
     "transformer": saved_models.transformer_block,
 }
-
-
-def convert(*args: str) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-m", "onnx_serving.server", "convert", *map(str, args)]
-    return subprocess.run(command, capture_output=True, text=True, timeout=900)
 
 
 def signature_defs(version_dir: Path) -> dict[str, object]:

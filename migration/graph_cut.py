@@ -1,0 +1,231 @@
+"""Cutting a TF1 signature's graph where ONNX cannot follow TensorFlow, before tf2onnx.
+
+Two kinds of signature inputs need a cut:
+
+- a placeholder of serialized tf.Example read by ``ParseExample``/``ParseExampleV2``
+  (Classify/Regress signatures, Estimator exports): ONNX has no such op. The graph
+  is cut after the parse: each parsed tensor the outputs need becomes a placeholder,
+  and the op's feature spec is recorded for the server's parse stage
+  (``parse_example`` in signatures.json, docs/signatures.md);
+- an intermediate tensor (TF Serving's half_plus_two feeds ``x``, the output of
+  the parse): TF Serving feeds it directly, so it becomes a placeholder too.
+
+The cut graph is frozen (variables as constants) and handed to tf2onnx as a GraphDef.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from onnx_serving.codec.tensors import dtype_name
+from onnx_serving.migration.saved_model import SignatureSig, TensorFlowRunner
+
+PARSE_OPS = ("ParseExample", "ParseExampleV2")
+_PARSED_PREFIX = "onnx_serving_parsed"
+
+
+class CutError(Exception):
+    pass
+
+
+@dataclass
+class Cut:
+    """A signature's graph, cut: what tf2onnx converts and how signatures.json names it."""
+
+    graph_def: bytes  # frozen GraphDef
+    inputs: dict[str, str] = field(default_factory=dict)  # alias → placeholder tensor
+    outputs: dict[str, str] = field(default_factory=dict)  # alias → tensor
+    parse: dict[str, Any] | None = None  # the parse_example entry, graph inputs by tensor name
+
+    @property
+    def input_tensors(self) -> list[str]:
+        """Every placeholder tf2onnx must keep as a graph input."""
+        names = list(self.inputs.values())
+        if self.parse is not None:
+            for feature in self.parse["dense"]:
+                names += [feature["name"]] if feature["name"] else []
+            for feature in self.parse["sparse"]:
+                names += [feature[k] for k in ("indices", "values", "dense_shape") if feature[k]]
+        return names
+
+
+def needs_cut(runner: TensorFlowRunner, signature: SignatureSig) -> bool:
+    """Whether tf2onnx alone cannot take this signature: it parses tf.Example or is fed
+    at an intermediate tensor. Signatures of TF2 functions never are: their inputs
+    are placeholders that feed a function call."""
+    for spec in signature.inputs.values():
+        tensor = runner.graph.get_tensor_by_name(spec.name)
+        if tensor.op.type != "Placeholder":
+            return True
+        if any(op.type in PARSE_OPS for op in tensor.consumers()):
+            return True
+    return False
+
+
+def cut(runner: TensorFlowRunner, signature: SignatureSig) -> Cut:
+    import tensorflow as tf
+
+    graph = runner.graph
+    # Tensor name → the placeholder that replaces it.
+    replaced: dict[str, tuple[str, Any]] = {}
+    result = Cut(b"")
+    parse_op = None
+    for alias, spec in signature.inputs.items():
+        tensor = graph.get_tensor_by_name(spec.name)
+        parsers = [op for op in tensor.consumers() if op.type in PARSE_OPS]
+        if tensor.op.type == "Placeholder" and not parsers:
+            result.inputs[alias] = tensor.name
+        elif parsers:
+            if parse_op is not None or len(parsers) != len(tensor.consumers()):
+                raise CutError(f"input {alias} ({spec.name}) is parsed as tf.Example but also "
+                               "read by other ops; only a tf.Example input read by one "
+                               "ParseExample can be served")
+            parse_op = (alias, parsers[0])
+        else:
+            placeholder = tensor.op.name if len(tensor.op.outputs) == 1 else \
+                f"{_PARSED_PREFIX}/input_{len(replaced)}"
+            replaced[tensor.name] = (placeholder, tensor)
+            result.inputs[alias] = f"{placeholder}:0"
+    result.outputs = {alias: spec.name for alias, spec in signature.outputs.items()}
+    if parse_op is not None:
+        alias, op = parse_op
+        needed = _tensors_needed(
+            [graph.get_tensor_by_name(n) for n in result.outputs.values()],
+            stop={graph.get_tensor_by_name(n) for n in replaced}, of_op=op,
+        )
+        result.parse = _parse_spec(runner, alias, op, needed, replaced)
+    graph_def = graph.as_graph_def()
+    _replace_with_placeholders(graph_def, replaced)
+    output_ops = sorted({name.split(":")[0] for name in result.outputs.values()})
+    frozen = tf.compat.v1.graph_util.convert_variables_to_constants(
+        runner.session, graph_def, output_ops
+    )
+    result.graph_def = frozen.SerializeToString()
+    return result
+
+
+def _tensors_needed(outputs: Iterable[Any], stop: set[Any], of_op: Any) -> set[Any]:
+    """Which of ``of_op``'s outputs the signature's outputs depend on."""
+    needed: set[Any] = set()
+    seen: set[Any] = set()
+    pending = list(outputs)
+    while pending:
+        tensor = pending.pop()
+        if tensor in seen or tensor in stop:
+            continue
+        seen.add(tensor)
+        if tensor.op is of_op:
+            needed.add(tensor)
+            continue
+        pending += list(tensor.op.inputs)
+        pending += [t for op in tensor.op.control_inputs for t in op.outputs]
+    return needed
+
+
+def _parse_spec(
+    runner: TensorFlowRunner, alias: str, op: Any, needed: set[Any],
+    replaced: dict[str, tuple[str, Any]],
+) -> dict[str, Any]:
+    """The op's features, read from its attributes and constant inputs; each parsed
+    tensor the outputs need is added to ``replaced``."""
+    import tensorflow as tf
+
+    if op.type == "ParseExampleV2":
+        num_sparse, num_dense = op.get_attr("num_sparse"), len(op.get_attr("Tdense"))
+        ragged_keys = _constant(runner, op.inputs[4])
+        if ragged_keys.size:
+            raise CutError(f"{op.name} parses ragged features {ragged_keys.tolist()}, "
+                           "which the server's parse stage does not support")
+        sparse_keys = _constant(runner, op.inputs[2]).tolist()
+        dense_keys = _constant(runner, op.inputs[3]).tolist()
+        defaults = op.inputs[5:5 + num_dense]
+    else:
+        num_sparse, num_dense = op.get_attr("Nsparse"), op.get_attr("Ndense")
+        keys = [_constant(runner, t).item() for t in op.inputs[2:2 + num_sparse + num_dense]]
+        sparse_keys, dense_keys = keys[:num_sparse], keys[num_sparse:]
+        defaults = op.inputs[2 + num_sparse + num_dense:]
+    sparse_types, dense_types = op.get_attr("sparse_types"), op.get_attr("Tdense")
+    dense_shapes = op.get_attr("dense_shapes")
+
+    def placeholder(index: int, suffix: str) -> str | None:
+        tensor = op.outputs[index]
+        if tensor not in needed:
+            return None
+        name = f"{_PARSED_PREFIX}/{suffix}"
+        replaced[tensor.name] = (name, tensor)
+        return f"{name}:0"
+
+    dense = []
+    for i, (key, dtype, shape, default) in enumerate(
+        zip(dense_keys, dense_types, dense_shapes, defaults, strict=True)
+    ):
+        dims = tf.TensorShape(shape).as_list()
+        if any(d is None or d < 0 for d in dims):
+            raise CutError(f"{op.name}: feature {_text(key)!r} has variable length "
+                           f"(FixedLenSequenceFeature), which the server's parse stage does "
+                           "not support")
+        value = _constant(runner, default)
+        dense.append({
+            "key": _text(key), "dtype": dtype_name(tf.as_dtype(dtype).as_datatype_enum),
+            "shape": dims, "default": _default(value) if value.size else None,
+            "name": placeholder(3 * num_sparse + i, f"dense_{i}"),
+        })
+    sparse = [
+        {"key": _text(key), "dtype": dtype_name(tf.as_dtype(dtype).as_datatype_enum),
+         "indices": placeholder(i, f"sparse_{i}_indices"),
+         "values": placeholder(num_sparse + i, f"sparse_{i}_values"),
+         "dense_shape": placeholder(2 * num_sparse + i, f"sparse_{i}_dense_shape")}
+        for i, (key, dtype) in enumerate(zip(sparse_keys, sparse_types, strict=True))
+    ]
+    return {"input": alias, "dense": dense, "sparse": sparse}
+
+
+def _constant(runner: TensorFlowRunner, tensor: Any) -> np.ndarray:
+    import tensorflow as tf
+
+    try:
+        return runner.run_tensors({}, [tensor])[0]
+    except tf.errors.OpError as exc:  # it depends on a fed tensor
+        raise CutError(f"{tensor.name} is not a constant: {exc.message}") from exc
+
+
+def _text(key: object) -> str:
+    return key.decode() if isinstance(key, bytes) else str(key)
+
+
+def _default(value: np.ndarray) -> list[Any]:
+    flat = value.reshape(-1)
+    if flat.dtype == object:
+        return [base64.b64encode(v).decode() for v in flat]
+    return flat.tolist()
+
+
+def _replace_with_placeholders(graph_def: Any, replaced: dict[str, tuple[str, Any]]) -> None:
+    """Each replaced tensor becomes a placeholder of its dtype and static shape, and its
+    readers read that instead; a single-output op is replaced in place, keeping its name."""
+    import tensorflow as tf
+
+    nodes = {node.name: node for node in graph_def.node}
+    renames: dict[str, str] = {}
+    for tensor_name, (placeholder, tensor) in replaced.items():
+        if placeholder == tensor.op.name:
+            node = nodes[placeholder]
+            node.Clear()
+        else:
+            node = graph_def.node.add()
+            renames[tensor_name] = placeholder
+            if tensor.value_index == 0:
+                renames[tensor.op.name] = placeholder
+        node.name, node.op = placeholder, "Placeholder"
+        node.attr["dtype"].type = tensor.dtype.as_datatype_enum
+        node.attr["shape"].shape.CopyFrom(tf.TensorShape(tensor.shape).as_proto())
+    for node in graph_def.node:
+        for i, name in enumerate(node.input):
+            if name in renames:
+                node.input[i] = renames[name]
+
