@@ -20,7 +20,7 @@ import shutil
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import onnx
@@ -185,6 +185,12 @@ def _convert_signatures(
                 f"signature {signature.name}: ONNX Runtime cannot run the converted model: {exc}"
             )
             continue
+        except runner.errors as exc:
+            result.problems.append(
+                f"signature {signature.name}: TensorFlow refused a validation input "
+                f"(give warmup requests instead): {exc}"
+            )
+            continue
         if checked is None:
             result.problems.append(f"signature {signature.name}: its ONNX names do not match")
             continue
@@ -245,7 +251,8 @@ def _tf2onnx(
     graph_def.write_bytes(cut_graph.graph_def)
     try:
         convert_graph_def(graph_def, cut_graph.input_tensors, list(cut_graph.outputs.values()),
-                          target, opset=options.opset, large_model=options.large_model)
+                          target, opset=options.opset, large_model=options.large_model,
+                          tables=cut_graph.tables)
     finally:
         graph_def.unlink()
     return cut_graph
@@ -281,10 +288,29 @@ def _check(
                 return None
             names[alias] = found
     session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
-    source, samples = sample_inputs(saved_dir, signature, options.samples, options.seed, parse)
+    shaped = _with_graph_shapes(signature, names, graph)
+    source, samples = sample_inputs(saved_dir, shaped, options.samples, options.seed, parse)
     validation = validate(runner, session, signature, names, samples, source,
                           atol=options.atol, rtol=options.rtol, parse=parse)
     return validation, names
+
+
+def _with_graph_shapes(
+    signature: SignatureSig, names: Mapping[str, str], graph: onnx.GraphProto
+) -> SignatureSig:
+    """Inputs of unknown rank in the signature (TF1 exports often leave them so) take the
+    ONNX graph's shape, so random validation inputs fit the graph."""
+    shapes = {
+        v.name: tuple(d.dim_value if d.HasField("dim_value") else -1
+                      for d in v.type.tensor_type.shape.dim)
+        for v in graph.input if v.type.tensor_type.HasField("shape")
+    }
+    inputs = {
+        alias: spec if spec.shape is not None or names.get(alias) not in shapes
+        else replace(spec, shape=shapes[names[alias]])
+        for alias, spec in signature.inputs.items()
+    }
+    return replace(signature, inputs=inputs)
 
 
 def _candidates(alias: str, spec: TensorSig, cut_graph: Cut | None) -> list[str]:

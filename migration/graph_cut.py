@@ -38,6 +38,8 @@ class Cut:
     """A signature's graph, cut: what tf2onnx converts and how signatures.json names it."""
 
     graph_def: bytes  # frozen GraphDef
+    # Lookup tables' contents by shared name (tf2onnx turns them into constants).
+    tables: dict[bytes, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
     inputs: dict[str, str] = field(default_factory=dict)  # alias → placeholder tensor
     outputs: dict[str, str] = field(default_factory=dict)  # alias → tensor
     parse: dict[str, Any] | None = None  # the parse_example entry, graph inputs by tensor name
@@ -100,13 +102,55 @@ def cut(runner: TensorFlowRunner, signature: SignatureSig) -> Cut:
         )
         result.parse = _parse_spec(runner, alias, op, needed, replaced)
     graph_def = graph.as_graph_def()
-    _replace_with_placeholders(graph_def, replaced)
+    shapes = _shapes_for_vector_examples(graph_def, graph)
+    _replace_with_placeholders(graph_def, replaced, shapes)
     output_ops = sorted({name.split(":")[0] for name in result.outputs.values()})
     frozen = tf.compat.v1.graph_util.convert_variables_to_constants(
         runner.session, graph_def, output_ops
     )
+    result.tables = _tables(runner, frozen)
     result.graph_def = frozen.SerializeToString()
     return result
+
+
+def _shapes_for_vector_examples(graph_def: Any, graph: Any) -> Any:
+    """The graph re-imported with every tf.Example placeholder a vector: the parse outputs,
+    and tensors made from them, then have their rank (TF1 exports often leave the
+    placeholder's shape unknown; Classify and Regress always send a vector)."""
+    import tensorflow as tf
+
+    vectors = {
+        op.outputs[0].name for op in graph.get_operations()
+        if op.type == "Placeholder" and op.outputs[0].dtype == tf.string
+        and any(c.type in PARSE_OPS for c in op.outputs[0].consumers())
+    }
+    shaped = tf.Graph()
+    with shaped.as_default():
+        feeds = {name: tf.compat.v1.placeholder(tf.string, [None]) for name in vectors}
+        tf.graph_util.import_graph_def(graph_def, input_map=feeds, name="")
+    return shaped
+
+
+def _tables(runner: TensorFlowRunner, frozen: Any) -> dict[bytes, tuple[np.ndarray, np.ndarray]]:
+    """Every hash table the cut graph reads, exported from the loaded session; a table
+    without a shared name gets its node's, which tf2onnx needs to match it."""
+    import tensorflow as tf
+
+    tables: dict[bytes, tuple[np.ndarray, np.ndarray]] = {}
+    for node in frozen.node:
+        if node.op not in ("HashTableV2", "MutableHashTableV2"):
+            continue
+        if not node.attr["shared_name"].s:
+            node.attr["shared_name"].s = node.name.encode()
+        handle = runner.graph.get_tensor_by_name(f"{node.name}:0")
+        with runner.graph.as_default():
+            keys, values = tf.raw_ops.LookupTableExportV2(
+                table_handle=handle, Tkeys=node.attr["key_dtype"].type,
+                Tvalues=node.attr["value_dtype"].type,
+            )
+        contents = runner.run_tensors({}, [keys, values])
+        tables[node.attr["shared_name"].s] = (contents[0], contents[1])
+    return tables
 
 
 def _tensors_needed(outputs: Iterable[Any], stop: set[Any], of_op: Any) -> set[Any]:
@@ -205,9 +249,12 @@ def _default(value: np.ndarray) -> list[Any]:
     return flat.tolist()
 
 
-def _replace_with_placeholders(graph_def: Any, replaced: dict[str, tuple[str, Any]]) -> None:
-    """Each replaced tensor becomes a placeholder of its dtype and static shape, and its
-    readers read that instead; a single-output op is replaced in place, keeping its name."""
+def _replace_with_placeholders(
+    graph_def: Any, replaced: dict[str, tuple[str, Any]], shapes: Any
+) -> None:
+    """Each replaced tensor becomes a placeholder of its dtype and static shape (as in
+    ``shapes``, a graph with the same names), and its readers read that instead; a
+    single-output op is replaced in place, keeping its name."""
     import tensorflow as tf
 
     nodes = {node.name: node for node in graph_def.node}
@@ -223,7 +270,8 @@ def _replace_with_placeholders(graph_def: Any, replaced: dict[str, tuple[str, An
                 renames[tensor.op.name] = placeholder
         node.name, node.op = placeholder, "Placeholder"
         node.attr["dtype"].type = tensor.dtype.as_datatype_enum
-        node.attr["shape"].shape.CopyFrom(tf.TensorShape(tensor.shape).as_proto())
+        shape = shapes.get_tensor_by_name(tensor_name).shape
+        node.attr["shape"].shape.CopyFrom(tf.TensorShape(shape).as_proto())
     for node in graph_def.node:
         for i, name in enumerate(node.input):
             if name in renames:

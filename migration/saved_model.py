@@ -99,6 +99,8 @@ class TensorFlowRunner:
                 self.session, [tag], str(saved_model_dir)
             )
         self.signature_defs = dict(meta_graph.signature_def)
+        # What a run raises when the graph refuses its inputs.
+        self.errors: tuple[type[Exception], ...] = (tf.errors.OpError,)
 
     def run(self, signature: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         definition = self.signature_defs[signature]
@@ -111,7 +113,9 @@ class TensorFlowRunner:
         return dict(zip(aliases, self.run_tensors(feeds, fetches), strict=True))
 
     def run_tensors(self, feeds: Mapping[Any, np.ndarray], fetches: list[Any]) -> list[np.ndarray]:
-        """The session's own run, below the Python layer that checks static shapes."""
+        """The session's own run, below the Python layer that checks static shapes (and
+        that tells the session of ops added since its last run)."""
+        self.session._extend_graph()
         values = self.session._call_tf_sessionrun(
             None, {t._as_tf_output(): v for t, v in feeds.items()},
             [t._as_tf_output() for t in fetches], [], None,

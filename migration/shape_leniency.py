@@ -10,6 +10,10 @@ TensorFlow does: some probe of the wider kind must succeed in TensorFlow,
 every probe both succeed on must agree, and none may be answered by ONNX and
 refused by TensorFlow. Otherwise the declared shape stays, and with it the
 server's clear refusal of shapes the original graph cannot take.
+
+Only graphs without TF2 functions are probed (TF1 exports): inside a function
+call, TensorFlow's shape inference cannot screen a probe, and some kernels abort
+the process on a shape they cannot take. TF2 exports keep their declared shapes.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import functools
 import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -38,6 +43,9 @@ def widen_inputs(
     ``names``: alias → ONNX tensor, inputs and outputs alike."""
     import tensorflow as tf
 
+    graph_def = runner.graph.as_graph_def()
+    if graph_def.library.function:
+        return {}  # TF2 functions: a wrong shape may abort TensorFlow inside them, unprobed
     tf_errors: tuple[type[Exception], ...] = (tf.errors.OpError, ValueError)
     rng = np.random.default_rng(0)
     base = {
@@ -65,12 +73,29 @@ def widen_inputs(
                 except ORT_ERRORS:
                     continue
             run = functools.partial(_run_onnx, session, signature, names)
-            expected = functools.partial(runner.run, signature.name)
+            expected = functools.partial(_run_tensorflow, runner, graph_def, signature)
             if _agrees(alias, spec, probes, base, rng, expected, run, tf_errors, atol, rtol):
                 onnx.save(candidate, str(model))
                 widened[alias] = how
                 break
     return widened
+
+
+def _run_tensorflow(
+    runner: TensorFlowRunner, graph_def: Any, signature: SignatureSig,
+    inputs: Mapping[str, np.ndarray],
+) -> dict[str, np.ndarray]:
+    """Runs only what TensorFlow's shape inference accepts: some kernels abort the process
+    on shapes their op's inference refuses (oneDNN's Conv2D given another rank)."""
+    import tensorflow as tf
+
+    with tf.Graph().as_default():
+        feeds = {
+            signature.inputs[alias].name: tf.compat.v1.placeholder(tf.as_dtype(v.dtype), v.shape)
+            for alias, v in inputs.items()
+        }
+        tf.graph_util.import_graph_def(graph_def, input_map=feeds, name="")  # ValueError if not
+    return runner.run(signature.name, inputs)
 
 
 def _run_onnx(

@@ -13,9 +13,10 @@ import subprocess
 import sys
 import tempfile
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import onnx
 
@@ -63,25 +64,34 @@ def convert_graph_def(
     *,
     opset: int = 17,
     large_model: bool = False,
+    tables: Mapping[bytes, tuple[Any, Any]] | None = None,
 ) -> Converted:
-    """A frozen GraphDef (a signature's graph cut by graph_cut.py), its tensors named.
+    """A frozen GraphDef (a signature's graph cut by graph_cut.py), its tensors named, and
+    the contents of the lookup tables it reads, by shared name.
 
     Converted in this process, which has TensorFlow loaded already (the graph was cut
     here): a child would spend seconds importing it again for each signature. Models
-    over 2 GB still go through a child, as tf2onnx's zip output needs its CLI.
+    over 2 GB still go through a child, as tf2onnx's zip output needs its CLI (and
+    their lookup tables are not carried).
     """
     if large_model:
         source = ["--graphdef", str(graph_def), "--inputs", ",".join(inputs),
                   "--outputs", ",".join(outputs)]
         return _convert(source, output, opset=opset, large_model=True)
     import tensorflow as tf
-    import tf2onnx
+    from tf2onnx import convert as tf2onnx_convert
+    from tf2onnx import tf_loader
 
     frozen = tf.compat.v1.GraphDef.FromString(graph_def.read_bytes())
     try:
-        tf2onnx.convert.from_graph_def(frozen, input_names=list(inputs),
-                                       output_names=list(outputs), opset=opset,
-                                       output_path=str(output))
+        # tf2onnx's from_graph_def, which cannot take lookup tables' contents.
+        with tf.device("/cpu:0"), tf.Graph().as_default():
+            optimized = tf_loader.tf_optimize(list(inputs), list(outputs), frozen)
+        tf2onnx_convert._convert_common(
+            optimized, name="converted", continue_on_error=True, opset=opset,
+            input_names=list(inputs), output_names=list(outputs),
+            initialized_tables=dict(tables or {}), output_path=str(output),
+        )
     except Exception as exc:  # tf2onnx raises whatever its converters raise
         raise ConversionError(f"tf2onnx: {type(exc).__name__}: {exc}") from exc
     leftovers = _foreign_ops(output)

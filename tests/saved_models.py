@@ -157,3 +157,117 @@ def half_plus_two(path: Path) -> None:
             "serving_default": signature({"x": x}, {"y": y}, constants.PREDICT_METHOD_NAME),
         })
     builder.save()
+
+
+def _tf1_export(path: Path, build: object) -> None:
+    """A TF1 SavedModel: ``build(session)`` makes the graph and returns its signatures."""
+    v1 = tf.compat.v1
+    builder = v1.saved_model.builder.SavedModelBuilder(str(path))
+    with tf.Graph().as_default(), v1.Session() as session:
+        signatures = build(session)  # type: ignore[operator]
+        session.run(v1.global_variables_initializer())
+        builder.add_meta_graph_and_variables(
+            session, [v1.saved_model.tag_constants.SERVING], signature_def_map=signatures,
+            main_op=v1.tables_initializer(),
+        )
+    builder.save()
+
+
+def _signature(inputs: dict, outputs: dict, method: str) -> object:
+    v1 = tf.compat.v1
+    info = v1.saved_model.utils.build_tensor_info
+    return v1.saved_model.signature_def_utils.build_signature_def(
+        {k: info(t) for k, t in inputs.items()}, {k: info(t) for k, t in outputs.items()}, method
+    )
+
+
+def mnist_tutorial(path: Path) -> None:
+    """The shape of TF Serving's mnist tutorial export (mnist_saved_model.py): softmax
+    regression over 784 parsed floats; ``predict_images`` takes the parsed ``x``, the
+    classify ``serving_default`` takes tf.Examples and maps top-k indices to class names
+    through a lookup table. Random weights stand in for its training."""
+    v1 = tf.compat.v1
+    constants = v1.saved_model.signature_constants
+
+    def build(session: object) -> dict:
+        examples = v1.placeholder(tf.string, name="tf_example")
+        parsed = v1.parse_example(examples, {"x": v1.FixedLenFeature([784], tf.float32)})
+        x = tf.identity(parsed["x"], name="x")
+        rng = np.random.default_rng(7)
+        w = v1.Variable(rng.standard_normal((784, 10)).astype(np.float32) * 0.05)
+        b = v1.Variable(rng.standard_normal(10).astype(np.float32) * 0.1)
+        y = tf.nn.softmax(tf.matmul(x, w) + b, name="y")
+        values, indices = tf.nn.top_k(y, 10)
+        table = v1.lookup.StaticHashTable(v1.lookup.KeyValueTensorInitializer(
+            tf.range(10, dtype=tf.int64), tf.constant([str(i) for i in range(10)])), "")
+        classes = table.lookup(tf.cast(indices, tf.int64))
+        return {
+            "predict_images": _signature({"images": x}, {"scores": y},
+                                         constants.PREDICT_METHOD_NAME),
+            "serving_default": _signature({"inputs": examples},
+                                          {"classes": classes, "scores": values},
+                                          constants.CLASSIFY_METHOD_NAME),
+        }
+
+    _tf1_export(path, build)
+
+
+def _estimator_features(examples: tf.Tensor) -> tf.Tensor:
+    """What an Estimator's input layer makes of its tf.Examples: two numeric columns
+    (one with a default) and a var-length id list, as [batch, 3] floats."""
+    v1 = tf.compat.v1
+    parsed = tf.io.parse_example(examples, {
+        "age": v1.FixedLenFeature([1], tf.float32),
+        "hours": v1.FixedLenFeature([1], tf.float32, default_value=[40.0]),
+        "ids": v1.VarLenFeature(tf.int64),
+    })
+    ids = tf.cast(tf.sparse.to_dense(parsed["ids"]), tf.float32)
+    return tf.concat([parsed["age"], parsed["hours"] / 10.0,
+                      tf.reduce_sum(ids, axis=1, keepdims=True)], axis=1)
+
+
+def estimator_classifier(path: Path) -> None:
+    """An Estimator-style linear classifier export: serving_default and classification
+    (Classify: classes, scores) and predict, all over serialized tf.Example."""
+    v1 = tf.compat.v1
+    constants = v1.saved_model.signature_constants
+
+    def build(session: object) -> dict:
+        examples = v1.placeholder(tf.string, shape=[None], name="input_example_tensor")
+        features = _estimator_features(examples)
+        w = v1.Variable([[0.3, -0.2], [0.1, 0.4], [-0.05, 0.2]], name="weights")
+        logits = tf.matmul(features, w) + v1.Variable([0.1, -0.1], name="bias")
+        scores = tf.nn.softmax(logits)
+        classes = tf.tile(tf.constant([[b"0", b"1"]]), [tf.shape(logits)[0], 1])
+        classify = _signature({"inputs": examples}, {"classes": classes, "scores": scores},
+                              constants.CLASSIFY_METHOD_NAME)
+        return {
+            "serving_default": classify, "classification": classify,
+            "predict": _signature({"examples": examples}, {
+                "logits": logits, "probabilities": scores,
+                "class_ids": tf.argmax(logits, axis=1)[:, None],
+            }, constants.PREDICT_METHOD_NAME),
+        }
+
+    _tf1_export(path, build)
+
+
+def estimator_regressor(path: Path) -> None:
+    """An Estimator-style linear regressor export: serving_default and regression
+    (Regress: outputs) and predict, all over serialized tf.Example."""
+    v1 = tf.compat.v1
+    constants = v1.saved_model.signature_constants
+
+    def build(session: object) -> dict:
+        examples = v1.placeholder(tf.string, shape=[None], name="input_example_tensor")
+        features = _estimator_features(examples)
+        predictions = tf.matmul(features, v1.Variable([[0.5], [0.25], [-0.125]])) + 1.0
+        regress = _signature({"inputs": examples}, {"outputs": predictions},
+                             constants.REGRESS_METHOD_NAME)
+        return {
+            "serving_default": regress, "regression": regress,
+            "predict": _signature({"examples": examples}, {"predictions": predictions},
+                                  constants.PREDICT_METHOD_NAME),
+        }
+
+    _tf1_export(path, build)

@@ -1,9 +1,11 @@
 """TF1 exports converted by ``onnx-serving convert`` and served: TF Serving's half_plus_two
-(tf.Example signatures, Predict over an intermediate tensor), asked as TF Serving's own
-tests ask it, answers compared with TensorFlow run as TF Serving runs it."""
+(tf.Example signatures, Predict over an intermediate tensor), Estimator-style classifier
+and regressor, and the mnist tutorial's export, asked as TF Serving's own tests and
+clients ask them, answers compared with TensorFlow run as TF Serving runs it."""
 
 from __future__ import annotations
 
+import base64
 import json
 import urllib.request
 from collections.abc import Iterator
@@ -19,27 +21,56 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
+from onnx_serving.client import Client
 from onnx_serving.migration.saved_model import TensorFlowRunner
-from tests.saved_models import HALF_PLUS_TWO_VERSION
+from tests import saved_models
+from tests.saved_models import HALF_PLUS_TWO_VERSION, convert
 from tests.server_process import ServerProcess, free_port
 
+ZOO = {
+    "classifier": saved_models.estimator_classifier,
+    "regressor": saved_models.estimator_regressor,
+    "mnist": saved_models.mnist_tutorial,
+}
 
-def example(**features: list[float]) -> bytes:
-    feature = {k: tf.train.Feature(float_list=tf.train.FloatList(value=v))
-               for k, v in features.items()}
+
+def example(**features: list) -> bytes:
+    feature = {
+        k: tf.train.Feature(int64_list=tf.train.Int64List(value=v)) if k == "ids"
+        else tf.train.Feature(float_list=tf.train.FloatList(value=v))
+        for k, v in features.items()
+    }
     return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
 
 
 @pytest.fixture(scope="module")
-def served(converted_half_plus_two: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
+def zoo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The Estimator-style and mnist exports, converted together from a TF Serving config."""
+    root = tmp_path_factory.mktemp("zoo")
+    for name, build in ZOO.items():
+        build(root / "saved" / name / "1")
+    config = root / "tf_serving.config"
+    config.write_text("model_config_list { " + " ".join(
+        f'config {{ name: "{n}" base_path: "{root / "saved" / n}" model_platform: "tensorflow" }}'
+        for n in ZOO) + " }")
+    result = convert(f"--model_config_file={config}", f"--output_dir={root / 'onnx'}")
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+    return root
+
+
+@pytest.fixture(scope="module")
+def served(converted_half_plus_two: Path, zoo: Path,
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     tuple[prediction_service_pb2_grpc.PredictionServiceStub, str]
 ]:
-    logs = tmp_path_factory.mktemp("tf1_logs")
+    bases = {"half_plus_two": converted_half_plus_two, **{n: zoo / "onnx" / n for n in ZOO}}
+    config = zoo / "onnx" / "all.config"
+    config.write_text("model_config_list { " + " ".join(
+        f'config {{ name: "{n}" base_path: "{base}" model_platform: "onnx" }}'
+        for n, base in bases.items()) + " }")
     rest = free_port()
-    server = ServerProcess([
-        "--model_name=half_plus_two", f"--model_base_path={converted_half_plus_two}",
-        f"--rest_api_port={rest}",
-    ], logs / "server.log").start()
+    server = ServerProcess([f"--model_config_file={config}", f"--rest_api_port={rest}"],
+                           tmp_path_factory.mktemp("tf1_logs") / "server.log").start()
     with grpc.insecure_channel(server.address) as channel:
         yield prediction_service_pb2_grpc.PredictionServiceStub(channel), f"127.0.0.1:{rest}"
     server.stop()
@@ -51,14 +82,26 @@ def tensorflow(converted_half_plus_two: Path) -> TensorFlowRunner:
     return TensorFlowRunner(saved / str(HALF_PLUS_TWO_VERSION))
 
 
-def predict(stub, signature: str, alias: str, value: np.ndarray) -> dict[str, np.ndarray]:
+def predict(stub, signature: str, alias: str, value: np.ndarray,
+            model: str = "half_plus_two") -> dict[str, np.ndarray]:
     request = predict_pb2.PredictRequest()
-    request.model_spec.name = "half_plus_two"
+    request.model_spec.name = model
     request.model_spec.signature_name = signature
     request.inputs[alias].CopyFrom(tf.make_tensor_proto(value))
     response = stub.Predict(request, 30)
-    assert response.model_spec.version.value == HALF_PLUS_TWO_VERSION
+    if model == "half_plus_two":
+        assert response.model_spec.version.value == HALF_PLUS_TWO_VERSION
     return {k: tf.make_ndarray(v) for k, v in response.outputs.items()}
+
+
+def assert_same(got: dict[str, np.ndarray], expected: dict[str, np.ndarray]) -> None:
+    assert set(got) == set(expected)
+    for alias, value in expected.items():
+        assert got[alias].shape == value.shape, alias
+        if value.dtype == object:
+            assert got[alias].tolist() == value.tolist(), alias
+        else:
+            np.testing.assert_allclose(got[alias], value, rtol=1e-5, atol=1e-6, err_msg=alias)
 
 
 @pytest.mark.parametrize("x", [[2.0], [1.0, 2.0, 5.0], [[1.0], [3.0]], [[1.0, 2.0], [3.0, 4.0]]],
@@ -126,3 +169,68 @@ def test_metadata_shows_the_savedmodels_signatures(served, tensorflow) -> None:
             for alias, info in getattr(signature, side).items():
                 assert getattr(mine, side)[alias].dtype == info.dtype
                 assert getattr(mine, side)[alias].tensor_shape == info.tensor_shape
+
+
+def test_serving_a_savedmodel_unconverted_says_how_to_convert(
+    converted_half_plus_two: Path, tmp_path: Path
+) -> None:
+    saved = converted_half_plus_two.parent.parent / "saved" / "half_plus_two"
+    server = ServerProcess([
+        "--model_name=half_plus_two", f"--model_base_path={saved}", "--max_num_load_retries=0",
+    ], tmp_path / "server.log").start()
+    try:
+        with Client(server.address) as client:
+            [status] = client.status("half_plus_two")
+    finally:
+        server.stop()
+    assert status.state == "END" and status.error_code != grpc.StatusCode.OK
+    assert "holds a TensorFlow SavedModel" in status.error_message
+    assert f"`onnx-serving convert {saved} {saved}_onnx`" in status.error_message
+
+
+ESTIMATOR_EXAMPLES = np.array([
+    example(age=[30.0], hours=[38.0], ids=[1, 2]),
+    example(age=[52.0]),  # hours from its default, no ids
+    example(age=[19.0], ids=[4, 4, 4, 1]),
+], dtype=object)
+
+
+@pytest.mark.parametrize(("model", "signature", "alias"), [
+    ("classifier", "serving_default", "inputs"), ("classifier", "classification", "inputs"),
+    ("classifier", "predict", "examples"), ("regressor", "serving_default", "inputs"),
+    ("regressor", "predict", "examples"),
+])
+def test_estimator_exports_answer_as_tensorflow(served, zoo, model, signature, alias) -> None:
+    """Fixed-length features with and without defaults, and a var-length one, parsed
+    by the server from the same serialized Examples TensorFlow gets."""
+    got = predict(served[0], signature, alias, ESTIMATOR_EXAMPLES, model)
+    expected = TensorFlowRunner(zoo / "saved" / model / "1").run(
+        signature, {alias: ESTIMATOR_EXAMPLES}
+    )
+    assert_same(got, expected)
+
+
+def test_estimator_rest_predict_with_b64_examples(served, zoo) -> None:
+    """REST callers send serialized Examples as {"b64": ...}; the bytes reach the parse."""
+    instances = [{"b64": base64.b64encode(e).decode()} for e in ESTIMATOR_EXAMPLES]
+    body = json.dumps({"signature_name": "predict", "instances": instances}).encode()
+    url = f"http://{served[1]}/v1/models/regressor:predict"
+    with urllib.request.urlopen(urllib.request.Request(url, body), timeout=30) as response:
+        predictions = json.loads(response.read())["predictions"]
+    expected = TensorFlowRunner(zoo / "saved" / "regressor" / "1").run(
+        "predict", {"examples": ESTIMATOR_EXAMPLES}
+    )["predictions"]
+    np.testing.assert_allclose(predictions, expected, rtol=1e-5)
+
+
+def test_mnist_tutorial_export_serves_both_signatures(served, zoo) -> None:
+    """mnist_saved_model.py's signatures: predict_images over the parsed images, and the
+    classify serving_default whose classes come from a lookup table."""
+    images = np.random.default_rng(3).random((2, 784), dtype=np.float32)
+    tensorflow = TensorFlowRunner(zoo / "saved" / "mnist" / "1")
+    assert_same(predict(served[0], "predict_images", "images", images, "mnist"),
+                tensorflow.run("predict_images", {"images": images}))
+    examples = np.array([example(x=row.tolist()) for row in images], dtype=object)
+    got = predict(served[0], "serving_default", "inputs", examples, "mnist")
+    assert_same(got, tensorflow.run("serving_default", {"inputs": examples}))
+    assert sorted(got["classes"][0].tolist()) == [str(i).encode() for i in range(10)]

@@ -129,7 +129,7 @@ def load(
         if model_file not in graphs:
             path = version_dir / model_file
             if path.parent != version_dir or not path.is_file():
-                raise ModelLoadError(f"{version_dir} has no model file {model_file}")
+                raise ModelLoadError(_missing_model_message(version_dir, model_file))
             graphs[model_file] = read_graph(path)
         return graphs[model_file]
 
@@ -147,3 +147,15 @@ def load(
     for file, session in sessions.items():
         warn_if_oversubscribed(session.threads, str(version_dir / file))
     return LoadedModel(signatures, sessions, config, batching)
+
+
+def _missing_model_message(version_dir: Path, model_file: str) -> str:
+    message = f"{version_dir} has no model file {model_file}"
+    if not (version_dir / "saved_model.pb").is_file():
+        return message
+    base = version_dir.parent
+    return (
+        f"{message}: it holds a TensorFlow SavedModel, which onnx-serving does not run. "
+        f"Convert it first, then serve the converted base path: `onnx-serving convert {base} "
+        f"{base}_onnx` and --model_base_path={base}_onnx (docs/migration.md)"
+    )
