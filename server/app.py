@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import threading
 import time
 from collections import Counter
@@ -38,10 +39,10 @@ from onnx_serving.server.runtime import config as runtime_config
 from onnx_serving.server.runtime.model import Batching, LoadedModel, load
 from onnx_serving.server.runtime.session import describe_install
 from onnx_serving.server.runtime.signature import Signature
-from onnx_serving.server.runtime.threads import choose, start_global_pools
+from onnx_serving.server.runtime.threads import choose, share_cores, start_global_pools
 from onnx_serving.server.tls import ServerTls
 from onnx_serving.server.warmup import WarmupOptions, warm_up
-from onnx_serving.server.workers import Peers
+from onnx_serving.server.workers import WORKERS_COUNT_ENV, WORKERS_DIR_ENV, Peers
 
 if TYPE_CHECKING:
     from onnx_serving.server.api.rest.server import RestServer
@@ -66,6 +67,8 @@ class App:
             options.runtime_config_file, options.intra_op_threads, options.inter_op_threads,
             options.per_process_gpu_memory_fraction,
         )
+        if os.environ.get(WORKERS_DIR_ENV):  # one of --num_workers processes
+            share_cores(int(os.environ.get(WORKERS_COUNT_ENV, "1")))
         if self._runtime.thread_pool == "global":  # before any session: sized once
             start_global_pools(choose(self._runtime))
         self._warmup_options = WarmupOptions(

@@ -132,3 +132,15 @@ def test_describe_names_every_setting() -> None:
     text = Threads(2, 1, 1, False, False).describe()
     assert text == ("2 instance(s) x 1 intra-op thread(s), 1 inter-op, spinning off, "
                     "per-session pools")
+
+
+def test_worker_processes_share_the_cores() -> None:
+    from onnx_serving.server.runtime import threads
+
+    whole = threads.cores()
+    try:
+        threads.share_cores(2)
+        assert threads.cores() == max(1, whole // 2)
+    finally:
+        threads.share_cores(1)
+    assert threads.cores() == whole

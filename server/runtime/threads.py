@@ -48,11 +48,22 @@ SESSION_POOLS, GLOBAL_POOLS = "session", "global"
 _DEFAULT_INSTANCES: Final = 2
 
 
+_processes = 1
+
+
+def share_cores(processes: int) -> None:
+    """Server processes sharing this machine's cores (--num_workers): each sizes its
+    threads to its share."""
+    global _processes
+    _processes = max(1, processes)
+
+
 def cores() -> int:
-    """CPUs this process may run on (its affinity mask, as a container's cpuset sets)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
+    """This process's share of the CPUs it may run on (its affinity mask, as a
+    container's cpuset sets, divided among --num_workers processes)."""
+    total = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
+        os.cpu_count() or 1)
+    return max(1, total // _processes)
 
 
 @dataclass(frozen=True)
