@@ -1,17 +1,22 @@
 # onnx-serving with TF Serving's Docker conventions: gRPC on 8500, REST on 8501, the model
 # at ${MODEL_BASE_PATH}/${MODEL_NAME}, flags after the image name reaching the server.
 # Build it with `make docker` (CPU) or `make docker-gpu`: the context is a folder the
-# Makefile stages with a wheelhouse built on the host (wheels/) and the files of docker/,
+# Makefile stages with a wheelhouse built on the host (wheels/: the dependencies;
+# project/: onnx-serving's own wheel) and the files of docker/,
 # so nothing is downloaded inside the build and any base image with python3 and its venv
 # module serves (BASE_IMAGE).
 ARG BASE_IMAGE=python:3.11-slim
 
 FROM ${BASE_IMAGE} AS install
 ARG EXTRA=cpu
+LABEL onnx-serving.stage=install-${EXTRA}
+# The dependencies first, in a layer of their own: rebuilding after a code change reuses it.
 COPY wheels /wheels
 RUN python3 -m venv /opt/onnx-serving \
- && /opt/onnx-serving/bin/pip install --no-cache-dir --no-index --find-links=/wheels \
-    "onnx-serving[${EXTRA}]" $(cat /wheels/requirements-*.txt 2>/dev/null | grep -v '^#') \
+ && /opt/onnx-serving/bin/pip install --no-cache-dir --no-index /wheels/*.whl
+COPY project /project
+RUN /opt/onnx-serving/bin/pip install --no-cache-dir --no-index --find-links=/wheels \
+    "$(ls /project/onnx_serving-*.whl)[${EXTRA}]" \
  && /opt/onnx-serving/bin/pip uninstall --yes --quiet pip
 
 FROM ${BASE_IMAGE}
@@ -26,7 +31,6 @@ RUN echo 'serving:x:1000:1000:onnx-serving:/models:/usr/sbin/nologin' >> /etc/pa
  && mkdir -p /models && chown 1000:1000 /models \
  && if [ "${EXTRA}" = gpu ]; then \
       ls -d /opt/onnx-serving/lib/python3*/site-packages/nvidia/*/lib \
-            /opt/onnx-serving/lib/python3*/site-packages/nvidia/cu*/lib \
             /opt/onnx-serving/lib/python3*/site-packages/tensorrt_libs \
         2>/dev/null > /etc/ld.so.conf.d/onnx-serving-gpu.conf; ldconfig; \
     fi

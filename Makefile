@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PORT ?= 8500
 
-.PHONY: serve test test-slow lint protos docker docker-gpu docker-base clean
+.PHONY: serve test test-slow lint protos docker docker-gpu docker-base clean FORCE
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -52,7 +52,8 @@ IMAGE ?= onnx-serving
 GPU_IMAGE ?= onnx-serving-gpu
 BASE_IMAGE ?= python:3.11-slim
 TENSORRT ?= 1
-DOCKER_BUILD = docker build --network host --build-arg BASE_IMAGE=$(BASE_IMAGE)
+DOCKER_BUILD = docker build --network host --build-arg BASE_IMAGE=$(BASE_IMAGE) \
+	--label onnx-serving.image=1
 
 .whl/%/.built: $(BIN)/python pyproject.toml setup.py docker/requirements-gpu.txt docker/requirements-tensorrt.txt
 	rm -rf .whl/$* && mkdir -p .whl/$*/wheels
@@ -61,16 +62,31 @@ DOCKER_BUILD = docker build --network host --build-arg BASE_IMAGE=$(BASE_IMAGE)
 		$(if $(filter 1,$(TENSORRT)),docker/requirements-tensorrt.txt) .whl/$*/wheels/)
 	$(BIN)/python -m pip wheel --quiet --wheel-dir .whl/$*/wheels '.[$*]' \
 		$$(for f in .whl/$*/wheels/requirements-*.txt; do [ -e $$f ] && echo -r $$f; done)
+	rm -f .whl/$*/wheels/onnx_serving-*.whl .whl/$*/wheels/requirements-*.txt
 	touch $@
 
-docker: .whl/cpu/.built
-	$(BIN)/python -m pip wheel --quiet --no-deps --wheel-dir .whl/cpu/wheels .
-	$(DOCKER_BUILD) -f Dockerfile -t $(IMAGE) .whl/cpu
+# onnx-serving's own wheel, rebuilt each time.
+.whl/%/project: .whl/%/.built FORCE
+	rm -rf $@ && $(BIN)/python -m pip wheel --quiet --no-deps --wheel-dir $@ .
+FORCE:
+.PRECIOUS: .whl/%/.built
 
-docker-gpu: .whl/gpu/.built
-	$(BIN)/python -m pip wheel --quiet --no-deps --wheel-dir .whl/gpu/wheels .
+# What a rebuild leaves behind: the replaced image, and install stages but the newest (the
+# dependencies' layer, the cache, stays under it). Only our labelled images are touched.
+define prune_images
+	docker image prune --force --filter label=onnx-serving.image >/dev/null
+	docker images --quiet --filter label=onnx-serving.stage=install-$(1) | tail -n +2 \
+		| xargs -r docker rmi >/dev/null 2>&1 || true
+endef
+
+docker: .whl/cpu/project
+	$(DOCKER_BUILD) -f Dockerfile -t $(IMAGE) .whl/cpu
+	$(call prune_images,cpu)
+
+docker-gpu: .whl/gpu/project
 	$(DOCKER_BUILD) --build-arg EXTRA=gpu --label onnx-serving.tensorrt=$(TENSORRT) \
 		-f Dockerfile -t $(GPU_IMAGE) .whl/gpu
+	$(call prune_images,gpu)
 
 # A python3 base image from Debian's packages, for machines that reach no registry.
 docker-base:

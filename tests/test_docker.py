@@ -191,12 +191,17 @@ for name in ("cuda", "tensorrt"):
     missing = [l.split()[0] for l in subprocess.run(["ldd", path], capture_output=True,
                text=True).stdout.splitlines() if "not found" in l]
     print(name, ",".join(missing) or "-")
+import ctypes
+for lib in ("libcudnn.so.9", "libcufft.so.12", "libcublasLt.so.13", "libnvrtc.so.13"):
+    ctypes.CDLL(lib)  # loaded by name at run time, not linked: must resolve all the same
+print("loaded")
 """
     out = docker("run", "--rm", "--network", "none", "--entrypoint", "python3", GPU_IMAGE,
                  "-c", script, timeout=300).stdout.splitlines()
     providers = out[0].split()
     assert "CUDAExecutionProvider" in providers and "TensorrtExecutionProvider" in providers
     assert out[1] == "cuda libcuda.so.1"
+    assert out[-1] == "loaded"
     if (labels or {}).get("onnx-serving.tensorrt") != "1":
         pytest.xfail("image built with TENSORRT=0: TensorRT's libraries are not in it")
     assert out[2] == "tensorrt -"

@@ -4,6 +4,7 @@ stopped together."""
 from __future__ import annotations
 
 import signal
+import time
 from pathlib import Path
 
 import grpc
@@ -11,7 +12,7 @@ import numpy as np
 import requests
 from tensorflow_serving.apis import model_management_pb2, model_service_pb2_grpc
 
-from onnx_serving.client import Client
+from onnx_serving.client import Client, ServingError
 from onnx_serving.server.config import ModelConfig, read_config_file, to_text
 from onnx_serving.server.repository.policy import All, Latest, Specific
 from tests.models import EXAMPLES
@@ -25,9 +26,12 @@ def test_workers_share_ports_metrics_and_reloads_and_stop_together(tmp_path: Pat
     rest_port = free_port()
     monitoring = tmp_path / "monitoring.config"
     monitoring.write_text("prometheus_config { enable: true }")
+    config = tmp_path / "models.config"
+    config.write_text((EXAMPLES / "models.config").read_text().replace(
+        "models/", f"{EXAMPLES}/models/"))
     server = ServerProcess(
-        [f"--model_config_file={EXAMPLES / 'models.config'}", "--num_workers=2",
-         f"--rest_api_port={rest_port}", f"--monitoring_config_file={monitoring}"],
+        [f"--model_config_file={config}", "--num_workers=2", f"--rest_api_port={rest_port}",
+         f"--monitoring_config_file={monitoring}", "--model_config_file_poll_wait_seconds=1"],
         tmp_path / "server.log",
     ).start()
     rest = f"http://127.0.0.1:{rest_port}"
@@ -65,6 +69,20 @@ def test_workers_share_ports_metrics_and_reloads_and_stop_together(tmp_path: Pat
             with Client(server.address) as client:
                 assert client.predict("only_three", {"x": x})["y"].tolist() == [[4.0]]
             assert requests.get(f"{rest}/readyz", timeout=10).status_code == 200
+
+        # A changed config file is applied by every worker (each polls it).
+        config.write_text(to_text([ModelConfig("renamed", EXAMPLES / "models" / "half_plus_two")]))
+        deadline = time.monotonic() + 30
+        answered = 0
+        while answered < ROUNDS:  # in a row, over new connections
+            assert time.monotonic() < deadline, "not every worker applied the changed file"
+            with Client(server.address) as client:
+                try:
+                    assert client.predict("renamed", {"x": x})["y"].tolist() == [[3.0]]
+                    answered += 1
+                except ServingError:
+                    answered = 0
+                    time.sleep(0.2)
     finally:
         assert server.process is not None
         server.process.send_signal(signal.SIGTERM)
