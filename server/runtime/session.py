@@ -12,7 +12,6 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import logging
-import threading
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
@@ -28,7 +27,13 @@ from onnx_serving.server.runtime.dtypes import ONNX_BY_NUMPY, RAW_BITS
 from onnx_serving.server.runtime.gpu_memory import CUDA, with_memory_limit
 from onnx_serving.server.runtime.graph import Graph
 from onnx_serving.server.runtime.ort_errors import ORT_ERRORS
-from onnx_serving.server.runtime.threads import SPINNING, Threads, choose, start_global_pools
+from onnx_serving.server.runtime.threads import (
+    SPINNING,
+    Slots,
+    Threads,
+    choose,
+    start_global_pools,
+)
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +89,7 @@ class OnnxSession:
         self.threads = choose(config)
         options = _session_options(config, self.threads)
         # Runs beyond the instances wait here rather than oversubscribe the cores.
-        self._slots = threading.BoundedSemaphore(self.threads.instances)
+        self._slots = Slots(self.threads.instances)
         model = path
         cached: Path | None = None
         if config.cache_dir and [p.name for p in providers] == [CPU]:
