@@ -17,7 +17,7 @@ RUN python3 -m venv /opt/onnx-serving \
 COPY project /project
 RUN /opt/onnx-serving/bin/pip install --no-cache-dir --no-index --find-links=/wheels \
     "$(ls /project/onnx_serving-*.whl)[${EXTRA}]" \
- && /opt/onnx-serving/bin/pip uninstall --yes --quiet pip
+ && /opt/onnx-serving/bin/pip uninstall --yes --quiet pip setuptools
 
 FROM ${BASE_IMAGE}
 ARG EXTRA=cpu
