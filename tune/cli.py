@@ -161,6 +161,8 @@ def main(argv: Sequence[str]) -> int:
         print(f"- {line}")
     for kind, path in files.items():
         print(f"{kind}: {path}")
+    if not settings:  # a running server measured as it is: nothing to choose from
+        return 0
     if chosen is None:
         print("no setting met the latency budget without errors", file=sys.stderr)
         return 2
