@@ -9,9 +9,10 @@ model) and the rest small (a 3-layer 256-wide MLP made with onnx.helper). Measur
   sessions alone (same options, one run each): both as growth over the same process with
   one small model, so the server's own imports cancel out;
 - **p99 while another model swaps**: one client on a MobileNetV2 (A) and one on another
-  (B), steady first; then B gets new versions, one after the other, and each is loaded
-  and swapped in while both keep sending. A's p99 during the swaps against its steady
-  p99 (TF Serving #1866: 20 ms to over 100 ms), and B's own (swap-while-serving).
+  (B); B gets new versions, one after the other, and each is loaded and swapped in
+  while both keep sending, with a steady window before each. A's p99 during the swaps
+  against its steady p99 (TF Serving #1866: 20 ms to over 100 ms), and B's own
+  (swap-while-serving).
 """
 
 from __future__ import annotations
@@ -274,10 +275,13 @@ def run(mobilenet: BenchModel, count: int, steady_seconds: float, swaps: int,
             clients = {a: _Client(server.address, requests[a]),
                        b: _Client(server.address, requests[b])}
             time.sleep(1.0)  # past the first requests
-            steady = [(time.perf_counter(), time.perf_counter() + steady_seconds)]
-            time.sleep(steady_seconds)
-            windows = []
+            # Steady and swapping windows alternate, so drift on a shared machine lands
+            # on both.
+            steady, windows = [], []
             for version in range(2, 2 + swaps):
+                quiet = time.perf_counter()
+                time.sleep(steady_seconds / swaps)
+                steady.append((quiet, time.perf_counter()))
                 began = time.perf_counter()
                 _version(folder / b, version, mobilenet)
                 while not _available(server.address, b, version):
