@@ -25,6 +25,7 @@ from onnx_serving.server.serving.predict import Served
 from onnx_serving.server.serving.signature_def import signature_def
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 CLASSIFY_METHOD = "tensorflow/serving/classify"
 REGRESS_METHOD = "tensorflow/serving/regress"
@@ -38,7 +39,7 @@ OUTPUTS = "outputs"
 class Classifications:
     """One row per example, one column per class; an absent output is None."""
 
-    labels: np.ndarray | None  # bytes objects, [examples, classes]
+    labels: np.ndarray | None  # strings (str or bytes objects), [examples, classes]
     scores: np.ndarray | None  # float32, [examples, classes]
 
 
@@ -82,9 +83,6 @@ def regress(
         lambda outputs: regression_result(len(examples), outputs),
         encode, observe,
     )
-
-
-R = TypeVar("R")
 
 
 def _run(
