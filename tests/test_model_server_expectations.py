@@ -5,9 +5,11 @@ tensorflow_model_server_test.py and its test_util base): the server is started a
 its harness starts tensorflow_model_server (``--model_name=default``, REST with
 ``--rest_api_timeout_in_ms=5000``, a UNIX socket), asked with the real
 tensorflow-serving-api stubs and plain HTTP (urllib, as its CallREST), and checked
-with its assertions. ``tf1`` is TF Serving's TF1 export of half_plus_two (five
-signatures over a parsed tf.Example, as examples/build_models.py makes it);
-``tf2`` is its TF2 export, whose signatures all carry the Predict method name.
+with its assertions. ``tf1`` is TF Serving's TF1 export of half_plus_two (its
+exporter's five signatures, Predict over the parsed ``x`` and the rest over
+serialized tf.Example), built with TensorFlow and converted by ``onnx-serving
+convert`` in this test run; ``tf2`` is the bundled example (examples/
+build_models.py) with the method names of TF Serving's TF2 export, all Predict's.
 """
 
 from __future__ import annotations
@@ -42,7 +44,8 @@ HALF_PLUS_TWO = EXAMPLES / "models" / "half_plus_two"
 
 
 def tf2_layout(base: Path) -> Path:
-    """half_plus_two as its TF2 export declares it: every method_name is Predict's."""
+    """The bundled half_plus_two as TF's TF2 export declares it: every method_name is
+    Predict's, which Classify and Regress accept (no --enable_signature_method_name_check)."""
     shutil.copytree(HALF_PLUS_TWO, base)
     path = base / str(VERSION) / "signatures.json"
     document = json.loads(path.read_text())
@@ -64,7 +67,10 @@ class Served:
 def served(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
            ) -> Iterator[Served]:
     root = tmp_path_factory.mktemp(f"model-server-{request.param}")
-    base = HALF_PLUS_TWO if request.param == "tf1" else tf2_layout(root / "half_plus_two")
+    base = (
+        request.getfixturevalue("converted_half_plus_two") if request.param == "tf1"
+        else tf2_layout(root / "half_plus_two")
+    )
     rest_port = free_port()
     socket = root / "tf-serving.sock"
     process = ServerProcess(
@@ -261,16 +267,19 @@ def _tensor(name: str, dtype: str = "DT_FLOAT", dims: list[int] | None = None) -
     return {"dtype": dtype, "tensor_shape": shape, "name": name}
 
 
-def half_plus_two_model_metadata(predict_only: bool) -> dict[str, Any]:
-    """servables/tensorflow/testdata/half_plus_two_model_metadata.json (TF1's); the TF2
-    export differs only in its method names."""
+def half_plus_two_model_metadata(converted: bool) -> dict[str, Any]:
+    """servables/tensorflow/testdata/half_plus_two_model_metadata.json. It describes the
+    checked-in export, whose tf_example placeholder had no shape; TF's exporter now gives
+    it shape [None] (saved_model_half_plus_two.py), so the model converted here says
+    [-1]. The TF2 layout differs only in its method names."""
+    predict_only = not converted
 
     def signature(method: str, inputs: dict[str, Any], outputs: dict[str, Any]) -> Any:
         method = "predict" if predict_only else method
         return {"inputs": inputs, "outputs": outputs, "defaults": {},
                 "method_name": f"tensorflow/serving/{method}"}
 
-    examples = {"inputs": _tensor("tf_example:0", "DT_STRING")}
+    examples = {"inputs": _tensor("tf_example:0", "DT_STRING", [-1] if converted else None)}
     column = [-1, 1]
     return {
         "model_spec": {"name": "default", "signature_name": "", "version": "123"},
@@ -293,5 +302,5 @@ def half_plus_two_model_metadata(predict_only: bool) -> dict[str, Any]:
 def test_get_model_metadata_rest(served: Served, request: pytest.FixtureRequest) -> None:
     """testGetModelMetadataREST: equal to half_plus_two_model_metadata.json, in any order."""
     url = f"http://{served.rest}/v1/models/default/metadata"
-    expected = half_plus_two_model_metadata(predict_only="tf2" in request.node.callspec.id)
+    expected = half_plus_two_model_metadata(converted="tf1" in request.node.callspec.id)
     assert sorted_object(json.loads(call_rest(url, None).decode())) == sorted_object(expected)
