@@ -98,3 +98,20 @@ def test_grid_starts_with_the_default_and_parses_batching() -> None:
     assert Setting(instances=2, intra_op_threads=2).busy_threads(2) == 3  # oversubscribed
     with pytest.raises(ValueError, match="KEY=VALUE"):
         parse_batching("max_batch=8")
+
+
+def test_requests_come_from_a_warmup_file_pointed_at_the_model(tmp_path: Path) -> None:
+    from onnx_serving.client import make_tensor_proto
+    from onnx_serving.codec.tfrecord import write_records
+    from onnx_serving.protos.tensorflow_serving.apis import predict_pb2, prediction_log_pb2
+    from onnx_serving.tune.load import from_file
+
+    log = prediction_log_pb2.PredictionLog()
+    log.predict_log.request.model_spec.name = "elsewhere"
+    log.predict_log.request.model_spec.version.value = 3
+    log.predict_log.request.inputs["x"].CopyFrom(make_tensor_proto(np.ones((2, 1), np.float32)))
+    path = tmp_path / "tf_serving_warmup_requests"
+    write_records(path, [log.SerializeToString()])
+    [request] = [predict_pb2.PredictRequest.FromString(r) for r in from_file(path, "plus_one")]
+    assert request.model_spec.name == "plus_one" and not request.model_spec.HasField("version")
+    assert list(request.inputs) == ["x"]
