@@ -44,19 +44,15 @@ from onnx_serving.server.api.grpc.examples import (
     regression_response,
 )
 from onnx_serving.server.config import ModelConfig, RequestLogConfig
+from onnx_serving.server.runtime.model import Outputs
 from onnx_serving.server.serving.classify import Classifications
 from onnx_serving.server.serving.multi_inference import Task, TaskResult
-from onnx_serving.server.serving.predict import Served
+from onnx_serving.server.serving.predict import Log, Served
+from onnx_serving.server.warmup import MAX_RECORDS
 
 log = logging.getLogger(__name__)
 
-# TF Serving's limit of records in a warmup file: a log file never holds more.
-MAX_FILE_RECORDS = 1000
 _FLUSH_EVERY = 256
-
-PredictLogger = Callable[[Mapping[str, np.ndarray], int, str, Mapping[str, np.ndarray]], None]
-"""Called inside a sampled Predict with its inputs, the version and signature that
-answered, and its outputs (valid during the call only)."""
 
 
 @dataclass(frozen=True)
@@ -102,7 +98,7 @@ class RequestLogs:
 
     def predict_logger(
         self, name: str, version: int | None, label: str | None, output_filter: Sequence[str]
-    ) -> PredictLogger | None:
+    ) -> Log | None:
         """None unless this Predict (for the model, version or label asked) is sampled."""
         config = self._sample(name)
         if config is None:
@@ -110,7 +106,7 @@ class RequestLogs:
         timestamp = int(time.time())
 
         def record(inputs: Mapping[str, np.ndarray], served_version: int, signature: str,
-                   outputs: Mapping[str, np.ndarray]) -> None:
+                   outputs: Outputs) -> None:
             kept = {alias: np.array(array, copy=True) for alias, array in outputs.items()}
 
             def build() -> prediction_log_pb2.PredictionLog:
@@ -309,7 +305,7 @@ class _RotatingFile:
 
     def write(self, data: bytes) -> None:
         full = self._size + len(data) > self._options.max_file_bytes and self._size > 0
-        if self._stream is None or full or self._records >= MAX_FILE_RECORDS:
+        if self._stream is None or full or self._records >= MAX_RECORDS:
             self._rotate()
         assert self._stream is not None
         self._stream.write(data)
