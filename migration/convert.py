@@ -28,7 +28,15 @@ import onnxruntime as ort
 from google.protobuf import text_format
 
 from onnx_serving.migration import shared_files, transforms
-from onnx_serving.migration.graph_cut import Cut, CutError, cut, needs_cut
+from onnx_serving.migration.graph_cut import (
+    Cut,
+    CutError,
+    GraphSession,
+    cut,
+    freeze_function,
+    needs_cut,
+    parses_in_functions,
+)
 from onnx_serving.migration.saved_model import (
     SavedModelError,
     SignatureSig,
@@ -242,11 +250,14 @@ def _tf2onnx(
 ) -> Cut | None:
     """tf2onnx on the signature, or on its graph cut after tf.Example parsing and at
     intermediate inputs (graph_cut.py) when it needs one; returns the cut."""
-    if not needs_cut(runner, signature):
+    source: GraphSession = runner
+    if not needs_cut(runner, signature) and parses_in_functions(runner):
+        source, signature = freeze_function(saved_dir, options.tag, signature)
+    if not needs_cut(source, signature):
         convert_signature(saved_dir, signature.name, target, tag=options.tag,
                           opset=options.opset, large_model=options.large_model)
         return None
-    cut_graph = cut(runner, signature)
+    cut_graph = cut(source, signature)
     graph_def = target.with_suffix(".pb")
     graph_def.write_bytes(cut_graph.graph_def)
     try:

@@ -11,19 +11,22 @@ Two kinds of signature inputs need a cut:
   the parse): TF Serving feeds it directly, so it becomes a placeholder too.
 
 The cut graph is frozen (variables as constants) and handed to tf2onnx as a GraphDef.
+A TF2 signature that parses tf.Example inside its function is frozen first (the
+function inlined), then cut the same way.
 """
 
 from __future__ import annotations
 
 import base64
 from collections.abc import Iterable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 
 from onnx_serving.codec.tensors import dtype_name
-from onnx_serving.migration.saved_model import SignatureSig, TensorFlowRunner
+from onnx_serving.migration.saved_model import SignatureSig, run_in_session
 
 PARSE_OPS = ("ParseExample", "ParseExampleV2")
 _PARSED_PREFIX = "onnx_serving_parsed"
@@ -31,6 +34,60 @@ _PARSED_PREFIX = "onnx_serving_parsed"
 
 class CutError(Exception):
     pass
+
+
+class GraphSession(Protocol):
+    """A graph and a session over it (TensorFlowRunner, FrozenFunction)."""
+
+    graph: Any
+    session: Any
+
+    def run_tensors(self, feeds: Any, fetches: list[Any]) -> list[np.ndarray]: ...
+
+
+@dataclass
+class FrozenFunction:
+    """A TF2 signature's function with its variables as constants, as a TF1 graph."""
+
+    graph: Any
+    session: Any
+
+    def run_tensors(self, feeds: Any, fetches: list[Any]) -> list[np.ndarray]:
+        return run_in_session(self.session, feeds, fetches)
+
+
+def parses_in_functions(runner: GraphSession) -> bool:
+    """Whether some TF2 function of the SavedModel parses tf.Example."""
+    library = runner.graph.as_graph_def().library
+    return any(node.op in PARSE_OPS for f in library.function for node in f.node_def)
+
+
+def freeze_function(
+    saved_dir: Path, tag: str, signature: SignatureSig
+) -> tuple[FrozenFunction, SignatureSig]:
+    """The signature's function inlined and frozen, and the signature renamed onto it."""
+    import tensorflow as tf
+    from tensorflow.python.framework.convert_to_constants import (
+        convert_variables_to_constants_v2,
+    )
+
+    loaded = tf.saved_model.load(str(saved_dir), tags=[tag])
+    function = loaded.signatures[signature.name]
+    frozen = convert_variables_to_constants_v2(function)
+    graph = tf.Graph()
+    with graph.as_default():
+        tf.graph_util.import_graph_def(frozen.graph.as_graph_def(), name="")
+    # The frozen function's inputs and outputs follow its keyword arguments and output
+    # keys, sorted (tf.nest's order).
+    inputs = dict(zip(sorted(function.structured_input_signature[1]), frozen.inputs,
+                      strict=False))
+    outputs = dict(zip(sorted(function.structured_outputs), frozen.outputs, strict=True))
+    renamed = replace(
+        signature,
+        inputs={a: replace(s, name=inputs[a].name) for a, s in signature.inputs.items()},
+        outputs={a: replace(s, name=outputs[a].name) for a, s in signature.outputs.items()},
+    )
+    return FrozenFunction(graph, tf.compat.v1.Session(graph=graph)), renamed
 
 
 @dataclass
@@ -56,7 +113,7 @@ class Cut:
         return names
 
 
-def needs_cut(runner: TensorFlowRunner, signature: SignatureSig) -> bool:
+def needs_cut(runner: GraphSession, signature: SignatureSig) -> bool:
     """Whether tf2onnx alone cannot take this signature: it parses tf.Example or is fed
     at an intermediate tensor. Signatures of TF2 functions never are: their inputs
     are placeholders that feed a function call."""
@@ -64,12 +121,21 @@ def needs_cut(runner: TensorFlowRunner, signature: SignatureSig) -> bool:
         tensor = runner.graph.get_tensor_by_name(spec.name)
         if tensor.op.type != "Placeholder":
             return True
-        if any(op.type in PARSE_OPS for op in tensor.consumers()):
+        if any(op.type in PARSE_OPS for op in _readers(tensor)):
             return True
     return False
 
 
-def cut(runner: TensorFlowRunner, signature: SignatureSig) -> Cut:
+def _readers(tensor: Any) -> list[Any]:
+    """The ops reading a tensor, looking through Identity ops (an inlined function's
+    arguments pass through one)."""
+    readers = []
+    for op in tensor.consumers():
+        readers += _readers(op.outputs[0]) if op.type == "Identity" else [op]
+    return readers
+
+
+def cut(runner: GraphSession, signature: SignatureSig) -> Cut:
     import tensorflow as tf
 
     graph = runner.graph
@@ -79,11 +145,12 @@ def cut(runner: TensorFlowRunner, signature: SignatureSig) -> Cut:
     parse_op = None
     for alias, spec in signature.inputs.items():
         tensor = graph.get_tensor_by_name(spec.name)
-        parsers = [op for op in tensor.consumers() if op.type in PARSE_OPS]
+        readers = _readers(tensor)
+        parsers = [op for op in readers if op.type in PARSE_OPS]
         if tensor.op.type == "Placeholder" and not parsers:
             result.inputs[alias] = tensor.name
         elif parsers:
-            if parse_op is not None or len(parsers) != len(tensor.consumers()):
+            if parse_op is not None or len(parsers) != len(readers):
                 raise CutError(f"input {alias} ({spec.name}) is parsed as tf.Example but also "
                                "read by other ops; only a tf.Example input read by one "
                                "ParseExample can be served")
@@ -122,7 +189,7 @@ def _shapes_for_vector_examples(graph_def: Any, graph: Any) -> Any:
     vectors = {
         op.outputs[0].name for op in graph.get_operations()
         if op.type == "Placeholder" and op.outputs[0].dtype == tf.string
-        and any(c.type in PARSE_OPS for c in op.outputs[0].consumers())
+        and any(c.type in PARSE_OPS for c in _readers(op.outputs[0]))
     }
     shaped = tf.Graph()
     with shaped.as_default():
@@ -131,7 +198,7 @@ def _shapes_for_vector_examples(graph_def: Any, graph: Any) -> Any:
     return shaped
 
 
-def _tables(runner: TensorFlowRunner, frozen: Any) -> dict[bytes, tuple[np.ndarray, np.ndarray]]:
+def _tables(runner: GraphSession, frozen: Any) -> dict[bytes, tuple[np.ndarray, np.ndarray]]:
     """Every hash table the cut graph reads, exported from the loaded session; a table
     without a shared name gets its node's, which tf2onnx needs to match it."""
     import tensorflow as tf
@@ -172,7 +239,7 @@ def _tensors_needed(outputs: Iterable[Any], stop: set[Any], of_op: Any) -> set[A
 
 
 def _parse_spec(
-    runner: TensorFlowRunner, alias: str, op: Any, needed: set[Any],
+    runner: GraphSession, alias: str, op: Any, needed: set[Any],
     replaced: dict[str, tuple[str, Any]],
 ) -> dict[str, Any]:
     """The op's features, read from its attributes and constant inputs; each parsed
@@ -229,7 +296,7 @@ def _parse_spec(
     return {"input": alias, "dense": dense, "sparse": sparse}
 
 
-def _constant(runner: TensorFlowRunner, tensor: Any) -> np.ndarray:
+def _constant(runner: GraphSession, tensor: Any) -> np.ndarray:
     import tensorflow as tf
 
     try:

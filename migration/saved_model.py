@@ -113,11 +113,17 @@ class TensorFlowRunner:
         return dict(zip(aliases, self.run_tensors(feeds, fetches), strict=True))
 
     def run_tensors(self, feeds: Mapping[Any, np.ndarray], fetches: list[Any]) -> list[np.ndarray]:
-        """The session's own run, below the Python layer that checks static shapes (and
-        that tells the session of ops added since its last run)."""
-        self.session._extend_graph()
-        values = self.session._call_tf_sessionrun(
-            None, {t._as_tf_output(): v for t, v in feeds.items()},
-            [t._as_tf_output() for t in fetches], [], None,
-        )
-        return [np.asarray(v) for v in values]
+        return run_in_session(self.session, feeds, fetches)
+
+
+def run_in_session(
+    session: Any, feeds: Mapping[Any, np.ndarray], fetches: list[Any]
+) -> list[np.ndarray]:
+    """The session's own run, below the Python layer that checks static shapes (and that
+    tells the session of ops added since its last run)."""
+    session._extend_graph()
+    values = session._call_tf_sessionrun(
+        None, {t._as_tf_output(): v for t, v in feeds.items()},
+        [t._as_tf_output() for t in fetches], [], None,
+    )
+    return [np.asarray(v) for v in values]

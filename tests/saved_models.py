@@ -271,3 +271,21 @@ def estimator_regressor(path: Path) -> None:
         }
 
     _tf1_export(path, build)
+
+
+class _ParsingRegressor(tf.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = tf.Variable([[0.5], [0.25], [-0.125]])
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
+    def regress(self, examples: tf.Tensor) -> dict[str, tf.Tensor]:
+        return {"outputs": tf.matmul(_estimator_features(examples), self.w)}
+
+
+def tf2_parsing_regressor(path: Path) -> None:
+    """A TF2 export whose signature function parses tf.Example itself (ParseExampleV2
+    inside a tf.function), with a regression method name, as TF2 users write them."""
+    module = _ParsingRegressor()
+    signature = module.regress.get_concrete_function()
+    tf.saved_model.save(module, str(path), signatures={"serving_default": signature})

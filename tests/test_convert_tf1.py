@@ -1,7 +1,8 @@
 """TF1 exports converted by ``onnx-serving convert`` and served: TF Serving's half_plus_two
 (tf.Example signatures, Predict over an intermediate tensor), Estimator-style classifier
-and regressor, and the mnist tutorial's export, asked as TF Serving's own tests and
-clients ask them, answers compared with TensorFlow run as TF Serving runs it."""
+and regressor, the mnist tutorial's export, and a TF2 function that parses tf.Example,
+asked as TF Serving's own tests and clients ask them, answers compared with TensorFlow
+run as TF Serving runs it."""
 
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ ZOO = {
     "classifier": saved_models.estimator_classifier,
     "regressor": saved_models.estimator_regressor,
     "mnist": saved_models.mnist_tutorial,
+    "tf2_regressor": saved_models.tf2_parsing_regressor,
 }
 
 
@@ -198,7 +200,7 @@ ESTIMATOR_EXAMPLES = np.array([
 @pytest.mark.parametrize(("model", "signature", "alias"), [
     ("classifier", "serving_default", "inputs"), ("classifier", "classification", "inputs"),
     ("classifier", "predict", "examples"), ("regressor", "serving_default", "inputs"),
-    ("regressor", "predict", "examples"),
+    ("regressor", "predict", "examples"), ("tf2_regressor", "serving_default", "examples"),
 ])
 def test_estimator_exports_answer_as_tensorflow(served, zoo, model, signature, alias) -> None:
     """Fixed-length features with and without defaults, and a var-length one, parsed
