@@ -83,7 +83,7 @@ def test_bad_config_file_stops_start_up_with_file_and_line(tmp_path: Path) -> No
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
-        (["--use_alts_credentials"], "Flag --use_alts_credentials=true is a TF Serving flag"),
+        (["--use_alts_credentials"], "Flag --use_alts_credentials=true is not supported: ALTS"),
         (["--bogus=1"], "Unknown command line flag 'bogus'"),
         ([], "Both server_model_config_file and model_base_path are empty!"),
     ],
