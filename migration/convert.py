@@ -24,7 +24,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import onnx
-import onnxruntime as ort
 from google.protobuf import text_format
 
 from onnx_serving.migration import shared_files, transforms
@@ -37,6 +36,7 @@ from onnx_serving.migration.graph_cut import (
     needs_cut,
     parses_in_functions,
 )
+from onnx_serving.migration.image_decoding import with_sample_images
 from onnx_serving.migration.saved_model import (
     SavedModelError,
     SignatureSig,
@@ -45,6 +45,7 @@ from onnx_serving.migration.saved_model import (
     read_signatures,
 )
 from onnx_serving.migration.shape_leniency import widen_inputs
+from onnx_serving.migration.served_session import ServedModelError, ServedSession
 from onnx_serving.migration.tf2onnx_runner import (
     ConversionError,
     convert_graph_def,
@@ -188,7 +189,7 @@ def _convert_signatures(
         try:
             _apply_transforms(staging / file, options)
             checked = _check(runner, saved_dir, staging / file, signature, options, cut_graph)
-        except ORT_ERRORS as exc:
+        except (*ORT_ERRORS, ServedModelError) as exc:
             result.problems.append(
                 f"signature {signature.name}: ONNX Runtime cannot run the converted model: {exc}"
             )
@@ -298,9 +299,12 @@ def _check(
             if found is None:
                 return None
             names[alias] = found
-    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    session = ServedSession(model)
     shaped = _with_graph_shapes(signature, names, graph)
     source, samples = sample_inputs(saved_dir, shaped, options.samples, options.seed, parse)
+    images = {a: session.decodings[n] for a, n in names.items() if n in session.decodings}
+    if images:
+        source, samples = "generated image", with_sample_images(samples, images, options.seed)
     validation = validate(runner, session, signature, names, samples, source,
                           atol=options.atol, rtol=options.rtol, parse=parse)
     return validation, names

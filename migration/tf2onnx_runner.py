@@ -20,11 +20,18 @@ from typing import Any
 
 import onnx
 
-# Domains ONNX Runtime runs; anything else is an op tf2onnx passed through unconverted.
-RUNNABLE_DOMAINS = ("", "ai.onnx", "ai.onnx.ml", "com.microsoft")
+from onnx_serving.migration.image_decoding import ImageDecodingError, cut_decoding
+from onnx_serving.server.runtime import extensions
+from onnx_serving.server.runtime.images import DECODE_OPS
+
+# Domains ONNX Runtime runs (with onnxruntime-extensions, loaded by the server for the
+# models that use it); anything else is an op tf2onnx passed through unconverted.
+RUNNABLE_DOMAINS = ("", "ai.onnx", "ai.onnx.ml", "com.microsoft", *extensions.DOMAINS)
 # tf2onnx 1.17's --large_model path still calls numpy.product, which numpy 2 removed.
+# Our handlers (tf2onnx_handlers) register before tf2onnx converts.
 _RUN_TF2ONNX = (
     "import runpy, sys, numpy; numpy.product = getattr(numpy, 'product', numpy.prod); "
+    "import onnx_serving.migration.tf2onnx_handlers; "
     "sys.argv[0] = 'tf2onnx.convert'; "
     "runpy.run_module('tf2onnx.convert', run_name='__main__', alter_sys=True)"
 )
@@ -106,6 +113,10 @@ def _convert(source: list[str], output: Path, *, opset: int, large_model: bool) 
         command = [
             sys.executable, "-c", _RUN_TF2ONNX, *source, "--opset", str(opset),
             "--output", str(target),
+            # Passed through for image_decoding to cut off: the server decodes images.
+            "--custom-ops", ",".join(DECODE_OPS),
+            # String ops to onnxruntime-extensions' (tf2onnx's handlers, and ours).
+            "--extra_opset", f"{extensions.DOMAINS[0]}:1",
         ]
         if large_model:
             command.append("--large_model")
@@ -118,6 +129,10 @@ def _convert(source: list[str], output: Path, *, opset: int, large_model: bool) 
             _unzip_large_model(target, output)
         else:
             shutil.move(str(target), output)
+    try:
+        cut_decoding(output)
+    except ImageDecodingError as exc:
+        raise ConversionError(str(exc), [exc.op]) from exc
     leftovers = _foreign_ops(output)
     if leftovers or unsupported:
         raise ConversionError(

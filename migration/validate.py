@@ -13,13 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 
 from onnx_serving.codec.prediction_log import PredictionLogError, read_prediction_logs
 from onnx_serving.codec.tensors import TensorCodecError, make_ndarray
 from onnx_serving.migration.example_spec import random_examples, tensorflow_parse
 from onnx_serving.migration.saved_model import SignatureSig, TensorFlowRunner, TensorSig
 from onnx_serving.migration.tolerance import differences
+from onnx_serving.migration.served_session import ServedSession
 
 WARMUP_FILE = Path("assets.extra") / "tf_serving_warmup_requests"
 
@@ -108,7 +108,7 @@ def random_tensor(spec: TensorSig, rng: np.random.Generator) -> np.ndarray:
 
 def validate(
     runner: TensorFlowRunner,
-    session: ort.InferenceSession,
+    session: ServedSession,
     signature: SignatureSig,
     onnx_names: Mapping[str, str],
     samples: list[dict[str, np.ndarray]],
@@ -135,20 +135,13 @@ def validate(
             )
         parsed = tensorflow_parse(parse, inputs[parse["input"]]) if parse is not None else {}
         feeds = {onnx_names[a]: v for a, v in inputs.items() if a in onnx_names}
-        feeds = {name: _for_onnx_runtime(v) for name, v in {**feeds, **parsed}.items()}
+        feeds = {**feeds, **parsed}
         got = dict(zip(signature.outputs, session.run(output_names, feeds), strict=True))
         for alias in signature.outputs:
             error = result.outputs.setdefault(alias, OutputError())
             accumulate(error, expected[alias], got[alias], atol, rtol)
     result.constant = len(samples) > 1 and not varied
     return result
-
-
-def _for_onnx_runtime(array: np.ndarray) -> np.ndarray:
-    """ONNX Runtime's Python API takes text as str, never bytes."""
-    if array.dtype == object:
-        return np.vectorize(lambda b: b.decode("utf-8"), otypes=[object])(array)
-    return array
 
 
 def accumulate(

@@ -3,7 +3,8 @@
 ONNX Runtime's Python API carries text as ``str`` (a ``bytes`` element turns
 into its repr), and has no numpy type for bfloat16 or the float8 types.
 Requests carry DT_STRING as bytes: they are decoded as UTF-8 here, and an
-element that is not valid UTF-8 is refused rather than changed. The
+element that is not valid UTF-8 is refused rather than changed; encoded images
+an input decodes before the graph (images.py) are decoded instead. The
 ml_dtypes types travel as OrtValues built from their raw bits.
 """
 
@@ -21,6 +22,7 @@ import numpy as np
 import onnxruntime as ort
 
 from onnx_serving.server.errors import InvalidArgument, ModelLoadError
+from onnx_serving.server.runtime import extensions
 from onnx_serving.server.runtime.binding import BoundRunner
 from onnx_serving.server.runtime.config import CPU, Provider, RuntimeConfig
 from onnx_serving.server.runtime.dtypes import ONNX_BY_NUMPY, RAW_BITS
@@ -88,6 +90,8 @@ class OnnxSession:
         providers = self._available(config, path.name)
         self.threads = choose(config)
         options = _session_options(config, self.threads)
+        if graph.extension_domains:
+            extensions.register(options, path.name, graph.extension_domains)
         # Runs beyond the instances wait here rather than oversubscribe the cores.
         self._slots = Slots(self.threads.instances)
         model = path
@@ -130,6 +134,7 @@ class OnnxSession:
         self._converts_inputs = any(
             dt in RAW_BITS or dt.kind == "O" for dt, _ in graph.inputs.values()
         )
+        self._decodings = graph.decodings
         # ONNX Runtime binds neither text nor an initializer given a value of its own.
         self._bindable = {i.name for i in self._session.get_inputs()} - {
             n for n, (dt, _) in graph.inputs.items() if dt.kind == "O"
@@ -183,10 +188,14 @@ class OnnxSession:
         return nullcontext(dict(zip(keys, self.run(feeds, outputs), strict=True)))
 
     def _ort_feeds(self, feeds: Mapping[str, np.ndarray]) -> Mapping[str, Any]:
-        """Text decoded, raw-bit types wrapped: only graphs with such inputs pay for it."""
+        """Text and images decoded, raw-bit types wrapped: only graphs with such inputs pay."""
         if not self._converts_inputs:
             return feeds
-        return {name: _to_ort(name, array) for name, array in feeds.items()}
+        return {
+            name: self._decodings[name].decode(name, array) if name in self._decodings
+            else _to_ort(name, array)
+            for name, array in feeds.items()
+        }
 
     def _from_ort_value(self, name: str, value: ort.OrtValue) -> np.ndarray:
         dtype = self._raw_outputs.get(name)

@@ -1,0 +1,80 @@
+"""SavedModels whose graphs decode images or work on text, as TF Serving users export them."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+
+class JpegClassifier(tf.Module):
+    """TF Serving's ResNet example in miniature: ``image_bytes`` (encoded JPEGs) decoded,
+    resized and normalized inside a map_fn, then a CNN; ``classes`` and ``probabilities``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        rng = np.random.default_rng(7)
+        self.kernel = tf.Variable(rng.normal(0, 0.3, (3, 3, 3, 8)).astype(np.float32))
+        self.dense = tf.Variable(rng.normal(0, 3.0, (8, 5)).astype(np.float32))
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
+    def serve(self, image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
+        def preprocess(encoded: tf.Tensor) -> tf.Tensor:
+            image = tf.io.decode_jpeg(encoded, channels=3)
+            return tf.image.resize(image, [32, 32]) / 127.5 - 1.0
+
+        images = tf.map_fn(preprocess, image_bytes, fn_output_signature=tf.float32)
+        features = tf.nn.relu(tf.nn.conv2d(images, self.kernel, 2, "SAME"))
+        logits = tf.reduce_mean(features, [1, 2]) @ self.dense
+        return {"classes": tf.argmax(logits, 1), "probabilities": tf.nn.softmax(logits)}
+
+
+def jpeg_classifier(path: Path) -> None:
+    module = JpegClassifier()
+    tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
+
+
+class Text(tf.Module):
+    """String ops as exports use them; ``substr`` has no ONNX counterpart."""
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text"),
+                                  tf.TensorSpec([None], tf.string, name="tag")])
+    def serve(self, text: tf.Tensor, tag: tf.Tensor) -> dict[str, tf.Tensor]:
+        clean = tf.strings.regex_replace(tf.strings.strip(text), "[0-9]+", "#")
+        return {
+            "joined": tf.strings.join([tf.strings.upper(tag), clean], separator=": "),
+            "lower": tf.strings.lower(text),
+            "first_word": tf.strings.split(clean, " ").to_tensor("")[:, 0],
+        }
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text")])
+    def prefix(self, text: tf.Tensor) -> dict[str, tf.Tensor]:
+        return {"prefix": tf.strings.substr(text, 0, 2)}
+
+
+def text(path: Path) -> None:
+    module = Text()
+    tf.saved_model.save(module, str(path),
+                        signatures={"serving_default": module.serve, "prefix": module.prefix})
+
+
+def jpegs(count: int, seed: int, fmt: str = "JPEG") -> list[bytes]:
+    """Photos stand-ins: gradients, a disc and noise, sizes varied, 4:2:0 chroma."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    encoded = []
+    for _ in range(count):
+        height, width = (int(s) for s in rng.integers(40, 160, 2))
+        y, x = np.mgrid[0:height, 0:width]
+        disc = ((y - height * rng.uniform(0.2, 0.8)) ** 2 + (x - width * rng.uniform(0.2, 0.8)) ** 2
+                < (min(height, width) * rng.uniform(0.1, 0.4)) ** 2)
+        base = np.stack([x * rng.uniform(0.5, 3), y * rng.uniform(0.5, 3), (x + y) * 1.0], -1)
+        base[disc] = rng.uniform(0, 255, 3)
+        pixels = np.clip(base % 256 + rng.normal(0, 10, base.shape), 0, 255).astype(np.uint8)
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).save(buffer, fmt, **({"quality": 85} if fmt == "JPEG" else {}))
+        encoded.append(buffer.getvalue())
+    return encoded
