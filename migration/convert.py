@@ -44,8 +44,8 @@ from onnx_serving.migration.saved_model import (
     TensorSig,
     read_signatures,
 )
-from onnx_serving.migration.shape_leniency import widen_inputs
 from onnx_serving.migration.served_session import ServedModelError, ServedSession
+from onnx_serving.migration.shape_leniency import widen_inputs
 from onnx_serving.migration.tf2onnx_runner import (
     ConversionError,
     convert_graph_def,

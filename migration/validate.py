@@ -18,8 +18,8 @@ from onnx_serving.codec.prediction_log import PredictionLogError, read_predictio
 from onnx_serving.codec.tensors import TensorCodecError, make_ndarray
 from onnx_serving.migration.example_spec import random_examples, tensorflow_parse
 from onnx_serving.migration.saved_model import SignatureSig, TensorFlowRunner, TensorSig
-from onnx_serving.migration.tolerance import differences
 from onnx_serving.migration.served_session import ServedSession
+from onnx_serving.migration.tolerance import differences
 
 WARMUP_FILE = Path("assets.extra") / "tf_serving_warmup_requests"
 
