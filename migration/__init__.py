@@ -1,11 +1,22 @@
 """Migration off TF Serving: convert SavedModel repositories to ONNX, compare two servers.
 
-onnxruntime-extensions is loaded before anything imports TensorFlow: TensorFlow
-exports its own RE2 globally, and a regex op of the extensions bound to it later
-silently answers wrong (validation would then fail correct conversions).
+onnxruntime-extensions' library is loaded (bound now, not imported as a Python
+package) before anything loads TensorFlow: TensorFlow exports its own RE2 globally,
+and the extensions' regex ops bound to it later silently answer wrong (validation
+would then fail correct conversions).
 """
 
-import contextlib
+import ctypes
+import importlib.util
+from pathlib import Path
 
-with contextlib.suppress(ImportError):  # string ops need it; the rest converts without
-    import onnxruntime_extensions  # noqa: F401
+
+def _bind_extensions_first() -> None:
+    spec = importlib.util.find_spec("onnxruntime_extensions")
+    if spec is None or not spec.submodule_search_locations:
+        return  # not installed: string ops do not convert, the rest does
+    for library in Path(spec.submodule_search_locations[0]).glob("_extensions_pydll*.so"):
+        ctypes.CDLL(str(library), mode=ctypes.RTLD_LOCAL | 2)  # 2: RTLD_NOW
+
+
+_bind_extensions_first()
