@@ -61,6 +61,8 @@ from onnx_serving.protos.tensorflow_serving.config import model_server_config_pb
 from onnx_serving.server.runtime.ort_errors import ORT_ERRORS
 
 DEFAULT_SIGNATURE = "serving_default"
+# What loading or running a converted model may raise.
+_RUN_ERRORS: tuple[type[Exception], ...] = (*ORT_ERRORS, ServedModelError)
 SIGNATURES_FILE = "signatures.json"
 
 
@@ -189,7 +191,7 @@ def _convert_signatures(
         try:
             _apply_transforms(staging / file, options)
             checked = _check(runner, saved_dir, staging / file, signature, options, cut_graph)
-        except (*ORT_ERRORS, ServedModelError) as exc:
+        except _RUN_ERRORS as exc:
             result.problems.append(
                 f"signature {signature.name}: ONNX Runtime cannot run the converted model: {exc}"
             )
