@@ -9,6 +9,9 @@ ARG BASE_IMAGE=python:3.11-slim
 
 FROM ${BASE_IMAGE} AS install
 ARG EXTRA=cpu
+# Extras beside the runtime: the server decodes images and runs string ops of converted
+# models with them.
+ARG SERVE_EXTRAS=images,strings
 LABEL onnx-serving.stage=install-${EXTRA}
 # The dependencies first, in a layer of their own: rebuilding after a code change reuses it.
 COPY wheels /wheels
@@ -16,7 +19,7 @@ RUN python3 -m venv /opt/onnx-serving \
  && /opt/onnx-serving/bin/pip install --no-cache-dir --no-index /wheels/*.whl
 COPY project /project
 RUN /opt/onnx-serving/bin/pip install --no-cache-dir --no-index --find-links=/wheels \
-    "$(ls /project/onnx_serving-*.whl)[${EXTRA}]" \
+    "$(ls /project/onnx_serving-*.whl)[${EXTRA},${SERVE_EXTRAS}]" \
  && /opt/onnx-serving/bin/pip uninstall --yes --quiet pip setuptools
 
 FROM ${BASE_IMAGE}

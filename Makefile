@@ -52,15 +52,18 @@ IMAGE ?= onnx-serving
 GPU_IMAGE ?= onnx-serving-gpu
 BASE_IMAGE ?= python:3.11-slim
 TENSORRT ?= 1
+# Images serve whatever `onnx-serving convert` writes: decoded-image inputs and string ops.
+SERVE_EXTRAS := images,strings
 DOCKER_BUILD = docker build --network host --build-arg BASE_IMAGE=$(BASE_IMAGE) \
 	--label onnx-serving.image=1
 
-.whl/%/.built: $(BIN)/python pyproject.toml setup.py docker/requirements-gpu.txt docker/requirements-tensorrt.txt
+.whl/%/.built: $(BIN)/python pyproject.toml setup.py Makefile docker/requirements-gpu.txt \
+		docker/requirements-tensorrt.txt
 	rm -rf .whl/$* && mkdir -p .whl/$*/wheels
 	cp docker/tf_serving_entrypoint.sh docker/tensorflow_model_server docker/monitoring.config .whl/$*/
 	$(if $(filter gpu,$*),cp docker/requirements-gpu.txt \
 		$(if $(filter 1,$(TENSORRT)),docker/requirements-tensorrt.txt) .whl/$*/wheels/)
-	$(BIN)/python -m pip wheel --quiet --wheel-dir .whl/$*/wheels '.[$*]' \
+	$(BIN)/python -m pip wheel --quiet --wheel-dir .whl/$*/wheels '.[$*,$(SERVE_EXTRAS)]' \
 		$$(for f in .whl/$*/wheels/requirements-*.txt; do [ -e $$f ] && echo -r $$f; done)
 	rm -f .whl/$*/wheels/onnx_serving-*.whl .whl/$*/wheels/requirements-*.txt
 	touch $@
@@ -80,11 +83,11 @@ define prune_images
 endef
 
 docker: .whl/cpu/project
-	$(DOCKER_BUILD) -f Dockerfile -t $(IMAGE) .whl/cpu
+	$(DOCKER_BUILD) --build-arg SERVE_EXTRAS=$(SERVE_EXTRAS) -f Dockerfile -t $(IMAGE) .whl/cpu
 	$(call prune_images,cpu)
 
 docker-gpu: .whl/gpu/project
-	$(DOCKER_BUILD) --build-arg EXTRA=gpu --label onnx-serving.tensorrt=$(TENSORRT) \
+	$(DOCKER_BUILD) --build-arg EXTRA=gpu --build-arg SERVE_EXTRAS=$(SERVE_EXTRAS) --label onnx-serving.tensorrt=$(TENSORRT) \
 		-f Dockerfile -t $(GPU_IMAGE) .whl/gpu
 	$(call prune_images,gpu)
 

@@ -128,6 +128,8 @@ def test_image_is_small(image: str) -> None:
     assert run("for c in gcc cc g++ make pip pip3 pytest; do command -v $c; done; true") == ""
     installed = run("ls /opt/onnx-serving/lib/python3*/site-packages").split()
     assert "onnxruntime" in installed and "onnx_serving" in installed
+    # What converted JPEG-input and string-op models need at load.
+    assert {"simplejpeg", "PIL", "onnxruntime_extensions"} <= set(installed)
     assert not {"tensorflow", "tf2onnx", "pytest", "pip", "setuptools"} & set(installed)
 
 
