@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 
 import numpy as np
 
@@ -53,6 +53,7 @@ from onnx_serving.server.warmup import MAX_RECORDS
 log = logging.getLogger(__name__)
 
 _FLUSH_EVERY = 256
+_Answer = TypeVar("_Answer")
 
 
 @dataclass(frozen=True)
@@ -130,44 +131,44 @@ class RequestLogs:
         self, name: str, version: int | None, label: str | None, examples: np.ndarray
     ) -> Callable[[Served, Classifications], None] | None:
         """None unless this Classify is sampled; else what records its answer."""
-        config = self._sample(name)
-        if config is None:
-            return None
-        timestamp = int(time.time())
+        def fill(entry: prediction_log_pb2.PredictionLog, served: Served,
+                 kept: Classifications) -> None:
+            _asked(entry.classify_log.request.model_spec, name, version, label, served.signature)
+            _fill_input(entry.classify_log.request.input, examples)
+            entry.classify_log.response.CopyFrom(classification_response(served, kept))
 
-        def record(served: Served, result: Classifications) -> None:
-            kept = _copied_classifications(result)
-
-            def build() -> prediction_log_pb2.PredictionLog:
-                entry = _metadata(config, served, timestamp)
-                request = entry.classify_log.request
-                _asked(request.model_spec, name, version, label, served.signature)
-                _fill_input(request.input, examples)
-                entry.classify_log.response.CopyFrom(classification_response(served, kept))
-                return entry
-
-            self._put(_Record(name, config.filename_prefix, build))
-
-        return record
+        return self._answer_logger(name, _copied_classifications, fill)
 
     def regress_logger(
         self, name: str, version: int | None, label: str | None, examples: np.ndarray
     ) -> Callable[[Served, np.ndarray], None] | None:
         """None unless this Regress is sampled; else what records its answer."""
+        def fill(entry: prediction_log_pb2.PredictionLog, served: Served,
+                 kept: np.ndarray) -> None:
+            _asked(entry.regress_log.request.model_spec, name, version, label, served.signature)
+            _fill_input(entry.regress_log.request.input, examples)
+            entry.regress_log.response.CopyFrom(regression_response(served, kept))
+
+        return self._answer_logger(name, lambda values: np.array(values, copy=True), fill)
+
+    def _answer_logger(
+        self,
+        name: str,
+        copy: Callable[[_Answer], _Answer],
+        fill: Callable[[prediction_log_pb2.PredictionLog, Served, _Answer], None],
+    ) -> Callable[[Served, _Answer], None] | None:
+        """Samples; the answer is copied on the request's path, the record built off it."""
         config = self._sample(name)
         if config is None:
             return None
         timestamp = int(time.time())
 
-        def record(served: Served, values: np.ndarray) -> None:
-            kept = np.array(values, copy=True)
+        def record(served: Served, answer: _Answer) -> None:
+            kept = copy(answer)
 
             def build() -> prediction_log_pb2.PredictionLog:
                 entry = _metadata(config, served, timestamp)
-                request = entry.regress_log.request
-                _asked(request.model_spec, name, version, label, served.signature)
-                _fill_input(request.input, examples)
-                entry.regress_log.response.CopyFrom(regression_response(served, kept))
+                fill(entry, served, kept)
                 return entry
 
             self._put(_Record(name, config.filename_prefix, build))
