@@ -197,6 +197,7 @@ class App:
             reuse_port=self.options.reuse_port,
             metrics=self.metrics,
             max_threads=self.options.grpc_threads,
+            max_streams=self.options.grpc_streams,
             channel_arguments=self.options.grpc_channel_arguments,
             tensor_content=self.options.enable_serialization_as_tensor_content,
             method_check=self.options.enable_signature_method_name_check,
@@ -225,6 +226,7 @@ class App:
             log.info("Running gRPC ModelServer at %s ...", address)
         if self.options.rest_api_port:
             # Imported here: a gRPC-only server never loads the HTTP stack.
+            from onnx_serving.server.api.rest.protocol import HttpLimits
             from onnx_serving.server.api.rest.server import RestServer
 
             self._rest = RestServer(
@@ -242,6 +244,7 @@ class App:
                 readiness=self.readiness,
                 cors=self.options.rest_api_enable_cors_support,
                 request_log=self._request_log,
+                limits=HttpLimits.from_options(self.options),
             )
             self._rest.start()
             log.info("Exporting HTTP/REST API at:localhost:%d ...", self.options.rest_api_port)

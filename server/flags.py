@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import logging
 import os
+import resource
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import Field, dataclass, field, fields
 from typing import Any
 
 from onnx_serving.server.errors import ConfigError
@@ -24,65 +25,160 @@ def _default_threads() -> int:
     return 4 * (os.cpu_count() or 1)
 
 
+def flag(default: Any, description: str, *, own: bool = False) -> Any:
+    """A flag's default and its --help line; ``own``: onnx-serving's, not TF Serving's."""
+    return field(default=default, metadata={"description": description, "own": own})
+
+
 @dataclass(frozen=True)
 class ServerOptions:
-    port: int = 8500
-    grpc_socket_path: str = ""
-    model_name: str = "default"
-    model_base_path: str = ""
-    model_config_file: str = ""
-    grpc_max_threads: int = 0  # 0: four per CPU, as TF Serving
-    grpc_channel_arguments: str = ""
-    enable_serialization_as_tensor_content: bool = False
-    tensorflow_session_parallelism: int = 0
-    tensorflow_intra_op_parallelism: int = 0
-    tensorflow_inter_op_parallelism: int = 0
-    file_system_poll_wait_seconds: int = 1  # 0: scan once at start-up; negative: the same
-    model_config_file_poll_wait_seconds: int = 0  # 0: read once
-    max_num_load_retries: int = 5
-    load_retry_interval_micros: int = 60_000_000
-    num_load_threads: int = 0  # 0: one
-    num_unload_threads: int = 0  # 0: one
-    allow_version_labels_for_unavailable_models: bool = False
-    enable_model_warmup: bool = True
-    num_request_iterations_for_warmup: int = 0  # 0: once
-    enable_signature_method_name_check: bool = False  # Classify/Regress check method_name
-    # onnx-serving's own, beyond TF Serving's.
-    enable_synthetic_warmup: bool = False
-    synthetic_warmup_dim: int = 1
-    version_transition_policy: str = "availability_preserving"
-    enable_access_log: bool = False
-    runtime_config_file: str = ""  # server-wide runtime.json defaults (docs/runtime.md)
-    num_workers: int = 1  # processes sharing the ports (server/workers.py)
-    reuse_port: bool = False  # set for each worker: share the ports with SO_REUSEPORT
-    # At SIGTERM: seconds of answering while health says NOT_SERVING (docs/kubernetes.md).
-    shutdown_delay_seconds: int = 0
-    rest_api_port: int = 0  # 0: no REST API, as TF Serving
-    rest_api_num_threads: int = 0  # 0: four per CPU
-    rest_api_timeout_in_ms: int = 30000
-    monitoring_config_file: str = ""
-    enable_batching: bool = False
-    batching_parameters_file: str = ""
-    enable_per_model_batching_parameters: bool = False
-    enable_grpc_healthcheck_service: bool = False
-    ssl_config_file: str = ""
-    rest_api_enable_cors_support: bool = False
-    per_process_gpu_memory_fraction: float = 0.0  # 0: no limit; else of each CUDA device
-    # onnx-serving's own TLS options (server/tls.py).
-    rest_api_enable_ssl: bool = False  # REST (and metrics) over HTTPS with --ssl_config_file
-    ssl_config_file_poll_wait_seconds: int = 0  # 0: read once; else reload certificates
-    # Request logs (a model's logging_config; server/request_log.py).
-    request_log_max_file_bytes: int = 64 << 20
-    request_log_max_files: int = 10  # per filename_prefix; the oldest are deleted
-    request_log_queue_size: int = 1024  # records waiting to be written; more are dropped
+    port: int = flag(8500, "gRPC port; 0: no TCP port (then --grpc_socket_path is needed)")
+    grpc_socket_path: str = flag("", "also serve gRPC on this UNIX socket")
+    model_name: str = flag("default", "the model's name, without --model_config_file")
+    model_base_path: str = flag(
+        "", "the model's folder of numbered versions, without --model_config_file"
+    )
+    model_config_file: str = flag(
+        "", "ModelServerConfig text file: models, version policies and labels"
+    )
+    grpc_max_threads: int = flag(0, "threads answering unary gRPC calls; 0: four per CPU")
+    grpc_channel_arguments: str = flag(
+        "", "gRPC channel arguments as k=v,k=v (keepalive, max connection age, ...)"
+    )
+    enable_serialization_as_tensor_content: bool = flag(
+        False, "Predict answers with tensor_content rather than the typed fields"
+    )
+    tensorflow_session_parallelism: int = flag(
+        0, "ONNX Runtime's intra- and inter-op threads unless set apart; 0: its choice"
+    )
+    tensorflow_intra_op_parallelism: int = flag(0, "ONNX Runtime's intra-op threads; 0: auto")
+    tensorflow_inter_op_parallelism: int = flag(0, "ONNX Runtime's inter-op threads; 0: auto")
+    file_system_poll_wait_seconds: int = flag(
+        1, "seconds between scans for new versions; 0 or less: scan once at start-up"
+    )
+    model_config_file_poll_wait_seconds: int = flag(
+        0, "seconds between re-reads of --model_config_file; 0: read once"
+    )
+    max_num_load_retries: int = flag(5, "retries of a version that fails to load")
+    load_retry_interval_micros: int = flag(60_000_000, "microseconds between load retries")
+    num_load_threads: int = flag(0, "versions loaded at once; 0: one")
+    num_unload_threads: int = flag(0, "versions unloaded at once; 0: one")
+    allow_version_labels_for_unavailable_models: bool = flag(
+        False, "a label may name a version that is not yet available"
+    )
+    enable_model_warmup: bool = flag(
+        True, "replay assets.extra/tf_serving_warmup_requests before a version serves"
+    )
+    num_request_iterations_for_warmup: int = flag(
+        0, "times each warmup record is replayed; 0: once"
+    )
+    enable_signature_method_name_check: bool = flag(
+        False, "Classify and Regress check the signature's method_name"
+    )
+    enable_synthetic_warmup: bool = flag(
+        False, "warm up with random inputs a version that has no warmup records", own=True
+    )
+    synthetic_warmup_dim: int = flag(
+        1, "size given to the unknown dimensions of synthetic warmup inputs", own=True
+    )
+    version_transition_policy: str = flag(
+        "availability_preserving",
+        "availability_preserving (load the new version, then unload the old) or "
+        "resource_preserving (unload first)", own=True,
+    )
+    enable_access_log: bool = flag(
+        False, "one log line per Predict, Classify, Regress, MultiInference and REST call, "
+        "with the version that answered", own=True,
+    )
+    runtime_config_file: str = flag(
+        "", "server-wide runtime.json defaults (providers, threads; docs/runtime.md)", own=True
+    )
+    num_workers: int = flag(1, "processes sharing the ports (server/workers.py)", own=True)
+    reuse_port: bool = flag(
+        False, "share the ports with SO_REUSEPORT (set by --num_workers for each worker)",
+        own=True,
+    )
+    shutdown_delay_seconds: int = flag(
+        0, "at SIGTERM, seconds of answering on while health says NOT_SERVING", own=True
+    )
+    grpc_max_streams: int = flag(
+        0, "streaming gRPC calls (health Watch, reflection) open at once, on threads of "
+        "their own so they never starve unary calls; more answer RESOURCE_EXHAUSTED; "
+        "0: as many as --grpc_max_threads", own=True,
+    )
+    rest_api_port: int = flag(0, "REST API port; 0: no REST API")
+    rest_api_num_threads: int = flag(0, "threads answering REST requests; 0: four per CPU")
+    rest_api_timeout_in_ms: int = flag(
+        30000, "milliseconds a REST request may take once read; 0 or less: no limit"
+    )
+    rest_api_max_gzip_bytes: int = flag(
+        100 << 20, "largest size a gzip REST body may inflate to (TF Serving's 100 MiB); "
+        "larger answer 413", own=True,
+    )
+    rest_api_max_header_bytes: int = flag(
+        64 << 10, "largest REST request line and headers; larger answer 431", own=True
+    )
+    rest_api_idle_timeout_in_ms: int = flag(
+        75_000, "milliseconds a REST connection may wait for its next request", own=True
+    )
+    rest_api_read_timeout_in_ms: int = flag(
+        60_000, "milliseconds a REST request's headers and body may take to arrive; "
+        "later answer 408", own=True,
+    )
+    rest_api_max_connections: int = flag(
+        0, "REST connections open at once; more answer 503 and are closed; "
+        "0: half the open-file limit", own=True,
+    )
+    monitoring_config_file: str = flag(
+        "", "MonitoringConfig text file: Prometheus metrics on the REST port"
+    )
+    enable_batching: bool = flag(False, "batch requests on the server")
+    batching_parameters_file: str = flag("", "BatchingParameters text file")
+    enable_per_model_batching_parameters: bool = flag(
+        False, "a version's own batching_params.pbtxt replaces the server's"
+    )
+    enable_grpc_healthcheck_service: bool = flag(False, "serve grpc.health.v1.Health")
+    ssl_config_file: str = flag("", "SSLConfig text file: TLS and mutual TLS for gRPC")
+    rest_api_enable_cors_support: bool = flag(False, "TF's CORS headers on REST answers")
+    per_process_gpu_memory_fraction: float = flag(
+        0.0, "fraction of each CUDA device's memory a session may take; 0: no limit"
+    )
+    rest_api_enable_ssl: bool = flag(
+        False, "REST (and metrics) over HTTPS with --ssl_config_file", own=True
+    )
+    ssl_config_file_poll_wait_seconds: int = flag(
+        0, "seconds between re-reads of --ssl_config_file's certificates; 0: read once",
+        own=True,
+    )
+    request_log_max_file_bytes: int = flag(
+        64 << 20, "size at which a request log file is rotated", own=True
+    )
+    request_log_max_files: int = flag(
+        10, "request log files kept per filename_prefix; the oldest are deleted", own=True
+    )
+    request_log_queue_size: int = flag(
+        1024, "request log records waiting to be written; more are dropped", own=True
+    )
 
     @property
     def grpc_threads(self) -> int:
         return self.grpc_max_threads or _default_threads()
 
     @property
+    def grpc_streams(self) -> int:
+        return self.grpc_max_streams or self.grpc_threads
+
+    @property
     def rest_threads(self) -> int:
         return self.rest_api_num_threads or _default_threads()
+
+    @property
+    def rest_connections(self) -> int:
+        """Half the open-file limit by default: the rest keeps models, logs and gRPC going."""
+        if self.rest_api_max_connections:
+            return self.rest_api_max_connections
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        return max(1, (soft if soft != resource.RLIM_INFINITY else 1 << 20) // 2)
 
     @property
     def intra_op_threads(self) -> int:
@@ -103,6 +199,12 @@ _LIMITS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "load_retry_interval_micros": (lambda v: v >= 0, "expected 0 or more microseconds"),
     "synthetic_warmup_dim": (lambda v: v >= 1, "expected a size of 1 or more"),
     "num_workers": (lambda v: v >= 1, "expected 1 or more processes"),
+    "grpc_max_streams": (lambda v: v >= 0, "expected 0 or more streams"),
+    "rest_api_max_gzip_bytes": (lambda v: v >= 1, "expected 1 or more bytes"),
+    "rest_api_max_header_bytes": (lambda v: v >= 1, "expected 1 or more bytes"),
+    "rest_api_idle_timeout_in_ms": (lambda v: v >= 1, "expected 1 or more milliseconds"),
+    "rest_api_read_timeout_in_ms": (lambda v: v >= 1, "expected 1 or more milliseconds"),
+    "rest_api_max_connections": (lambda v: v >= 0, "expected 0 or more connections"),
     "shutdown_delay_seconds": (lambda v: v >= 0, "expected 0 or more seconds"),
     "request_log_max_file_bytes": (lambda v: v >= 1, "expected 1 or more bytes"),
     "request_log_max_files": (lambda v: v >= 1, "expected 1 or more files"),
@@ -243,11 +345,22 @@ def parse_flags(argv: Sequence[str]) -> ServerOptions:
 
 
 def usage() -> str:
+    """``serve --help``: every flag with its default and what it does."""
     lines = ["Flags (tensorflow_model_server's, as --flag=value):"]
+    own = [f for f in fields(ServerOptions) if f.metadata["own"]]
     for f in fields(ServerOptions):
-        lines.append(f"  --{f.name}={str(f.default).lower() if f.type == 'bool' else f.default}")
+        if f not in own:
+            lines.extend(_described(f))
+    lines.append("onnx-serving's own flags:")
+    for f in own:
+        lines.extend(_described(f))
     lines.append("TF Serving flags accepted with no effect on ONNX Runtime:")
-    lines.extend(f"  --{name}" for name in NO_EFFECT)
+    lines.extend(f"  --{name}\n      {why}" for name, why in NO_EFFECT.items())
     lines.append("TF Serving flags accepted only at their default:")
-    lines.extend(f"  --{name}={default}" for name, (default, _) in REFUSED.items())
+    lines.extend(f"  --{name}={default}\n      {why}" for name, (default, why) in REFUSED.items())
     return "\n".join(lines)
+
+
+def _described(option: Field[Any]) -> list[str]:
+    default = str(option.default).lower() if option.type == "bool" else option.default
+    return [f"  --{option.name}={default}", f"      {option.metadata['description']}"]

@@ -27,6 +27,7 @@ from onnx_serving.protos.tensorflow_serving.apis import (
 from onnx_serving.server.api.grpc.model_service import ModelService, Reload
 from onnx_serving.server.api.grpc.observe import ObserveRequests
 from onnx_serving.server.api.grpc.prediction_service import PredictionService
+from onnx_serving.server.api.grpc.streams import StreamSlots
 from onnx_serving.server.errors import ConfigError
 from onnx_serving.server.metrics import Metrics
 from onnx_serving.server.repository.manager import ModelManager
@@ -74,6 +75,7 @@ def build_server(
     metrics: Metrics,
     reuse_port: bool = False,
     max_threads: int,
+    max_streams: int,
     channel_arguments: str = "",
     tensor_content: bool = False,
     method_check: bool = False,
@@ -81,8 +83,10 @@ def build_server(
     health_servicer: health.HealthServicer | None = None,
     request_log: RequestLogs | None = None,
 ) -> grpc.Server:
-    """``health_servicer``, when given, is served and its services are set SERVING: the
-    server is built only once the initial models have loaded."""
+    """``max_threads`` threads answer unary calls and ``max_streams`` streaming calls, each
+    kind on threads the other cannot take (see ``streams``). ``health_servicer``, when
+    given, is served and its services are set SERVING: the server is built only once the
+    initial models have loaded."""
     options: dict[str, int | str] = {
         "grpc.max_receive_message_length": MAX_MESSAGE_BYTES,
         "grpc.max_send_message_length": MAX_MESSAGE_BYTES,
@@ -92,9 +96,11 @@ def build_server(
     }
     options.update(parse_channel_arguments(channel_arguments))
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=max_threads),
+        futures.ThreadPoolExecutor(max_workers=max_threads + max_streams),
         options=list(options.items()),
-        interceptors=[ObserveRequests(metrics, access_log_enabled=access_log)],
+        interceptors=[
+            ObserveRequests(metrics, access_log_enabled=access_log), StreamSlots(max_streams)
+        ],
     )
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
         PredictionService(

@@ -24,7 +24,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from onnx_serving.server.api.rest.body import MAX_BODY_BYTES, is_gzip, too_large
-from onnx_serving.server.api.rest.handlers import RestHandler
+from onnx_serving.server.api.rest.handlers import Answer, RestHandler
 from onnx_serving.server.api.rest.http_status import error_body, http_status
 from onnx_serving.server.api.rest.routes import API_LABELS, V1_PATH, Route, parse_route
 from onnx_serving.server.errors import Code, FailedPrecondition, ServingError
@@ -105,6 +105,7 @@ class RestApp:
         method = request.method
         started = time.perf_counter()
         route: Route | None = None
+        version: int | None = None
         code = Code.OK
         try:
             if method == "OPTIONS":
@@ -112,12 +113,14 @@ class RestApp:
             route = parse_route(method, path)
             body = await _read_body(request)
             gzipped = is_gzip(request.headers.get("content-encoding", ""))
-            answered = route
+            asked = route
 
-            def work() -> bytes:
-                return self._handler.handle(answered, body, gzipped).encode("utf-8")
+            def work() -> Answer:
+                return self._handler.handle(asked, body, gzipped)
 
-            return Response(await self._run(work), 200, media_type=JSON)
+            answer = await self._run(work)
+            version = answer.version
+            return Response(answer.body.encode("utf-8"), 200, media_type=JSON)
         except ServingError as exc:
             code = exc.code
             return Response(error_body(exc.message), http_status(exc), media_type=JSON)
@@ -127,16 +130,18 @@ class RestApp:
             return Response(error_body(f"internal error: {exc}"), 500, media_type=JSON)
         finally:
             if route is not None:
-                self._record(route, code, time.perf_counter() - started)
+                self._record(route, version, code, time.perf_counter() - started)
 
-    def _record(self, route: Route, code: Code, seconds: float) -> None:
+    def _record(self, route: Route, version: int | None, code: Code, seconds: float) -> None:
+        """The access line names the version that answered (empty when none did), as
+        gRPC's does: a label or no version at all shows which one served it."""
         self._metrics.request(route.name, API_LABELS[route.kind], REST, code, seconds)
         if self._access_log:
-            version = route.version if route.version is not None else route.label or ""
             access_log.info("rest %s model=%s version=%s status=%s ms=%.2f",
-                            route.kind, route.name, version, code.name, seconds * 1000)
+                            route.kind, route.name, "" if version is None else version,
+                            code.name, seconds * 1000)
 
-    async def _run(self, work: Callable[[], bytes]) -> bytes:
+    async def _run(self, work: Callable[[], Answer]) -> Answer:
         future = asyncio.get_running_loop().run_in_executor(self._executor, work)
         if self._timeout_ms <= 0:
             return await future

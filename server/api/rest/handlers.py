@@ -8,8 +8,9 @@ model version and signature, then the inputs.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -31,45 +32,71 @@ from onnx_serving.server.runtime.signature import DEFAULT_SIGNATURE, Signature
 from onnx_serving.server.serving.core import ModelRef, ServingCore
 from onnx_serving.server.serving.predict import Served
 
+R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class Answer:
+    body: str
+    version: int | None  # the version that answered (a status: the one asked for, if any)
+
 
 class RestHandler:
     def __init__(
         self, manager: ModelManager[LoadedModel], metrics: Metrics, *, method_check: bool = False,
-        request_log: RequestLogs | None = None,
+        request_log: RequestLogs | None = None, max_gzip_bytes: int,
     ) -> None:
-        """``method_check``: --enable_signature_method_name_check."""
+        """``method_check``: --enable_signature_method_name_check; ``max_gzip_bytes``: what
+        a gzip body may inflate to (--rest_api_max_gzip_bytes)."""
         self._core = ServingCore(
             manager, metrics, method_check=method_check, request_log=request_log
         )
+        self._max_gzip_bytes = max_gzip_bytes
 
-    def handle(self, route: Route, body: bytes, gzipped: bool) -> str:
-        """The JSON response body; errors are raised as ServingError."""
+    def handle(self, route: Route, body: bytes, gzipped: bool) -> Answer:
+        """The JSON response body and who answered; errors are raised as ServingError."""
         if route.kind == "status":
             # A label is ignored, as in TF: every version (or the one asked for) is listed.
-            return status_json(self._core.status(route.name, route.version))
+            return Answer(status_json(self._core.status(route.name, route.version)), route.version)
         ref = ModelRef(route.name, route.version, route.label)
         if route.kind == "metadata":
-            return metadata_json(self._core.metadata(ref))
+            metadata = self._core.metadata(ref)
+            return Answer(metadata_json(metadata), metadata.version)
         if gzipped:
-            body = gunzip(body)
-        if route.kind == "predict":
-            return self._predict(ref, body)
+            body = gunzip(body, self._max_gzip_bytes)
         document = parse_object(body)
         requested = signature_name(document)
-        examples = serialized_examples(read_examples(document))
-        if route.kind == "classify":
-            return self._core.classify(
-                ref, requested, examples, classification_json, entrypoint=REST
+        answered = _Answered()
+        if route.kind == "predict":
+            call = _JsonPredict(document)
+            text = self._core.predict(
+                ref, requested, call.decode, answered(call.encode),
+                entrypoint=REST, find=_rest_signature,
             )
-        return self._core.regress(ref, requested, examples, regression_json, entrypoint=REST)
+        else:
+            examples = serialized_examples(read_examples(document))
+            if route.kind == "classify":
+                text = self._core.classify(
+                    ref, requested, examples, answered(classification_json), entrypoint=REST
+                )
+            else:
+                text = self._core.regress(
+                    ref, requested, examples, answered(regression_json), entrypoint=REST
+                )
+        return Answer(text, answered.version)
 
-    def _predict(self, ref: ModelRef, body: bytes) -> str:
-        document = parse_object(body)
-        call = _JsonPredict(document)
-        return self._core.predict(
-            ref, signature_name(document), call.decode, call.encode,
-            entrypoint=REST, find=_rest_signature,
-        )
+
+class _Answered:
+    """Notes the version an answer is encoded for: what the access log reports."""
+
+    version: int | None = None
+
+    def __call__(self, encode: Callable[[Served, R], str]) -> Callable[[Served, R], str]:
+        def noted(served: Served, result: R) -> str:
+            self.version = served.version
+            return encode(served, result)
+
+        return noted
 
 
 class _JsonPredict:

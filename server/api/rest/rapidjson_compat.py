@@ -40,6 +40,7 @@ _PARSE_ERRORS: Final = {
 _ARRAY_COMMA: Final = "Missing a comma or ']' after an array element."
 _OBJECT_COMMA: Final = "Missing a comma or '}' after an object member."
 _BRACKETS: Final = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]', re.DOTALL)
+_STRING_OR_LONG_INTEGER: Final = re.compile(r'"(?:[^"\\]|\\.)*"|(-?[0-9]{4301,})', re.DOTALL)
 
 # rapidjson's Writer escapes '"', '\\' and control characters, as \u00XX in upper case.
 _ESCAPES: Final = {c: f"\\u{c:04X}" for c in range(0x20)} | {
@@ -67,9 +68,24 @@ def parse_object(body: bytes) -> dict[str, Any]:
         raise InvalidArgument(f"JSON Parse error: {message} at offset: {offset}") from None
     except RecursionError:
         raise InvalidArgument("JSON Parse error: the document is nested too deeply") from None
+    except ValueError:  # an integer past Python's int_max_str_digits (4,300 digits)
+        offset = _huge_number_offset(text)
+        raise InvalidArgument(
+            f"JSON Parse error: Number too big to be stored in double. at offset: {offset}"
+        ) from None
     if type(document) is not dict:
         raise InvalidArgument(f"JSON Value: {debug_string(document)} Is not object")
     return document
+
+
+def _huge_number_offset(text: str) -> int:
+    """Where the first integer too long for Python starts. rapidjson refuses any number past
+    a double's range (about 309 digits) with this message; Python takes them up to its
+    limit, which is the only one that fails here."""
+    for match in _STRING_OR_LONG_INTEGER.finditer(text):
+        if match.group(1):
+            return len(text[:match.start(1)].encode("utf-8", "surrogateescape"))
+    return 0
 
 
 def _parse_error(exc: json.JSONDecodeError, text: str) -> tuple[str, int]:

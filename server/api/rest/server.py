@@ -1,6 +1,7 @@
 """RestServer: uvicorn on its own thread and event loop, so REST traffic never waits on gRPC's.
 
-The port is bound here before uvicorn starts, so a busy port fails
+Each connection is bounded (idle and read timeouts, header size, how many
+are open: ``protocol``). The port is bound here before uvicorn starts, so a busy port fails
 ``start()`` with a ConfigError as the gRPC port does. Model work runs in a
 thread pool of ``threads`` workers (TF's --rest_api_num_threads), never on
 the event loop.
@@ -20,7 +21,9 @@ import uvicorn
 
 from onnx_serving.server.api.rest.app import Readiness, RestApp
 from onnx_serving.server.api.rest.handlers import RestHandler
+from onnx_serving.server.api.rest.protocol import HttpLimits, bounded_protocol
 from onnx_serving.server.errors import ConfigError
+from onnx_serving.server.flags import ServerOptions
 from onnx_serving.server.metrics import Metrics
 from onnx_serving.server.repository.manager import ModelManager
 from onnx_serving.server.request_log import RequestLogs
@@ -51,8 +54,11 @@ class RestServer:
         readiness: Readiness | None = None,
         cors: bool = False,
         request_log: RequestLogs | None = None,
+        limits: HttpLimits | None = None,
     ) -> None:
-        """``ssl_context``: serve HTTPS with it (its certificates may change while serving)."""
+        """``ssl_context``: serve HTTPS with it (its certificates may change while serving);
+        ``limits``: the flags' bounds on connections and bodies (their defaults if None)."""
+        self._limits = limits or HttpLimits.from_options(ServerOptions())
         self._manager = manager
         self._cors = cors
         self._request_log = request_log
@@ -74,8 +80,10 @@ class RestServer:
         """Returns once the port listens and the loop serves it."""
         sock = _listen(self._port, self._reuse_port)
         self._executor = ThreadPoolExecutor(max(1, self._threads), thread_name_prefix="rest")
-        handler = RestHandler(self._manager, self._metrics, method_check=self._method_check,
-                              request_log=self._request_log)
+        handler = RestHandler(
+            self._manager, self._metrics, method_check=self._method_check,
+            request_log=self._request_log, max_gzip_bytes=self._limits.max_gzip_bytes,
+        )
         app = RestApp(
             handler, self._executor, self._timeout_ms, self._metrics,
             metrics_path=self._metrics_path, access_log=self._access_log,
@@ -84,7 +92,9 @@ class RestServer:
         context = self._ssl_context
         config = uvicorn.Config(
             app,
-            http="httptools",
+            http=bounded_protocol(self._limits),
+            # uvicorn annotates an int; it only hands the value to call_later.
+            timeout_keep_alive=self._limits.idle_timeout_s,  # type: ignore[arg-type]
             loop=_LOOP,
             ws="none",
             lifespan="off",
