@@ -31,10 +31,18 @@ def observed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerP
     tmp = tmp_path_factory.mktemp("observed")
     monitoring = tmp / "monitoring.config"
     monitoring.write_text('prometheus_config { enable: true path: "/metrics/here" }')
+    # The examples' models, half_plus_three's only version (123) labelled "stable".
+    config = tmp / "models.config"
+    config.write_text(f"""model_config_list {{
+      config {{ name: "half_plus_two" base_path: "{EXAMPLES / 'models/half_plus_two'}"
+               model_platform: "onnx" }}
+      config {{ name: "half_plus_three" base_path: "{EXAMPLES / 'models/half_plus_three'}"
+               model_platform: "onnx" version_labels {{ key: "stable" value: 123 }} }}
+    }}""")
     rest_port = free_port()
     server = ServerProcess(
         [
-            f"--model_config_file={EXAMPLES / 'models.config'}",
+            f"--model_config_file={config}",
             f"--rest_api_port={rest_port}",
             f"--monitoring_config_file={monitoring}",
             "--enable_grpc_healthcheck_service",
@@ -175,20 +183,32 @@ def test_reflection_v1_and_v1alpha(observed) -> None:
             assert file.package == "grpc.reflection.v1"
 
 
+def access_lines(server: ServerProcess) -> list[str]:
+    return [line for line in server.logs().splitlines() if "onnx_serving.access" in line]
+
+
 def test_access_log_has_one_line_per_request(observed) -> None:
-    server, _ = observed
+    """Each transport's line for this test's own requests, naming the version that answered
+    (a line is written before its answer is sent, so it is there once the answer is)."""
+    server, rest_port = observed
     request = predict_pb2.PredictRequest()
     request.model_spec.name = "half_plus_three"
     request.model_spec.signature_name = "serving_default"
     request.inputs["x"].CopyFrom(tf.make_tensor_proto([7.0]))
+    before = len(access_lines(server))
     with grpc.insecure_channel(server.address) as channel:
         prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=5)
-    lines = [line for line in server.logs().splitlines() if "onnx_serving.access" in line]
-    assert any(
-        "grpc Predict model=half_plus_three version=123 signature=serving_default status=OK ms="
-        in line for line in lines
-    )
-    assert any("rest predict model=half_plus_three" in line for line in lines)
+    for path in ("labels/stable", "versions/123", "labels/unknown"):
+        requests.post(f"http://127.0.0.1:{rest_port}/v1/models/half_plus_three/{path}:predict",
+                      json={"instances": [1.0]}, timeout=TIMEOUT)
+    lines = access_lines(server)[before:]
+    assert len(lines) == 4
+    assert "grpc Predict model=half_plus_three version=123 signature=serving_default status=OK ms=" \
+        in lines[0]
+    assert "rest predict model=half_plus_three version=123 status=OK ms=" in lines[1]
+    assert "rest predict model=half_plus_three version=123 status=OK ms=" in lines[2]
+    # No version answered: none is named (the label asked for is in the error answer).
+    assert "rest predict model=half_plus_three version= status=INVALID_ARGUMENT ms=" in lines[3]
 
 
 def test_monitoring_needs_the_rest_port(tmp_path: Path) -> None:

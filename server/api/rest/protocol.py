@@ -74,11 +74,11 @@ class BoundedProtocol(HttpToolsProtocol):
         if self.transport.is_closing() or self.parser is None:
             return
         if self._reading_head:
-            # Counted once fed, so a body that shares the read with its headers is not.
+            # A head still incomplete: its bytes so far (complete heads are measured in
+            # on_headers_complete), so that no head buffers past the limit and one read.
             self._head_bytes += len(data)
             if self._head_bytes > self.limits.max_header_bytes:
-                self._refuse(431, "Request line and headers are larger than the limit of "
-                                  f"{self.limits.max_header_bytes} bytes")
+                self._refuse_head()
                 return
         if self._read_timer is None and (self.cycle is None or self.cycle.response_complete):
             self._await_next_request()  # bytes that began no request (blank lines)
@@ -92,11 +92,20 @@ class BoundedProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._reading_head = False
+        size = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
+        if size > self.limits.max_header_bytes:
+            self._refuse_head()
+            return
         super().on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        if not self.transport.is_closing():  # not after a refusal, in the same read
+            super().on_body(body)
 
     def on_message_complete(self) -> None:
         self._stop_read_timer()
-        super().on_message_complete()
+        if not self.transport.is_closing():
+            super().on_message_complete()
 
     def _await_next_request(self) -> None:
         if self.timeout_keep_alive_task is None:
@@ -119,6 +128,10 @@ class BoundedProtocol(HttpToolsProtocol):
         self._refuse(408, "The request did not arrive within "
                           f"{self.limits.read_timeout_s * 1000:.0f} ms "
                           "(--rest_api_read_timeout_in_ms)")
+
+    def _refuse_head(self) -> None:
+        self._refuse(431, "Request line and headers are larger than the limit of "
+                          f"{self.limits.max_header_bytes} bytes (--rest_api_max_header_bytes)")
 
     def _refuse(self, status: int, message: str) -> None:
         """Answers ``status`` with ``message`` as text, then closes the connection."""
