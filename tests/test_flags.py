@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes.util
 import logging
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ import pytest
 from onnx_serving.server.api.grpc.server import parse_channel_arguments
 from onnx_serving.server.config import read_config_file
 from onnx_serving.server.errors import ConfigError, ModelLoadError
-from onnx_serving.server.flags import NO_EFFECT, ServerOptions, parse_flags
+from onnx_serving.server.flags import NO_EFFECT, REFUSED, ServerOptions, parse_flags, usage
 from onnx_serving.server.repository.policy import All, Latest, Specific
 from onnx_serving.server.runtime import config as runtime_config
 from onnx_serving.server.runtime import gpu_memory, session
@@ -206,3 +207,18 @@ def test_invalid_configs(tmp_path: Path, text: str, message: str) -> None:
 def test_missing_config_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="Cannot read model config file"):
         read_config_file(tmp_path / "absent.config")
+
+
+def test_every_flag_is_described_in_help_and_readme() -> None:
+    """`serve --help` says what each flag does, and the README's flag table names each."""
+    text = usage()
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    table = readme[readme.index("## Flags"):readme.index("## TLS")]
+    for option in fields(ServerOptions):
+        description = option.metadata["description"]
+        assert description, option.name
+        assert f"  --{option.name}=" in text and f"\n      {description}\n" in text + "\n"
+        assert f"`--{option.name}`" in table, f"--{option.name} is missing from README.md"
+    for name in (*NO_EFFECT, *REFUSED):
+        assert f"  --{name}" in text
+        assert f"`--{name}`" in table, f"--{name} is missing from README.md"
