@@ -203,8 +203,8 @@ def test_access_log_has_one_line_per_request(observed) -> None:
                       json={"instances": [1.0]}, timeout=TIMEOUT)
     lines = access_lines(server)[before:]
     assert len(lines) == 4
-    assert "grpc Predict model=half_plus_three version=123 signature=serving_default status=OK ms=" \
-        in lines[0]
+    grpc_line = "grpc Predict model=half_plus_three version=123 signature=serving_default status=OK"
+    assert f"{grpc_line} ms=" in lines[0]
     assert "rest predict model=half_plus_three version=123 status=OK ms=" in lines[1]
     assert "rest predict model=half_plus_three version=123 status=OK ms=" in lines[2]
     # No version answered: none is named (the label asked for is in the error answer).

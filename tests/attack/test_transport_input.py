@@ -199,6 +199,10 @@ REST_CASES: dict[str, tuple[str, bytes, dict[str, str], int, str]] = {
         "half_plus_two:predict", b'{"instances": [' + b"9" * 5000 + b"]}", {}, 400,
         "JSON Parse error: Number too big to be stored in double. at offset: 15",
     ),
+    "integer past a double for an int64 input": (
+        "dtypes:predict", b'{"signature_name": "int64", "instances": [' + b"9" * 400 + b"]}", {},
+        400, "JSON Parse error: Number too big to be stored in double.",
+    ),
     "not gzip": ("half_plus_two:predict", b"plain", {"Content-Encoding": "gzip"}, 400,
                  "Cannot inflate the gzip request body"),
     "gzip bomb": ("half_plus_two:predict", BOMB, {"Content-Encoding": "gzip"}, 413,

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from onnx_serving.codec.dtypes import tf_name
-from onnx_serving.server.api.rest.rapidjson_compat import debug_string, type_name
+from onnx_serving.server.api.rest.rapidjson_compat import NUMBER_TOO_BIG, debug_string, type_name
 from onnx_serving.server.errors import InvalidArgument, Unimplemented
 
 B64_KEY = "b64"
@@ -141,9 +141,7 @@ def _leaf(item: Any, rule: _Rule) -> Any:
         try:
             return float(item)
         except OverflowError:
-            raise InvalidArgument(
-                "JSON Parse error: Number too big to be stored in double."
-            ) from None
+            raise InvalidArgument(f"JSON Parse error: {NUMBER_TOO_BIG}") from None
     return item
 
 

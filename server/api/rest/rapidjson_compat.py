@@ -37,6 +37,7 @@ _PARSE_ERRORS: Final = {
     "Invalid \\escape": "Invalid escape character in string.",
     "Invalid \\uXXXX escape": "Incorrect hex digit after \\u escape in string.",
 }
+NUMBER_TOO_BIG: Final = "Number too big to be stored in double."
 _ARRAY_COMMA: Final = "Missing a comma or ']' after an array element."
 _OBJECT_COMMA: Final = "Missing a comma or '}' after an object member."
 _BRACKETS: Final = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]', re.DOTALL)
@@ -71,7 +72,7 @@ def parse_object(body: bytes) -> dict[str, Any]:
     except ValueError:  # an integer past Python's int_max_str_digits (4,300 digits)
         offset = _huge_number_offset(text)
         raise InvalidArgument(
-            f"JSON Parse error: Number too big to be stored in double. at offset: {offset}"
+            f"JSON Parse error: {NUMBER_TOO_BIG} at offset: {offset}"
         ) from None
     if type(document) is not dict:
         raise InvalidArgument(f"JSON Value: {debug_string(document)} Is not object")
@@ -221,7 +222,10 @@ def _scalar_text(value: Any) -> str:
         return string_text(value)
     if isinstance(value, int) and _INT64_MIN <= value <= _UINT64_MAX:
         return str(value)
-    return double_text(float(value))  # rapidjson keeps wider integers as doubles
+    try:
+        return double_text(float(value))  # rapidjson keeps wider integers as doubles
+    except OverflowError:  # past a double's range: rapidjson refuses the document
+        raise InvalidArgument(f"JSON Parse error: {NUMBER_TOO_BIG}") from None
 
 
 def string_text(text: str) -> str:
