@@ -1,5 +1,6 @@
-"""deploy/'s manifests, validated offline: Kubernetes' own schemas (kubernetes-validate) and
-ours for KServe's resources (deploy/schemas), and the numbers that must agree."""
+"""deploy/'s manifests, validated offline against the schemas their owners publish:
+Kubernetes' (kubernetes-validate) and KServe's CRDs (deploy/schemas/kserve-crds.json,
+extracted from KServe's release), and the numbers that must agree."""
 
 from __future__ import annotations
 
@@ -38,20 +39,51 @@ def documents() -> list[tuple[str, dict[str, Any]]]:
     return found
 
 
-def kserve_validator() -> jsonschema.Draft202012Validator:
+# KServe's protocol constants (pkg/constants/constants.go, v0.20.0): the CRD types
+# protocolVersion(s) as plain strings, and KServe's controller matches these.
+KSERVE_PROTOCOLS = {"v1", "v2", "grpc-v1", "grpc-v2"}
+
+
+def _strict(node: Any) -> Any:
+    """An OpenAPI v3 CRD schema as JSON Schema, with the API server's strict field
+    validation (kubectl's default since Kubernetes 1.27): an object whose fields are listed
+    refuses others, unless the CRD preserves unknown fields."""
+    if isinstance(node, list):
+        return [_strict(v) for v in node]
+    if not isinstance(node, dict):
+        return node
+    strict = {k: _strict(v) for k, v in node.items()}
+    if ("properties" in node and "additionalProperties" not in node
+            and not node.get("x-kubernetes-preserve-unknown-fields")):
+        strict["additionalProperties"] = False
+    return strict
+
+
+def kserve_validators() -> dict[str, jsonschema.Draft202012Validator]:
+    """A validator per apiVersion/kind of KServe's CRDs; metadata is Kubernetes'
+    ObjectMeta, which the API server checks for every resource."""
     definitions = schema_contents(
         f"kubernetes-json-schema/v{KUBERNETES}.0-local-strict/_definitions.json", KUBERNETES)
-    schema = json.loads((DEPLOY / "schemas" / "kserve-v0.20.json").read_text())
-    registry: Registry = Registry().with_resources([
-        (definitions["$id"], Resource.from_contents(definitions)),
-        (schema["$id"], Resource.from_contents(schema)),
-    ])
-    return jsonschema.Draft202012Validator(schema, registry=registry)
+    crds = json.loads((DEPLOY / "schemas" / "kserve-crds.json").read_text())
+    registry: Registry = Registry().with_resource(
+        definitions["$id"], Resource.from_contents(definitions))
+    meta = {"$ref": f"{definitions['$id']}#/$defs/io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"}
+    return {
+        kind: jsonschema.Draft202012Validator(
+            {"$defs": _strict(crds["$defs"]), "allOf": [
+                _strict(schema), {"required": ["metadata", "spec"],
+                                  "properties": {"metadata": meta}}]},
+            registry=registry)
+        for kind, schema in crds["schemas"].items()
+    }
+
+
+KSERVE = kserve_validators()
 
 
 def validate(document: dict[str, Any]) -> None:
     if document["apiVersion"].startswith("serving.kserve.io/"):
-        kserve_validator().validate(document)
+        KSERVE[f"{document['apiVersion']}/{document['kind']}"].validate(document)
     else:
         kubernetes_validate.validate(document, KUBERNETES, strict=True)
 
@@ -80,13 +112,20 @@ def test_a_mistake_is_caught() -> None:
         if kind == "ServingRuntime":
             wrong["spec"]["containers"][0]["imagee"] = "typo"
         else:
-            wrong["spec"]["predictor"]["model"]["protocolVersion"] = "grpc-v3"
+            wrong["spec"]["predictor"]["model"]["storageURI"] = "pvc://models/typo"
         with pytest.raises(jsonschema.ValidationError):
             validate(wrong)
     deployment = copy.deepcopy(next(d for _, d in DOCUMENTS if d["kind"] == "Deployment"))
     deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] = "30s"
     with pytest.raises(jsonschema.ValidationError):
         validate(deployment)
+
+
+def test_protocols_are_kserves() -> None:
+    isvc = runtime("InferenceService")["spec"]["predictor"]["model"]
+    assert isvc["protocolVersion"] in KSERVE_PROTOCOLS
+    for kind in ("ServingRuntime", "ClusterServingRuntime"):
+        assert set(runtime(kind)["spec"]["protocolVersions"]) <= KSERVE_PROTOCOLS
 
 
 def test_runtime_is_kserves_tf_serving_runtime_for_onnx() -> None:
