@@ -176,7 +176,9 @@ def main(argv: Sequence[str]) -> int:
                               f"{result.percentile_ms(99):.1f} ms")
     rows = [Row.of(setting, rounds[label], cpus, label=label)
             for label, setting, _ in targets]
-    choice = report.choose([r for r in rows if r.label != RUNNING], args.latency_budget_ms)
+    choice = (report.choose([r for r in rows if r.label != RUNNING], args.latency_budget_ms)
+              if settings else report.Choice(None, None, "a running server measured as it "
+                                             "is: nothing to choose from"))
     about = [
         f"model {model}" + (f" from {base}" if base else "") + f"; {cpus} core(s) "
         f"(load average {os.getloadavg()[0]:.2f} at the end)",
