@@ -5,9 +5,11 @@ extracted from KServe's release), and the numbers that must agree."""
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
 import re
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import jsonschema
@@ -44,17 +46,25 @@ def documents() -> list[tuple[str, dict[str, Any]]]:
 KSERVE_PROTOCOLS = {"v1", "v2", "grpc-v1", "grpc-v2"}
 
 
-def _strict(node: Any) -> Any:
+def _extractor() -> ModuleType:
+    path = DEPLOY / "schemas" / "extract_kserve_crds.py"
+    spec = importlib.util.spec_from_file_location("extract_kserve_crds", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+map_subschemas = _extractor().map_subschemas
+
+
+def _strict(schema: dict[str, Any]) -> dict[str, Any]:
     """An OpenAPI v3 CRD schema as JSON Schema, with the API server's strict field
     validation (kubectl's default since Kubernetes 1.27): an object whose fields are listed
     refuses others, unless the CRD preserves unknown fields."""
-    if isinstance(node, list):
-        return [_strict(v) for v in node]
-    if not isinstance(node, dict):
-        return node
-    strict = {k: _strict(v) for k, v in node.items()}
-    if ("properties" in node and "additionalProperties" not in node
-            and not node.get("x-kubernetes-preserve-unknown-fields")):
+    strict = map_subschemas(schema, _strict)
+    if ("properties" in schema and "additionalProperties" not in schema
+            and not schema.get("x-kubernetes-preserve-unknown-fields")):
         strict["additionalProperties"] = False
     return strict
 
@@ -70,7 +80,7 @@ def kserve_validators() -> dict[str, jsonschema.Draft202012Validator]:
     meta = {"$ref": f"{definitions['$id']}#/$defs/io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"}
     return {
         kind: jsonschema.Draft202012Validator(
-            {"$defs": _strict(crds["$defs"]), "allOf": [
+            {"$defs": {name: _strict(d) for name, d in crds["$defs"].items()}, "allOf": [
                 _strict(schema), {"required": ["metadata", "spec"],
                                   "properties": {"metadata": meta}}]},
             registry=registry)

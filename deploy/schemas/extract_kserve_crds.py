@@ -27,9 +27,10 @@ OUT = Path(__file__).with_name("kserve-crds.json")
 SHARED_MIN_CHARS = 400  # smaller repeats are cheaper inline than as a reference
 
 
-def _map(schema: dict[str, Any], f: Callable[[dict[str, Any]], Any]) -> dict[str, Any]:
+def map_subschemas(schema: dict[str, Any], f: Callable[[dict[str, Any]], Any]) -> dict[str, Any]:
     """``schema`` with ``f`` applied to what it holds in schema position; the rest (enum,
-    default, the ``properties`` map itself) is data, left as it is."""
+    default, the ``properties`` map itself) is data, left as it is. tests/test_manifests.py
+    walks the schemas with it too."""
     mapped = dict(schema)
     for key, value in schema.items():
         if key in ("items", "additionalProperties", "not") and isinstance(value, dict):
@@ -43,7 +44,7 @@ def _map(schema: dict[str, Any], f: Callable[[dict[str, Any]], Any]) -> dict[str
 
 def _strip(schema: dict[str, Any]) -> dict[str, Any]:
     """``schema`` without its ``description`` texts."""
-    return _map({k: v for k, v in schema.items() if k != "description"}, _strip)
+    return map_subschemas({k: v for k, v in schema.items() if k != "description"}, _strip)
 
 
 def _key(schema: dict[str, Any]) -> str:
@@ -52,13 +53,13 @@ def _key(schema: dict[str, Any]) -> str:
 
 def _count(schema: dict[str, Any], counts: Counter[str]) -> dict[str, Any]:
     counts[_key(schema)] += 1
-    return _map(schema, lambda sub: _count(sub, counts))
+    return map_subschemas(schema, lambda sub: _count(sub, counts))
 
 
 def _share(schema: dict[str, Any], counts: Counter[str], defs: dict[str, Any],
            top: bool = False) -> dict[str, Any]:
     """``schema`` with every repeated large subschema replaced by a ``$ref`` into ``defs``."""
-    shared = _map(schema, lambda sub: _share(sub, counts, defs))
+    shared = map_subschemas(schema, lambda sub: _share(sub, counts, defs))
     key = _key(schema)
     if top or counts[key] < 2 or len(key) < SHARED_MIN_CHARS:
         return shared
