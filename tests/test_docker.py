@@ -64,29 +64,41 @@ def _tail(done: subprocess.CompletedProcess[str]) -> str:
     return (done.stdout + done.stderr).strip()[-600:]
 
 
+def _present_or_pulled(image: str) -> str:
+    """Why ``image`` cannot be had; empty when it is here or was pulled."""
+    if docker("image", "inspect", image, check=False).returncode == 0:
+        return ""
+    pulled = docker("pull", image, check=False, timeout=600)
+    return f"{image} is absent and cannot be pulled ({_tail(pulled)})" if pulled.returncode \
+        else ""
+
+
 def base_image() -> str:
-    """BASE_IMAGE, present: the Makefile's default is made from Debian's packages where
-    it is absent, another is pulled. Skips, saying why, when neither works."""
-    default = re.search(r"^DEBIAN_BASE := (\S+)$", (ROOT / "Makefile").read_text(),
-                        re.MULTILINE)
-    assert default, "the Makefile names its default base image"
-    base = os.environ.get("BASE_IMAGE") or default.group(1)
-    if docker("image", "inspect", base, check=False).returncode == 0:
-        return base
-    if base == default.group(1):
-        if shutil.which("mmdebstrap") is None:
-            pytest.skip(f"no base image: {base} is absent and mmdebstrap, which "
-                        "`make docker-base` makes it with, is not installed")
+    """BASE_IMAGE from the environment, else the Makefile's default, made from Debian's
+    packages (no registry) where absent, else the registry's Python of the host's minor
+    version (the wheels' ABI). Skips, saying why, only when none can be had."""
+    wanted = os.environ.get("BASE_IMAGE")
+    if wanted:
+        if why := _present_or_pulled(wanted):
+            pytest.skip(f"no base image: BASE_IMAGE={why}")
+        return wanted
+    found = re.search(r"^DEBIAN_BASE := (\S+)$", (ROOT / "Makefile").read_text(), re.MULTILINE)
+    assert found, "the Makefile names its default base image"
+    default = found.group(1)
+    if docker("image", "inspect", default, check=False).returncode == 0:
+        return default
+    if shutil.which("mmdebstrap") is None:
+        reasons = [f"{default} is absent and mmdebstrap, which `make docker-base` makes it "
+                   "with, is not installed"]
+    else:
         made = _make("docker-base", timeout=1200)
-        if made.returncode:
-            pytest.skip(f"no base image: {base} is absent and `make docker-base` "
-                        f"failed: {_tail(made)}")
-        return base
-    pulled = docker("pull", base, check=False, timeout=600)
-    if pulled.returncode:
-        pytest.skip(f"no base image: BASE_IMAGE={base} is absent and cannot be pulled "
-                    f"({_tail(pulled)}); unset it to use {default.group(1)}")
-    return base
+        if made.returncode == 0:
+            return default
+        reasons = [f"{default} is absent and `make docker-base` failed: {_tail(made)}"]
+    registry = f"python:{sys.version_info.major}.{sys.version_info.minor}-slim"
+    if why := _present_or_pulled(registry):
+        pytest.skip("no base image: " + "; ".join([*reasons, why]))
+    return registry
 
 
 @pytest.fixture(scope="session")
