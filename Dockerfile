@@ -4,8 +4,8 @@
 # Makefile stages with a wheelhouse built on the host (wheels/: the dependencies;
 # project/: onnx-serving's own wheel) and the files of docker/,
 # so nothing is downloaded inside the build and any base image with python3 and its venv
-# module serves (BASE_IMAGE).
-ARG BASE_IMAGE=python:3.11-slim
+# module serves (BASE_IMAGE: the Makefile passes it, its default made from Debian's packages).
+ARG BASE_IMAGE
 
 FROM ${BASE_IMAGE} AS install
 ARG EXTRA=cpu

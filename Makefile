@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PORT ?= 8500
 
-.PHONY: serve test test-slow lint protos docker docker-gpu docker-base clean FORCE
+.PHONY: serve test test-slow lint protos docker docker-gpu docker-base base-image clean FORCE
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -46,11 +46,13 @@ protos: $(VENV)/.test-installed
 	$(BIN)/python protos/generate.py
 
 # Container images (docs/deployment.md). The wheelhouse is built here, so the build itself
-# needs no network; BASE_IMAGE is any image with python3 and its venv module
-# (`make docker-base` makes one from Debian's packages where no registry is reachable).
+# needs no network. BASE_IMAGE is any image with python3 (the host's minor version, for
+# the wheels) and its venv module; the default is made here from Debian's packages
+# (`make docker-base`, when absent), so no registry is needed: air-gapped CI included.
 IMAGE ?= onnx-serving
 GPU_IMAGE ?= onnx-serving-gpu
-BASE_IMAGE ?= python:3.11-slim
+DEBIAN_BASE := onnx-serving-base:bookworm
+BASE_IMAGE ?= $(DEBIAN_BASE)
 TENSORRT ?= 1
 # Images serve whatever `onnx-serving convert` writes: decoded-image inputs and string ops.
 SERVE_EXTRAS := images,strings
@@ -82,19 +84,27 @@ define prune_images
 		| xargs -r docker rmi >/dev/null 2>&1 || true
 endef
 
-docker: .whl/cpu/project
+# The default base image is made when absent; any other is the engine's to find (or pull).
+base-image:
+	@docker image inspect $(BASE_IMAGE) >/dev/null 2>&1 || [ "$(BASE_IMAGE)" != "$(DEBIAN_BASE)" ] \
+		|| $(MAKE) --no-print-directory docker-base
+
+docker: .whl/cpu/project base-image
 	$(DOCKER_BUILD) --build-arg SERVE_EXTRAS=$(SERVE_EXTRAS) -f Dockerfile -t $(IMAGE) .whl/cpu
 	$(call prune_images,cpu)
 
-docker-gpu: .whl/gpu/project
+docker-gpu: .whl/gpu/project base-image
 	$(DOCKER_BUILD) --build-arg EXTRA=gpu --build-arg SERVE_EXTRAS=$(SERVE_EXTRAS) --label onnx-serving.tensorrt=$(TENSORRT) \
 		-f Dockerfile -t $(GPU_IMAGE) .whl/gpu
 	$(call prune_images,gpu)
 
-# A python3 base image from Debian's packages, for machines that reach no registry.
+# A python3 base image from Debian's packages (Debian's mirror or the host's apt proxy,
+# no container registry). Written to a file first: a failed mmdebstrap imports nothing.
 docker-base:
-	mmdebstrap --variant=minbase --include=python3,python3-venv,ca-certificates bookworm - \
-		| docker import - onnx-serving-base:bookworm
+	rm -f .whl/base.tar && mkdir -p .whl
+	mmdebstrap --quiet --variant=minbase --include=python3,python3-venv,ca-certificates \
+		bookworm .whl/base.tar
+	docker import .whl/base.tar $(DEBIAN_BASE) && rm -f .whl/base.tar
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -1,15 +1,19 @@
 """The container images, built and run with a real engine (marker ``docker``).
 
-Skipped where no Docker engine answers. The CPU image is built by ``make docker`` (with
-``BASE_IMAGE`` from the environment, as .ci/run sets it); the GPU image is checked only
-when ``make docker-gpu`` has built it. Containers use the host's network, so test traffic
-stays on the loopback address, or none at all (the KServe runtime's fixed ports).
+Skipped where no Docker engine answers. The CPU image is built by ``make docker`` on
+``BASE_IMAGE`` (from the environment, else the Makefile's default,
+onnx-serving-base:bookworm, made by ``make docker-base`` when absent, so that no registry
+is needed); skipped with the reason only when no base image can be had. The GPU image is
+checked only when ``make docker-gpu`` has built it. Containers use the host's network, so
+test traffic stays on the loopback address, or none at all (the KServe runtime's fixed
+ports).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -51,14 +55,57 @@ def engine_available() -> bool:
         return False
 
 
+def _make(*args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["make", *args, f"BIN={Path(sys.executable).parent}"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def _tail(done: subprocess.CompletedProcess[str]) -> str:
+    return (done.stdout + done.stderr).strip()[-600:]
+
+
+def _present_or_pulled(image: str) -> str:
+    """Why ``image`` cannot be had; empty when it is here or was pulled."""
+    if docker("image", "inspect", image, check=False).returncode == 0:
+        return ""
+    pulled = docker("pull", image, check=False, timeout=600)
+    return f"{image} is absent and cannot be pulled ({_tail(pulled)})" if pulled.returncode \
+        else ""
+
+
+def base_image() -> str:
+    """BASE_IMAGE from the environment, else the Makefile's default, made from Debian's
+    packages (no registry) where absent, else the registry's Python of the host's minor
+    version (the wheels' ABI). Skips, saying why, only when none can be had."""
+    wanted = os.environ.get("BASE_IMAGE")
+    if wanted:
+        if why := _present_or_pulled(wanted):
+            pytest.skip(f"no base image: BASE_IMAGE={why}")
+        return wanted
+    found = re.search(r"^DEBIAN_BASE := (\S+)$", (ROOT / "Makefile").read_text(), re.MULTILINE)
+    assert found, "the Makefile names its default base image"
+    default = found.group(1)
+    if docker("image", "inspect", default, check=False).returncode == 0:
+        return default
+    if shutil.which("mmdebstrap") is None:
+        reasons = [f"{default} is absent and mmdebstrap, which `make docker-base` makes it "
+                   "with, is not installed"]
+    else:
+        made = _make("docker-base", timeout=1200)
+        if made.returncode == 0:
+            return default
+        reasons = [f"{default} is absent and `make docker-base` failed: {_tail(made)}"]
+    registry = f"python:{sys.version_info.major}.{sys.version_info.minor}-slim"
+    if why := _present_or_pulled(registry):
+        pytest.skip("no base image: " + "; ".join([*reasons, why]))
+    return registry
+
+
 @pytest.fixture(scope="session")
 def image() -> str:
     if not engine_available():
         pytest.skip("no Docker engine answers here (.ci/run starts one where it can)")
-    built = subprocess.run(
-        ["make", "docker", f"IMAGE={IMAGE}", f"BIN={Path(sys.executable).parent}"],
-        cwd=ROOT, capture_output=True, text=True, timeout=900,
-    )
+    built = _make("docker", f"IMAGE={IMAGE}", f"BASE_IMAGE={base_image()}")
     assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
     return IMAGE
 

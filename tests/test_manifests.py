@@ -1,12 +1,15 @@
-"""deploy/'s manifests, validated offline: Kubernetes' own schemas (kubernetes-validate) and
-ours for KServe's resources (deploy/schemas), and the numbers that must agree."""
+"""deploy/'s manifests, validated offline against the schemas their owners publish:
+Kubernetes' (kubernetes-validate) and KServe's CRDs (deploy/schemas/kserve-crds.json,
+extracted from KServe's release), and the numbers that must agree."""
 
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
 import re
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import jsonschema
@@ -38,20 +41,59 @@ def documents() -> list[tuple[str, dict[str, Any]]]:
     return found
 
 
-def kserve_validator() -> jsonschema.Draft202012Validator:
+# KServe's protocol constants (pkg/constants/constants.go, v0.20.0): the CRD types
+# protocolVersion(s) as plain strings, and KServe's controller matches these.
+KSERVE_PROTOCOLS = {"v1", "v2", "grpc-v1", "grpc-v2"}
+
+
+def _extractor() -> ModuleType:
+    path = DEPLOY / "schemas" / "extract_kserve_crds.py"
+    spec = importlib.util.spec_from_file_location("extract_kserve_crds", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+map_subschemas = _extractor().map_subschemas
+
+
+def _strict(schema: dict[str, Any]) -> dict[str, Any]:
+    """An OpenAPI v3 CRD schema as JSON Schema, with the API server's strict field
+    validation (kubectl's default since Kubernetes 1.27): an object whose fields are listed
+    refuses others, unless the CRD preserves unknown fields."""
+    strict = map_subschemas(schema, _strict)
+    if ("properties" in schema and "additionalProperties" not in schema
+            and not schema.get("x-kubernetes-preserve-unknown-fields")):
+        strict["additionalProperties"] = False
+    return strict
+
+
+def kserve_validators() -> dict[str, jsonschema.Draft202012Validator]:
+    """A validator per apiVersion/kind of KServe's CRDs; metadata is Kubernetes'
+    ObjectMeta, which the API server checks for every resource."""
     definitions = schema_contents(
         f"kubernetes-json-schema/v{KUBERNETES}.0-local-strict/_definitions.json", KUBERNETES)
-    schema = json.loads((DEPLOY / "schemas" / "kserve-v0.20.json").read_text())
-    registry: Registry = Registry().with_resources([
-        (definitions["$id"], Resource.from_contents(definitions)),
-        (schema["$id"], Resource.from_contents(schema)),
-    ])
-    return jsonschema.Draft202012Validator(schema, registry=registry)
+    crds = json.loads((DEPLOY / "schemas" / "kserve-crds.json").read_text())
+    registry: Registry = Registry().with_resource(
+        definitions["$id"], Resource.from_contents(definitions))
+    meta = {"$ref": f"{definitions['$id']}#/$defs/io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"}
+    return {
+        kind: jsonschema.Draft202012Validator(
+            {"$defs": {name: _strict(d) for name, d in crds["$defs"].items()}, "allOf": [
+                _strict(schema), {"required": ["metadata", "spec"],
+                                  "properties": {"metadata": meta}}]},
+            registry=registry)
+        for kind, schema in crds["schemas"].items()
+    }
+
+
+KSERVE = kserve_validators()
 
 
 def validate(document: dict[str, Any]) -> None:
     if document["apiVersion"].startswith("serving.kserve.io/"):
-        kserve_validator().validate(document)
+        KSERVE[f"{document['apiVersion']}/{document['kind']}"].validate(document)
     else:
         kubernetes_validate.validate(document, KUBERNETES, strict=True)
 
@@ -80,13 +122,20 @@ def test_a_mistake_is_caught() -> None:
         if kind == "ServingRuntime":
             wrong["spec"]["containers"][0]["imagee"] = "typo"
         else:
-            wrong["spec"]["predictor"]["model"]["protocolVersion"] = "grpc-v3"
+            wrong["spec"]["predictor"]["model"]["storageURI"] = "pvc://models/typo"
         with pytest.raises(jsonschema.ValidationError):
             validate(wrong)
     deployment = copy.deepcopy(next(d for _, d in DOCUMENTS if d["kind"] == "Deployment"))
     deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] = "30s"
     with pytest.raises(jsonschema.ValidationError):
         validate(deployment)
+
+
+def test_protocols_are_kserves() -> None:
+    isvc = runtime("InferenceService")["spec"]["predictor"]["model"]
+    assert isvc["protocolVersion"] in KSERVE_PROTOCOLS
+    for kind in ("ServingRuntime", "ClusterServingRuntime"):
+        assert set(runtime(kind)["spec"]["protocolVersions"]) <= KSERVE_PROTOCOLS
 
 
 def test_runtime_is_kserves_tf_serving_runtime_for_onnx() -> None:

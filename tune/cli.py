@@ -47,6 +47,37 @@ def _level(text: str) -> str:
     return text
 
 
+def _rounds(text: str) -> int:
+    rounds = int(text)
+    if rounds < 2:
+        raise argparse.ArgumentTypeError("at least 2: the spread between rounds is what a "
+                                         "setting must beat the default by")
+    return rounds
+
+
+class Progress:
+    """tqdm's bar on a terminal; elsewhere (a log file, CI) a plain log line per step,
+    since a bar redrawn with carriage returns is unreadable there."""
+
+    def __init__(self, total: int) -> None:
+        self._bar = tqdm(total=total, unit="step", file=sys.stderr,
+                         disable=not sys.stderr.isatty())
+        self._total, self._done = total, 0
+
+    def step(self, what: str, outcome: str = "") -> None:
+        self._done += 1
+        if self._bar.disable:
+            log.info("[%d/%d] %s%s", self._done, self._total, what,
+                     f": {outcome}" if outcome else "")
+        else:
+            self._bar.set_description(what)
+            self._bar.set_postfix_str(outcome)
+            self._bar.update()
+
+    def close(self) -> None:
+        self._bar.close()
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="onnx-serving tune",
@@ -63,8 +94,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, default=5.0, help="measured seconds per setting")
     p.add_argument("--warmup", type=float, default=1.0,
                    help="unmeasured seconds before each measurement")
-    p.add_argument("--rounds", type=int, default=2, help="measurements per setting, "
-                   "interleaved with the others' (--duration is split among them)")
+    p.add_argument("--rounds", type=_rounds, default=3, help="measurements per setting, "
+                   "interleaved with the others' (--duration is split among them); a "
+                   "setting replaces the default only if its slowest round beats the "
+                   "default's fastest (at least 2)")
     p.add_argument("--requests", type=Path, help="a TFRecord file of PredictionLogs (TF "
                    "Serving's warmup file or a request log); default: generated from the "
                    "signature")
@@ -121,29 +154,31 @@ def main(argv: Sequence[str]) -> int:
     # Every server stays up and each round measures all of them, in an order reversed
     # every other round, so that drift on a shared machine lands on every setting alike.
     targets = [(RUNNING, Setting(), args.server)] if args.server else []
-    results = {label: load.Result() for label, _, _ in targets}
+    rounds: dict[str, list[load.Result]] = {label: [] for label, _, _ in targets}
     slot = args.duration / args.rounds
-    with ExitStack() as stack, tqdm(total=len(settings) + args.rounds * (
-            len(settings) + len(targets)), unit="step", file=sys.stderr) as progress:
+    progress = Progress(len(settings) + args.rounds * (len(settings) + len(targets)))
+    with ExitStack() as stack:
+        stack.callback(progress.close)
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="onnx-serving-tune-")))
         for index, setting in enumerate(settings):
-            progress.set_description(f"starting {setting.label}")
             flags = [f"--model_name={model}", f"--model_base_path={base}",
                      *setting.server_flags(tmp / str(index)), *args.server_flags.split()]
             server = stack.enter_context(Server(flags, model))
             targets.append((setting.label, setting, server.address))
-            results[setting.label] = load.Result()
-            progress.update()
+            rounds[setting.label] = []
+            progress.step(f"started {setting.label}")
         for round_ in range(args.rounds):
             for label, _, address in targets if round_ % 2 == 0 else targets[::-1]:
-                progress.set_description(f"round {round_ + 1}/{args.rounds}: {label}")
-                results[label].add(measure(address, slot))
-                progress.set_postfix(req_s=f"{results[label].throughput:.1f}",
-                                     p99_ms=f"{results[label].percentile_ms(99):.1f}")
-                progress.update()
-    rows = [Row.of(setting, results[label], cpus, label=label)
+                result = measure(address, slot)
+                rounds[label].append(result)
+                progress.step(f"round {round_ + 1}/{args.rounds}: {label}",
+                              f"{result.throughput:.1f} req/s, p99 "
+                              f"{result.percentile_ms(99):.1f} ms")
+    rows = [Row.of(setting, rounds[label], cpus, label=label)
             for label, setting, _ in targets]
-    chosen = report.best([r for r in rows if r.label != RUNNING], args.latency_budget_ms)
+    choice = (report.choose([r for r in rows if r.label != RUNNING], args.latency_budget_ms)
+              if settings else report.Choice(None, None, "a running server measured as it "
+                                             "is: nothing to choose from"))
     about = [
         f"model {model}" + (f" from {base}" if base else "") + f"; {cpus} core(s) "
         f"(load average {os.getloadavg()[0]:.2f} at the end)",
@@ -151,32 +186,47 @@ def main(argv: Sequence[str]) -> int:
         f"setting in {args.rounds} interleaved round(s), each after {args.warmup:g} s of "
         "warm-up; requests "
         + (str(args.requests) if args.requests else f"generated (batch {args.batch})"),
-        "best: " + (chosen.label if chosen else "none")
-        + (f" (p99 budget {args.latency_budget_ms:g} ms)" if args.latency_budget_ms else ""),
+        "best: " + (choice.row.label if choice.row else "none") + f" ({choice.reason})"
+        + (f"; p99 budget {args.latency_budget_ms:g} ms" if args.latency_budget_ms else ""),
     ]
-    files = report.write(output, rows, chosen, f"onnx-serving tune: {model}",
+    files = report.write(output, rows, choice, f"onnx-serving tune: {model}",
                          args.latency_budget_ms, about)
-    print(report.table(rows, chosen))
+    print(report.table(rows, choice))
     for line in about:
         print(f"- {line}")
     for kind, path in files.items():
         print(f"{kind}: {path}")
     if not settings:  # a running server measured as it is: nothing to choose from
         return 0
-    if chosen is None:
-        print("no setting met the latency budget without errors", file=sys.stderr)
+    return conclude(choice, base if args.apply else None)
+
+
+def conclude(choice: report.Choice, apply_to: Path | None) -> int:
+    """Applies the choice to the model's folder ``apply_to`` (if given), or says why not;
+    the exit status: 2 when no setting fits."""
+    if choice.row is None:
+        print(choice.reason, file=sys.stderr)
         return 2
-    if args.apply and base is not None:
-        _apply(base, chosen)
+    if apply_to is not None:
+        if choice.keeps_default:
+            print(f"nothing applied: {choice.reason}")
+        else:
+            _apply(apply_to, choice.row)
     return 0
 
 
 def _apply(base: Path, chosen: Row) -> None:
-    target = base / "runtime.json"
-    target.write_text(json.dumps(chosen.setting.runtime_json(), indent=2) + "\n")
-    print(f"applied: {target}")
+    """Writes the setting's files into the model's folder, each replaced at once (written
+    beside, then renamed), so a server loading a version meanwhile reads old or new."""
+    def write(path: Path, text: str) -> None:
+        partial = path.with_name(f".{path.name}.tune")
+        partial.write_text(text)
+        os.replace(partial, path)
+        print(f"applied: {path}")
+
+    write(base / "runtime.json", json.dumps(chosen.setting.runtime_json(), indent=2) + "\n")
     if chosen.setting.batching:
         for version in sorted(p for p in base.iterdir() if p.is_dir() and p.name.isdigit()):
-            (version / "batching_params.pbtxt").write_text(chosen.setting.batching_text())
-            print(f"applied: {version / 'batching_params.pbtxt'} (serve with --enable_batching "
-                  "--enable_per_model_batching_parameters)")
+            write(version / "batching_params.pbtxt", chosen.setting.batching_text())
+        print("serve with --enable_batching --enable_per_model_batching_parameters to "
+              "use batching_params.pbtxt")
