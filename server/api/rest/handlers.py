@@ -26,6 +26,7 @@ from onnx_serving.server.errors import InvalidArgument
 from onnx_serving.server.metrics import REST, Metrics
 from onnx_serving.server.repository.manager import ModelManager
 from onnx_serving.server.request_log import RequestLogs
+from onnx_serving.server.runtime.deadline import Deadline
 from onnx_serving.server.runtime.model import LoadedModel, Outputs
 from onnx_serving.server.runtime.signature import DEFAULT_SIGNATURE, Signature
 from onnx_serving.server.serving.core import ModelRef, ServingCore
@@ -42,7 +43,9 @@ class RestHandler:
             manager, metrics, method_check=method_check, request_log=request_log
         )
 
-    def handle(self, route: Route, body: bytes, gzipped: bool) -> str:
+    def handle(
+        self, route: Route, body: bytes, gzipped: bool, deadline: Deadline | None = None
+    ) -> str:
         """The JSON response body; errors are raised as ServingError."""
         if route.kind == "status":
             # A label is ignored, as in TF: every version (or the one asked for) is listed.
@@ -53,22 +56,24 @@ class RestHandler:
         if gzipped:
             body = gunzip(body)
         if route.kind == "predict":
-            return self._predict(ref, body)
+            return self._predict(ref, body, deadline)
         document = parse_object(body)
         requested = signature_name(document)
         examples = serialized_examples(read_examples(document))
         if route.kind == "classify":
             return self._core.classify(
-                ref, requested, examples, classification_json, entrypoint=REST
+                ref, requested, examples, classification_json, entrypoint=REST,
+                deadline=deadline,
             )
-        return self._core.regress(ref, requested, examples, regression_json, entrypoint=REST)
+        return self._core.regress(ref, requested, examples, regression_json, entrypoint=REST,
+                                  deadline=deadline)
 
-    def _predict(self, ref: ModelRef, body: bytes) -> str:
+    def _predict(self, ref: ModelRef, body: bytes, deadline: Deadline | None) -> str:
         document = parse_object(body)
         call = _JsonPredict(document)
         return self._core.predict(
             ref, signature_name(document), call.decode, call.encode,
-            entrypoint=REST, find=_rest_signature,
+            entrypoint=REST, find=_rest_signature, deadline=deadline,
         )
 
 
