@@ -9,6 +9,7 @@ limit, not a bad request.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
-from onnx_serving.server.errors import ResourceExhausted
+from onnx_serving.server.errors import Code, ResourceExhausted, ServingError
 from onnx_serving.server.metrics import Metrics
 from onnx_serving.server.repository.manager import ModelManager, VersionStatus
 from onnx_serving.server.runtime.config import RuntimeConfig
@@ -77,16 +78,29 @@ class ServingCore:
     def _serving(
         self, ref: ModelRef, deadline: Deadline | None
     ) -> Iterator[tuple[int, LoadedModel]]:
-        """``pin`` for a request that is still awaited; out of memory is its status."""
+        """``pin`` for a request that is still awaited, counted by the version that
+        answers it; out of memory is its status."""
         if deadline is not None:
             deadline.check()
-        try:
-            with self.pin(ref) as pinned:
+        with self.pin(ref) as pinned:
+            record = None if self._metrics is None else self._metrics.version(ref.name,
+                                                                               pinned[0])
+            started = time.perf_counter()
+            code = Code.INTERNAL  # anything but a ServingError: the front end's answer
+            try:
                 yield pinned
-        except MemoryError:
-            raise ResourceExhausted(
-                f"Out of memory serving a request for model {ref.name}"
-            ) from None
+                code = Code.OK
+            except MemoryError:
+                code = Code.RESOURCE_EXHAUSTED
+                raise ResourceExhausted(
+                    f"Out of memory serving a request for model {ref.name}"
+                ) from None
+            except ServingError as exc:
+                code = exc.code
+                raise
+            finally:
+                if record is not None:
+                    record(code, time.perf_counter() - started)
 
     def _observer(self, model: str, entrypoint: str, api: str) -> Observe | None:
         metrics = self._metrics
