@@ -34,7 +34,8 @@ Outputs = dict[str, np.ndarray]
 class BatchQueue(Protocol):
     """Merges concurrent requests into batches (server/batching's Batcher is one)."""
 
-    def submit(self, inputs: Mapping[str, np.ndarray]) -> Outputs: ...
+    def submit(self, inputs: Mapping[str, np.ndarray], awaited: Deadline | None = None
+               ) -> Outputs: ...
 
     def close(self) -> None: ...
 
@@ -102,7 +103,7 @@ class LoadedModel:
         if queue is not None:  # batches compute every output; each caller takes its own
             if deadline is not None:
                 deadline.check()
-            everything = queue.submit(inputs)
+            everything = queue.submit(inputs, deadline)
             return nullcontext({spec.alias: everything[spec.alias] for spec in outputs})
         return self._sessions[signature.model_file].lease(
             signature.feeds(inputs),
