@@ -146,6 +146,8 @@ def shape_of(proto: TensorProto) -> tuple[int, ...]:
         raise TensorCodecError(f"tensor shape {list(dims)} has a negative dimension")
     if len(dims) > MAX_RANK:
         raise TensorCodecError(f"tensor has {len(dims)} dimensions; at most {MAX_RANK} are served")
+    if prod(dims) >= 2**63:  # TF's TensorShape::IsValid: a malformed shape, not a large one
+        raise TensorCodecError(f"tensor shape {list(dims)} has more elements than int64 counts")
     return dims
 
 
