@@ -1,9 +1,12 @@
 """numpy ⇄ TensorProto without TensorFlow.
 
-Decoding follows TensorFlow's C++ rules (the server's side of the wire):
-``tensor_content`` must hold exactly the tensor's bytes; a typed field with
-fewer values than elements is padded with its last value (zeros when empty)
-and surplus values are ignored.
+Decoding follows TensorFlow's C++ rules (the server's side of the wire,
+tensor.cc ``FromProtoField``): ``tensor_content`` must hold exactly the
+tensor's bytes; a typed field with fewer values than elements is padded with
+its last value (zeros when empty) and surplus values are ignored. TF fills
+whatever its allocator grants, so 45 bytes can ask for gigabytes; here the
+padding is bounded (``MAX_FILL_BYTES``) and a tensor over it is refused
+with ``TensorTooLarge`` before anything is allocated.
 
 Encoding into typed fields never loops over elements in Python: a packed
 repeated field is a length-prefixed run of fixed-width values or varints, so
@@ -26,6 +29,11 @@ TensorProto = tensor_pb2.TensorProto
 
 class TensorCodecError(ValueError):
     """A tensor that cannot be decoded or encoded, with the reason."""
+
+
+class TensorTooLarge(TensorCodecError):
+    """A tensor whose decoding would take more memory than the server grants one:
+    a limit of the server's (RESOURCE_EXHAUSTED), not a malformed tensor."""
 
 
 @dataclass(frozen=True)
@@ -123,6 +131,10 @@ MAX_RANK: Final = 64
 # No decoded tensor may be larger than the largest message that can carry it:
 # a short typed field could otherwise ask for any amount of memory.
 MAX_TENSOR_BYTES: Final = 2**31 - 1
+# The values a typed field does not carry, filled in by TF's rule: at most this many
+# bytes per tensor (a 4,096 x 4,096 float tensor from one value), so the memory a
+# request costs stays in proportion to its size.
+MAX_FILL_BYTES: Final = 64 << 20
 
 
 def shape_of(proto: TensorProto) -> tuple[int, ...]:
@@ -134,6 +146,8 @@ def shape_of(proto: TensorProto) -> tuple[int, ...]:
         raise TensorCodecError(f"tensor shape {list(dims)} has a negative dimension")
     if len(dims) > MAX_RANK:
         raise TensorCodecError(f"tensor has {len(dims)} dimensions; at most {MAX_RANK} are served")
+    if prod(dims) >= 2**63:  # TF's TensorShape::IsValid: a malformed shape, not a large one
+        raise TensorCodecError(f"tensor shape {list(dims)} has more elements than int64 counts")
     return dims
 
 
@@ -145,7 +159,7 @@ def make_ndarray(proto: TensorProto) -> np.ndarray:
     shape = shape_of(proto)
     count = prod(shape)
     if count * kind.numpy.itemsize > MAX_TENSOR_BYTES:
-        raise TensorCodecError(
+        raise TensorTooLarge(
             f"tensor of shape {list(shape)} and {dtype_name(proto.dtype)} would take "
             f"{count * kind.numpy.itemsize} bytes, over the limit of {MAX_TENSOR_BYTES}"
         )
@@ -164,7 +178,15 @@ def make_ndarray(proto: TensorProto) -> np.ndarray:
             )
         flat = np.frombuffer(content, dtype=kind.little)
         return flat.astype(kind.numpy, copy=False).reshape(shape)
-    return _fill(_typed_values(proto, kind), count, kind).reshape(shape)
+    values = _typed_values(proto, kind)
+    filled = (count - min(values.size, count)) * kind.numpy.itemsize
+    if filled > MAX_FILL_BYTES:
+        raise TensorTooLarge(
+            f"tensor of shape {list(shape)} carries {values.size} of its {count} values; "
+            f"filling in the rest would take {filled} bytes, over the limit of "
+            f"{MAX_FILL_BYTES} (send the values, or tensor_content)"
+        )
+    return _fill(values, count, kind).reshape(shape)
 
 
 def _decode_string_list(content: bytes, count: int) -> np.ndarray:

@@ -52,8 +52,8 @@ def serve(argv: Sequence[str]) -> int:
         log.info("Received %s, shutting down", signal.Signals(signum).name)
         app.request_stop()
 
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # a hangup drains too
+        signal.signal(signum, stop)
     app.wait()
     app.stop()
     return 0

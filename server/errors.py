@@ -68,6 +68,24 @@ class Unavailable(ServingError):
     code = Code.UNAVAILABLE
 
 
+class ResourceExhausted(ServingError):
+    """More memory than the server grants a request, or an allocation that failed."""
+
+    code = Code.RESOURCE_EXHAUSTED
+
+
+class DeadlineExceeded(ServingError):
+    """The caller's deadline passed before the model ran: the run is skipped."""
+
+    code = Code.DEADLINE_EXCEEDED
+
+
+class Cancelled(ServingError):
+    """The caller went away (cancelled, disconnected): nobody waits for the answer."""
+
+    code = Code.CANCELLED
+
+
 class ServableNotFound(NotFound):
     """No available version answers the request (TF Serving's manager wording)."""
 

@@ -7,7 +7,8 @@ because the same names, labels, units (microseconds) and buckets are served
 here. Values are kept by prometheus-client; ``render`` prints them in TF's
 naming.
 
-onnx-serving's own metrics (``:onnx_serving:...``) add per-stage request
+onnx-serving's own metrics (``:onnx_serving:...``) add requests and latency
+by the model version that answered (canary traffic), per-stage request
 latency, load/unload/warmup durations and failures, the execution providers
 in use, the versions available, and the requests in flight and waiting for a
 batch per model (autoscaling signals).
@@ -45,6 +46,8 @@ _LOAD_BUCKETS = [1e3 * 2**i for i in range(25)]
 _BATCH_BUCKETS = [2**i for i in range(15)]
 
 GRPC, REST = "GRPC", "REST"
+# One request a version answered: its status and seconds.
+VersionRecorder = Callable[[Code, float], None]
 # Where prometheus-client keeps every process's values in multiprocess mode.
 MULTIPROCESS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 LIVE_PUBLISH_SECONDS = 1.0
@@ -126,6 +129,20 @@ class Metrics:
             "Requests' rows per batch, before padding: is batching merging anything?",
             ["model_name"], buckets=_BATCH_BUCKETS, registry=r,
         )
+        # By the version that answered: a label of few values (the versions served), each
+        # resolved once per version (``version``), never per request.
+        self._version_requests = Counter(
+            ":onnx_serving:version_request_count",
+            "Requests answered by each model version, by status.",
+            ["model_name", "version", "status"], registry=r,
+        )
+        self._version_latency = Histogram(
+            ":onnx_serving:version_request_latency",
+            "Wall time (in microseconds) of the successful requests each model version "
+            "answered, from taking the version to the encoded answer.",
+            ["model_name", "version"], buckets=_TF_BUCKETS, registry=r,
+        )
+        self._versions: dict[tuple[str, int], VersionRecorder] = {}
         self._request_log = Counter(
             ":onnx_serving:request_log_records",
             "Sampled requests written to the request log, or dropped (queue full, write "
@@ -155,6 +172,23 @@ class Metrics:
         self._child(self._requests, model, code.name).inc()
         if code is Code.OK:
             self._child(self._request_latency, model, api, entrypoint).observe(seconds * 1e6)
+
+    def version(self, model: str, version: int) -> VersionRecorder:
+        """What records the requests one version answers (status, seconds), made once per
+        model version."""
+        recorder = self._versions.get((model, version))
+        if recorder is None:
+            label = str(version)
+            latency = self._version_latency.labels(model, label)
+            requests = self._version_requests
+
+            def record(code: Code, seconds: float) -> None:
+                self._child(requests, model, label, code.name).inc()
+                if code is Code.OK:
+                    latency.observe(seconds * 1e6)
+
+            recorder = self._versions.setdefault((model, version), record)
+        return recorder
 
     def stage(
         self, model: str, entrypoint: str, stage: str, seconds: float, api: str = "Predict"

@@ -12,26 +12,36 @@ records are the messages TF Serving's gRPC API carries (a REST request is logged
 as the request it amounts to).
 
 Nothing is written on a request's path. A sampled request copies its outputs
-(they may be buffers the next request reuses) and puts a record on a bounded
-queue; a full queue drops the record and counts it, never waits. One thread
-turns records into protobuf and appends them to files, starting a new file
-when one reaches its size or the warmup limit of records, and deleting the
-oldest beyond the count kept, so the logs are bounded in total.
+(they may be buffers the next request reuses) and puts a record on a queue
+bounded in records and in the bytes of the tensors they hold; a full queue
+drops the record and counts it, never waits. One thread turns records into
+protobuf and appends them to files, starting a new file when one reaches its
+size or the warmup limit of records, and deleting the oldest beyond the count
+kept, so the logs are bounded in total.
+
+A log that cannot be written (a full disk, a read-only or missing directory)
+never stops the server or the writer: the records not yet in the file are
+dropped and counted, the file is cut back to its last whole record, and the
+records of the next ``retry_seconds`` are dropped without a try; then a new
+file is opened. One ERROR line says so, then at most one a minute with the
+count dropped since, and an INFO line when writing works again. At shutdown
+what is queued gets ``close_seconds`` to be written; the rest is dropped.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
+import io
 import logging
 import os
-import queue
 import random
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import BinaryIO, TypeVar
+from typing import TypeVar
 
 import numpy as np
 
@@ -52,8 +62,10 @@ from onnx_serving.server.warmup import MAX_RECORDS
 
 log = logging.getLogger(__name__)
 
-_FLUSH_EVERY = 256
+_FLUSH_BYTES = 1 << 20  # records are written in runs of about this size, or when none wait
+_REPORT_SECONDS = 60.0  # at most one ERROR line per log file this often
 _Answer = TypeVar("_Answer")
+Observe = Callable[[str, bool], None]
 
 
 @dataclass(frozen=True)
@@ -61,6 +73,9 @@ class RequestLogOptions:
     max_file_bytes: int = 64 << 20
     max_files: int = 10  # per filename_prefix and server process; the oldest go first
     queue_size: int = 1024  # records waiting to be written; more are dropped
+    queue_bytes: int = 64 << 20  # the tensors those records hold; more are dropped
+    retry_seconds: float = 1.0  # after a failed write, records are dropped this long
+    close_seconds: float = 5.0  # at shutdown, the queue is written this long at most
 
 
 # What a record is built from, on the writer thread.
@@ -72,20 +87,22 @@ class _Record:
     model: str
     prefix: Path
     build: Build
+    size: int  # bytes of the arrays it keeps alive until written
 
 
 class RequestLogs:
     """Every model's request log; ``observe(model, written)`` counts each record."""
 
     def __init__(
-        self, options: RequestLogOptions,
-        observe: Callable[[str, bool], None] = lambda model, written: None,
+        self, options: RequestLogOptions, observe: Observe = lambda model, written: None,
     ) -> None:
         self._options = options
         self._observe = observe
         self._configs: dict[str, RequestLogConfig] = {}
-        self._queue: queue.Queue[_Record | None] = queue.Queue(max(1, options.queue_size))
-        self._files: dict[Path, _RotatingFile] = {}
+        self._queue = _Backlog(options.queue_size, options.queue_bytes)
+        self._files: dict[Path, _LogFile] = {}
+        self._unencodable = _Reporter("Request log: records that could not be encoded")
+        self._drain_until: float | None = None  # set by close
         self._thread = threading.Thread(target=self._write, name="request-log", daemon=True)
         self._thread.start()
 
@@ -109,6 +126,7 @@ class RequestLogs:
         def record(inputs: Mapping[str, np.ndarray], served_version: int, signature: str,
                    outputs: Outputs) -> None:
             kept = {alias: np.array(array, copy=True) for alias, array in outputs.items()}
+            size = sum(_nbytes(a) for a in inputs.values()) + sum(map(_nbytes, kept.values()))
 
             def build() -> prediction_log_pb2.PredictionLog:
                 entry = _metadata(config, Served(name, served_version, signature), timestamp)
@@ -123,7 +141,7 @@ class RequestLogs:
                     encode_into(response.outputs[alias], array)
                 return entry
 
-            self._put(_Record(name, config.filename_prefix, build))
+            self._put(_Record(name, config.filename_prefix, build, size))
 
         return record
 
@@ -137,7 +155,7 @@ class RequestLogs:
             _fill_input(entry.classify_log.request.input, examples)
             entry.classify_log.response.CopyFrom(classification_response(served, kept))
 
-        return self._answer_logger(name, _copied_classifications, fill)
+        return self._answer_logger(name, _copied_classifications, fill, _nbytes(examples))
 
     def regress_logger(
         self, name: str, version: int | None, label: str | None, examples: np.ndarray
@@ -149,13 +167,16 @@ class RequestLogs:
             _fill_input(entry.regress_log.request.input, examples)
             entry.regress_log.response.CopyFrom(regression_response(served, kept))
 
-        return self._answer_logger(name, lambda values: np.array(values, copy=True), fill)
+        return self._answer_logger(
+            name, lambda values: np.array(values, copy=True), fill, _nbytes(examples)
+        )
 
     def _answer_logger(
         self,
         name: str,
         copy: Callable[[_Answer], _Answer],
         fill: Callable[[prediction_log_pb2.PredictionLog, Served, _Answer], None],
+        request_size: int,
     ) -> Callable[[Served, _Answer], None] | None:
         """Samples; the answer is copied on the request's path, the record built off it."""
         config = self._sample(name)
@@ -171,7 +192,8 @@ class RequestLogs:
                 fill(entry, served, kept)
                 return entry
 
-            self._put(_Record(name, config.filename_prefix, build))
+            self._put(_Record(name, config.filename_prefix, build,
+                              request_size + _answer_size(kept)))
 
         return record
 
@@ -188,6 +210,7 @@ class RequestLogs:
 
         def record(results: list[TaskResult]) -> None:
             kept = [replace(r, result=_copied(r.result)) for r in results]
+            size = _nbytes(examples) + sum(_answer_size(r.result) for r in kept)
 
             def build() -> prediction_log_pb2.PredictionLog:
                 entry = _metadata(config, kept[0].served, timestamp)
@@ -200,52 +223,68 @@ class RequestLogs:
                 entry.multi_inference_log.response.CopyFrom(multi_inference_response(kept))
                 return entry
 
-            self._put(_Record(name, config.filename_prefix, build))
+            self._put(_Record(name, config.filename_prefix, build, size))
 
         return record
 
     def _put(self, record: _Record) -> None:
-        try:
-            self._queue.put_nowait(record)
-        except queue.Full:
+        if not self._queue.put(record):
             self._observe(record.model, False)
 
     def close(self) -> None:
-        """Writes what is queued, then closes the files."""
-        self._queue.put(None)
-        self._thread.join()
+        """Writes what is queued (for ``close_seconds`` at most), then closes the files.
+
+        Returns within about that bound whatever the disk does: a writer stuck in a
+        write is left behind (a daemon thread) with a logged error.
+        """
+        seconds = self._options.close_seconds
+        self._drain_until = time.monotonic() + seconds
+        self._queue.close()
+        self._thread.join(seconds + 1.0)
+        if self._thread.is_alive():
+            log.error("Request log writer still busy after %.1f s at shutdown; left behind",
+                      seconds)
 
     def _write(self) -> None:
-        written = 0
+        dropped = 0
         while (record := self._queue.get()) is not None:
-            self._write_one(record)
-            written += 1
-            # Readable as soon as the queue runs dry; under load every so many records.
-            if self._queue.empty() or written % _FLUSH_EVERY == 0:
-                self._flush()
-        self._flush()
+            if self._drain_until is not None and time.monotonic() > self._drain_until:
+                self._observe(record.model, False)
+                dropped += 1
+                continue
+            try:
+                self._write_one(record)
+            except Exception:  # the writer outlives any one record, whatever went wrong
+                log.exception("Request log of model %s: record dropped", record.model)
+                self._observe(record.model, False)
+            if self._queue.empty():
+                self._flush()  # readable as soon as the queue runs dry
+        if dropped:
+            log.warning("Request log: %d queued records dropped at shutdown, after %.1f s",
+                        dropped, self._options.close_seconds)
         for file in self._files.values():
             file.close()
 
     def _write_one(self, record: _Record) -> None:
+        file = self._files.get(record.prefix)
+        if file is None:
+            file = self._files[record.prefix] = _LogFile(
+                record.prefix, self._options, self._observe
+            )
+        if not file.writable():  # failed a moment ago: no use encoding it
+            file.drop(record.model)
+            return
         try:
             data = frame_record(record.build().SerializeToString())
-            file = self._files.get(record.prefix)
-            if file is None:
-                file = self._files[record.prefix] = _RotatingFile(record.prefix, self._options)
-            file.write(data)
-        except (OSError, ValueError) as exc:  # a full disk, a value the codec refuses
-            log.error("Request log of model %s: record not written: %s", record.model, exc)
+        except ValueError as exc:  # a value the codec refuses
             self._observe(record.model, False)
+            self._unencodable.failed(str(exc), 1)
             return
-        self._observe(record.model, True)
+        file.append(data, record.model)
 
     def _flush(self) -> None:
-        for prefix, file in self._files.items():
-            try:
-                file.flush()
-            except OSError as exc:
-                log.error("Request log %s: %s", prefix, exc)
+        for file in self._files.values():
+            file.flush()
 
 
 def _sampled(rate: float) -> bool:
@@ -287,6 +326,22 @@ def _copied(result: Classifications | np.ndarray) -> Classifications | np.ndarra
     return np.array(result, copy=True)
 
 
+def _nbytes(array: np.ndarray) -> int:
+    """The memory an array keeps alive: an object array's strings as well."""
+    if array.dtype != object:
+        return int(array.nbytes)
+    return int(array.nbytes) + sum(
+        len(v) for v in array.reshape(-1) if isinstance(v, bytes | str)
+    )
+
+
+def _answer_size(answer: object) -> int:
+    """The bytes a copied answer (classifications or regression values) keeps alive."""
+    if isinstance(answer, Classifications):
+        return sum(_nbytes(a) for a in (answer.labels, answer.scores) if a is not None)
+    return _nbytes(answer) if isinstance(answer, np.ndarray) else 0
+
+
 def _copied_classifications(result: Classifications) -> Classifications:
     return Classifications(
         None if result.labels is None else np.array(result.labels, copy=True),
@@ -294,42 +349,193 @@ def _copied_classifications(result: Classifications) -> Classifications:
     )
 
 
-class _RotatingFile:
-    """``<prefix>-<time>-<pid>-<n>.tfrecord`` files, at most ``max_files`` of them."""
+class _Backlog:
+    """Records waiting for the writer, bounded in count and in bytes; a put never waits."""
 
-    def __init__(self, prefix: Path, options: RequestLogOptions) -> None:
+    def __init__(self, records: int, size: int) -> None:
+        self._records, self._size = max(1, records), max(1, size)
+        self._items: collections.deque[_Record] = collections.deque()
+        self._bytes = 0
+        self._closed = False
+        self._ready = threading.Condition()
+
+    def put(self, record: _Record) -> bool:
+        """False when full (or closed): the record is dropped."""
+        with self._ready:
+            full = len(self._items) >= self._records or self._bytes + record.size > self._size
+            if self._closed or full:
+                return False
+            self._items.append(record)
+            self._bytes += record.size
+            self._ready.notify()
+            return True
+
+    def get(self) -> _Record | None:
+        """The next record; None once closed and empty."""
+        with self._ready:
+            while not self._items and not self._closed:
+                self._ready.wait()
+            if not self._items:
+                return None
+            record = self._items.popleft()
+            self._bytes -= record.size
+            return record
+
+    def empty(self) -> bool:
+        with self._ready:
+            return not self._items
+
+    def close(self) -> None:
+        with self._ready:
+            self._closed = True
+            self._ready.notify_all()
+
+
+class _Reporter:
+    """ERROR lines for one kind of failure: the first at once, then at most one every
+    ``_REPORT_SECONDS`` with the count of records dropped meanwhile, so a log that cannot
+    be written costs a line a minute, not one per request."""
+
+    def __init__(self, what: str) -> None:
+        self._what = what
+        self._dropped = 0
+        self._next_report = 0.0
+        self._failing = False
+
+    def failed(self, reason: str, dropped: int) -> None:
+        self._dropped += dropped
+        now = time.monotonic()
+        if now < self._next_report:
+            return
+        log.error("%s: %s; %d records dropped%s (:onnx_serving:request_log_records"
+                  '{outcome="dropped"} counts them all)', self._what, reason, self._dropped,
+                  " since the last report" if self._failing else "")
+        self._failing = True
+        self._dropped = 0
+        self._next_report = now + _REPORT_SECONDS
+
+    def dropped(self, count: int) -> None:
+        """Records dropped without a try (while waiting to retry): told in the next line."""
+        self._dropped += count
+
+    def recovered(self) -> None:
+        if self._failing:
+            log.info("%s: writing again; %d more records were dropped before", self._what,
+                     self._dropped)
+            self._failing, self._dropped, self._next_report = False, 0, 0.0
+
+
+class _LogFile:
+    """One filename_prefix's files, ``<prefix>-<time>-<pid>-<n>.tfrecord``, at most
+    ``max_files`` of them (the oldest are deleted).
+
+    Records are buffered and written unbuffered in runs; a record counts as written once
+    its bytes are in the file. A failed write drops the records of that run, cuts the file
+    back to its whole records (a TFRecord reader stops at a torn one) and closes it; the
+    records of the next ``retry_seconds`` are dropped, then the next one opens a new file.
+    """
+
+    def __init__(self, prefix: Path, options: RequestLogOptions, observe: Observe) -> None:
         self._prefix = prefix
         self._options = options
-        self._stream: BinaryIO | None = None
-        self._size = self._records = self._count = 0
+        self._observe = observe
+        self._trouble = _Reporter(f"Request log {prefix}")
+        self._stream: io.FileIO | None = None
+        self._path: Path | None = None
+        self._size = 0  # whole records in the file
+        self._records = 0  # in the file or pending
+        self._pending = bytearray()
+        self._pending_models: list[str] = []
+        self._count = 0
+        self._retry_at = 0.0
         self._kept: collections.deque[Path] = collections.deque()
 
-    def write(self, data: bytes) -> None:
-        full = self._size + len(data) > self._options.max_file_bytes and self._size > 0
-        if self._stream is None or full or self._records >= MAX_RECORDS:
-            self._rotate()
-        assert self._stream is not None
-        self._stream.write(data)
-        self._size += len(data)
-        self._records += 1
+    def writable(self) -> bool:
+        return self._stream is not None or time.monotonic() >= self._retry_at
 
-    def _rotate(self) -> None:
-        self.close()
+    def drop(self, model: str) -> None:
+        self._observe(model, False)
+        self._trouble.dropped(1)
+
+    def append(self, data: bytes, model: str) -> None:
+        used = self._size + len(self._pending)
+        if self._stream is not None and (
+            (used + len(data) > self._options.max_file_bytes and used > 0)
+            or self._records >= MAX_RECORDS
+        ):
+            self.flush()
+            self.close()
+        if self._stream is None and not self._open():
+            self.drop(model)
+            return
+        self._pending += data
+        self._pending_models.append(model)
+        self._records += 1
+        if len(self._pending) >= _FLUSH_BYTES:
+            self.flush()
+
+    def _open(self) -> bool:
         self._count += 1
         stamp = time.strftime("%Y%m%d-%H%M%S")
         path = Path(f"{self._prefix}-{stamp}-{os.getpid()}-{self._count:05d}.tfrecord")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._stream = path.open("wb")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._stream = io.FileIO(path, "wb")
+        except OSError as exc:
+            self._retry_at = time.monotonic() + self._options.retry_seconds
+            self._trouble.failed(f"cannot open {path.name}: {exc}", 0)
+            return False
+        self._path = path
         self._size = self._records = 0
         self._kept.append(path)
         while len(self._kept) > max(1, self._options.max_files):
-            self._kept.popleft().unlink(missing_ok=True)
+            self._unlink(self._kept.popleft())
+        return True
 
     def flush(self) -> None:
-        if self._stream is not None:
-            self._stream.flush()
+        if self._stream is None or not self._pending:
+            return
+        pending, models = self._pending, self._pending_models
+        self._pending, self._pending_models = bytearray(), []
+        view = memoryview(pending)
+        try:
+            while view:  # an unbuffered write may take part of it
+                view = view[self._stream.write(view):]
+        except OSError as exc:
+            self._fail(exc, models)
+            return
+        self._size += len(pending)
+        for model in models:
+            self._observe(model, True)
+        self._trouble.recovered()
+
+    def _fail(self, exc: OSError, models: list[str]) -> None:
+        for model in models:
+            self._observe(model, False)
+        assert self._stream is not None and self._path is not None
+        # Best effort: a file that cannot be cut or closed is left as the disk allows.
+        with contextlib.suppress(OSError):
+            os.ftruncate(self._stream.fileno(), self._size)
+        self._close_stream()
+        if self._size == 0:  # nothing whole in it: no empty files left behind
+            self._unlink(self._path)
+            self._kept.remove(self._path)
+        self._retry_at = time.monotonic() + self._options.retry_seconds
+        self._trouble.failed(f"cannot write {self._path.name}: {exc}", len(models))
 
     def close(self) -> None:
+        self.flush()
+        self._close_stream()
+
+    def _close_stream(self) -> None:
         if self._stream is not None:
-            self._stream.close()
+            with contextlib.suppress(OSError):  # unbuffered: nothing is lost by a failed close
+                self._stream.close()
             self._stream = None
+
+    @staticmethod
+    def _unlink(path: Path) -> None:
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as exc:
+            log.warning("Request log: cannot delete %s: %s", path, exc)

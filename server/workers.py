@@ -4,8 +4,16 @@ One Python process serves requests on one GIL: decoding, encoding and gRPC's own
 Python work run one at a time, however many cores ONNX Runtime may use. N worker
 processes bound to the same ports with SO_REUSEPORT let the kernel spread
 connections over N GILs. Each worker loads every model (memory x N) and polls the
-repository itself. This process only starts them, relays SIGTERM/SIGINT, and
-stops them all when one fails.
+repository itself. This process only starts them and supervises:
+
+- SIGTERM, SIGINT and SIGHUP stop every worker (each drains as one server does);
+  the supervisor then exits with the workers' status, 0 when they stopped cleanly.
+- A worker that exits on its own, or is killed (SIGKILL by the OOM killer, say), is
+  not restarted: the others are stopped and the supervisor exits non-zero (the
+  worker's status, or 128 + the signal's number), so the orchestrator sees a crash
+  and restarts the whole server, as it would restart one process.
+- Workers die with the supervisor, however it dies (SIGKILL included): on Linux each
+  is started with PR_SET_PDEATHSIG, so none is left holding the ports.
 
 The workers share one private folder (``WORKERS_DIR_ENV``): prometheus-client's
 multiprocess files, so any worker's scrape shows the whole server, and the model
@@ -14,6 +22,7 @@ config a HandleReloadConfigRequest set, so a reload reaches every worker.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import logging
 import os
@@ -24,7 +33,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
@@ -43,6 +52,11 @@ WORKERS_COUNT_ENV = "ONNX_SERVING_NUM_WORKERS"
 _CONFIG_FILE = "reloaded.config"
 _ACK_PREFIX = "applied."
 _WATCH_SECONDS = 0.2
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+# After SIGTERM, how long workers get to drain (--shutdown_delay_seconds and in-flight
+# requests) before they are killed.
+_STOP_SECONDS = 60.0
 
 
 def worker_argv(argv: Sequence[str]) -> list[str]:
@@ -52,6 +66,7 @@ def worker_argv(argv: Sequence[str]) -> list[str]:
 
 
 def run_workers(argv: Sequence[str], count: int) -> int:
+    """Runs ``count`` workers until a stop signal or a worker's exit; the exit status."""
     from prometheus_client import multiprocess
 
     shared = Path(tempfile.mkdtemp(prefix="onnx-serving-workers-"))
@@ -60,30 +75,91 @@ def run_workers(argv: Sequence[str], count: int) -> int:
     env = {**os.environ, WORKERS_DIR_ENV: str(shared), WORKERS_COUNT_ENV: str(count),
            MULTIPROCESS_DIR_ENV: str(metrics_dir)}
     command = [sys.executable, "-m", "onnx_serving.server", "serve", *worker_argv(argv)]
-    workers = [subprocess.Popen(command, env=env) for _ in range(count)]
-    log.info("Started %d worker processes: %s", count, [w.pid for w in workers])
+    stop_requested = False
 
-    def relay(signum: int, _frame: FrameType | None) -> None:
+    def stop(signum: int, _frame: FrameType | None) -> None:
+        nonlocal stop_requested
+        log.info("Received %s, stopping the workers", signal.Signals(signum).name)
+        stop_requested = True
+        terminate()
+
+    workers: list[subprocess.Popen[bytes]] = []
+    ended: subprocess.Popen[bytes] | None = None  # the worker whose exit stops the rest
+    signalled: set[int] = set()
+
+    def terminate() -> None:
+        """SIGTERM, once, to every worker still running: each drains as it stops."""
         for worker in workers:
-            if worker.poll() is None:
-                worker.send_signal(signum)
+            if worker.pid not in signalled and worker.poll() is None:
+                signalled.add(worker.pid)
+                worker.send_signal(signal.SIGTERM)
 
-    signal.signal(signal.SIGTERM, relay)
-    signal.signal(signal.SIGINT, relay)
+    for signum in _STOP_SIGNALS:
+        signal.signal(signum, stop)
     try:
-        while all(w.poll() is None for w in workers):
-            time.sleep(0.2)
-        failed = [w for w in workers if w.returncode]
-        if failed:
-            log.error("Worker %d exited with status %d; stopping the others",
-                      failed[0].pid, failed[0].returncode)
-        relay(signal.SIGTERM, None)
+        arm = _die_with_parent(os.getpid())
+        workers.extend(subprocess.Popen(command, env=env, preexec_fn=arm)
+                       for _ in range(count))
+        log.info("Started %d worker processes: %s", count, [w.pid for w in workers])
+        while not stop_requested and all(w.poll() is None for w in workers):
+            time.sleep(_WATCH_SECONDS)
+        ended = next((w for w in workers if w.poll() is not None), None)
+        if not stop_requested and ended is not None:
+            log.error("Worker %d %s; stopping the others (workers are not restarted: the "
+                      "server exits for its orchestrator to restart it)",
+                      ended.pid, _describe(ended.returncode))
+        terminate()
         for worker in workers:
-            worker.wait()
+            _wait(worker)
             multiprocess.mark_process_dead(worker.pid, str(metrics_dir))
     finally:
+        terminate()  # an error of the supervisor's own leaves no worker behind
         shutil.rmtree(shared, ignore_errors=True)
-    return max((w.returncode for w in workers), default=0)
+    if not stop_requested and ended is not None:
+        return _exit_status(ended.returncode) or 1  # even a worker's clean exit is a fault
+    return max((_exit_status(w.returncode) for w in workers), default=0)
+
+
+def _wait(worker: subprocess.Popen[bytes]) -> None:
+    try:
+        worker.wait(_STOP_SECONDS)
+    except subprocess.TimeoutExpired:
+        log.error("Worker %d still running %.0f s after SIGTERM; killing it", worker.pid,
+                  _STOP_SECONDS)
+        worker.kill()
+        worker.wait()
+
+
+def _exit_status(returncode: int | None) -> int:
+    """A worker's end as a process exit status: a signal N as 128 + N, as shells say it."""
+    if returncode is None:
+        return 0
+    return 128 - returncode if returncode < 0 else returncode
+
+
+def _describe(returncode: int | None) -> str:
+    if returncode is not None and returncode < 0:
+        return f"was killed by {signal.Signals(-returncode).name}"
+    return f"exited with status {returncode}"
+
+
+def _die_with_parent(parent: int) -> Callable[[], None] | None:
+    """For Popen's ``preexec_fn``: the worker gets SIGTERM when ``parent`` dies, however it
+    dies. Linux only (prctl); elsewhere a supervisor killed with SIGKILL leaves its workers
+    running, and a warning says so."""
+    if not sys.platform.startswith("linux"):
+        log.warning("Workers cannot be tied to the supervisor's life on %s: if it is "
+                    "killed with SIGKILL, stop them yourself", sys.platform)
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before the fork
+
+    def arm() -> None:  # in the child, between fork and exec: nothing that allocates locks
+        if prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG)")
+        if os.getppid() != parent:  # the parent died before prctl: no signal will come
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return arm
 
 
 class Peers:

@@ -27,11 +27,14 @@ from onnx_serving.server.batching import (
 )
 from onnx_serving.server.batching.options import _cpu_count
 from onnx_serving.server.errors import (
+    Cancelled,
     ConfigError,
+    DeadlineExceeded,
     FailedPrecondition,
     InvalidArgument,
     Unavailable,
 )
+from onnx_serving.server.runtime.deadline import Deadline
 from tests.concurrency import run_concurrently
 
 Arrays = dict[str, np.ndarray]
@@ -531,3 +534,27 @@ def test_a_failing_observer_does_not_stop_batching() -> None:
     with Batcher(double, BatchingOptions(num_batch_threads=1), observe=observe) as batcher:
         assert batcher.submit({"x": rows(1)})["y"].item() == 2
         assert batcher.submit({"x": rows(2)})["y"].item() == 4
+
+
+def test_requests_whose_callers_left_are_left_out_of_their_batch(
+    pool: ThreadPoolExecutor,
+) -> None:
+    gate = Gate()
+    options = BatchingOptions(max_batch_size=8, num_batch_threads=1)
+    left, expired, waiting = Deadline(), Deadline(0.0), Deadline(60.0)
+    with Batcher(gate, options) as batcher:
+        blocker = hold(batcher, gate, pool)
+        futures = []
+        for value, awaited in ((1, left), (2, expired), (3, waiting)):
+            queued = batcher.pending
+            futures.append(pool.submit(batcher.submit, {"x": rows(value)}, awaited))
+            wait_for(lambda queued=queued: batcher.pending > queued)
+        left.leave()  # while queued: the run has not started
+        gate.open()
+        blocker.result(5)
+        with pytest.raises(Cancelled):
+            futures[0].result(5)
+        with pytest.raises(DeadlineExceeded):
+            futures[1].result(5)
+        assert futures[2].result(5)["y"].tolist() == [[6.0]]
+    assert [b["x"].tolist() for b in gate.batches[1:]] == [[[3.0]]]  # only the awaited row

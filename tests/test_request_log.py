@@ -8,8 +8,11 @@ and serve unchanged as a warmup file (a new version warms up with one) and as
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import re
 import shutil
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -223,3 +226,103 @@ def test_a_file_holds_at_most_a_warmup_files_records(tmp_path: Path) -> None:
         logger({"x": np.ones(1, np.float32)}, 1, "serving_default", {"y": np.ones(1)})
     logs.close()
     assert [len(list(read_prediction_logs(p))) for p in files(tmp_path / "m")] == [1000, 1]
+
+
+@contextlib.contextmanager
+def small_filesystem(path: Path, size: str = "1m") -> Iterator[Path]:
+    """A real filesystem of ``size`` at ``path`` (a tmpfs: mounting needs root), unmounted
+    after; the test is skipped, with the reason, where it cannot be mounted."""
+    path.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                             capture_output=True, text=True, check=False)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=True)
+
+
+def remount(path: Path, mode: str) -> None:
+    subprocess.run(["mount", "-o", f"remount,{mode}", str(path)], check=True)
+
+
+def log_predicts(logs: RequestLogs, count: int, values: int = 1) -> None:
+    for _ in range(count):
+        logger = logs.predict_logger("m", None, None, ())
+        assert logger is not None
+        logger({"x": np.ones(values, np.float32)}, 1, "serving_default",
+               {"y": np.ones(values, np.float32)})
+
+
+def counting(logs_options: RequestLogOptions) -> tuple[RequestLogs, list[bool]]:
+    counted: list[bool] = []
+    return RequestLogs(logs_options, lambda model, ok: counted.append(ok)), counted
+
+
+def test_a_full_disk_drops_records_until_space_returns(tmp_path: Path, caplog) -> None:
+    caplog.set_level(logging.INFO, "onnx_serving.server.request_log")
+    with small_filesystem(tmp_path / "small") as small:
+        logs, counted = counting(RequestLogOptions(retry_seconds=0.05, queue_size=10_000))
+        logs.set_configs([ModelConfig("m", tmp_path, request_log=RequestLogConfig(
+            small / "m", 1.0))])
+        log_predicts(logs, 60, values=10_000)  # 80 KB a record: the 1 MiB disk fills
+        wait_for(lambda: len(counted) == 60)
+        assert 0 < counted.count(True) < 60
+        # What was written is whole: a reader gets every record counted as written.
+        assert len(records(small / "m")) == counted.count(True)
+        errors = [r for r in caplog.records if r.levelname == "ERROR"]
+        assert len(errors) == 1 and "No space left on device" in errors[0].getMessage()
+
+        for path in files(small / "m"):  # space returns
+            path.unlink()
+        time.sleep(0.1)  # past retry_seconds
+        log_predicts(logs, 3, values=10_000)
+        wait_for(lambda: len(counted) == 63)
+        assert counted[-3:] == [True] * 3
+        assert len(records(small / "m")) == 3
+        assert "writing again" in caplog.text
+        logs.close()
+
+
+def test_a_read_only_directory_logs_one_error_with_a_count(tmp_path: Path, caplog) -> None:
+    with small_filesystem(tmp_path / "ro") as directory:
+        remount(directory, "ro")
+        logs, counted = counting(RequestLogOptions(retry_seconds=0.01))
+        logs.set_configs([ModelConfig("m", tmp_path, request_log=RequestLogConfig(
+            directory / "sub" / "m", 1.0))])
+        for _ in range(20):
+            log_predicts(logs, 10)
+            time.sleep(0.01)  # several retries, each refused
+        wait_for(lambda: len(counted) == 200)
+        assert not any(counted)
+        errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+        assert len(errors) == 1, errors
+        assert "Read-only file system" in errors[0] and "records dropped" in errors[0]
+
+        remount(directory, "rw")
+        time.sleep(0.05)
+        log_predicts(logs, 1)
+        wait_for(lambda: len(counted) == 201)
+        assert counted[-1] and len(records(directory / "sub" / "m")) == 1
+        logs.close()
+
+
+def test_the_queue_is_bounded_in_bytes(tmp_path: Path) -> None:
+    logs, counted = counting(RequestLogOptions(queue_size=1000, queue_bytes=1 << 20))
+    logs.set_configs([ModelConfig("m", tmp_path, request_log=RequestLogConfig(
+        tmp_path / "m", 1.0))])
+    log_predicts(logs, 1, values=1 << 20)  # 8 MiB with its output: over the bound alone
+    log_predicts(logs, 1)
+    logs.close()
+    assert counted == [False, True]
+
+
+def test_close_is_bounded_whatever_is_queued(tmp_path: Path) -> None:
+    logs, counted = counting(RequestLogOptions(queue_size=10_000, queue_bytes=1 << 30,
+                                               close_seconds=0.0))
+    logs.set_configs([ModelConfig("m", tmp_path, request_log=RequestLogConfig(
+        tmp_path / "m", 1.0))])
+    log_predicts(logs, 200, values=100_000)
+    logs.close()  # returns at once: what is left is dropped and counted
+    assert len(counted) == 200 and counted.count(False) > 0

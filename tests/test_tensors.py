@@ -17,8 +17,10 @@ from tensorflow.core.framework import tensor_pb2 as tf_tensor_pb2
 from onnx_serving.codec import tensors
 from onnx_serving.codec.tensors import (
     KINDS,
+    MAX_FILL_BYTES,
     TensorCodecError,
     TensorProto,
+    TensorTooLarge,
     datatype_of,
     dtype_name,
     encode_varints,
@@ -209,6 +211,19 @@ def test_fill_rule(dtype: int) -> None:
     if dtype != DT_STRING:  # TF's Python pads strings with "" (str), not b""
         assert_same_as_tf(short, expected)
         assert_same_as_tf(empty, zero)
+
+
+@pytest.mark.parametrize("dtype", [types_pb2.DT_FLOAT, types_pb2.DT_INT8, DT_STRING], ids=ids)
+def test_the_fill_is_bounded(dtype: int) -> None:
+    """TF fills whatever its allocator grants; here what the field does not carry may
+    fill MAX_FILL_BYTES, and a tensor over it is refused before any allocation."""
+    itemsize = KINDS[dtype].numpy.itemsize
+    values = sample(dtype).reshape(-1)[:1]
+    largest = MAX_FILL_BYTES // itemsize + 1  # one value carried, the rest filled
+    assert make_ndarray(typed(dtype, [largest], values)).shape == (largest,)
+    for shape in ([largest + 1], [2**27, 2**27]):
+        with pytest.raises(TensorTooLarge, match="limit"):
+            make_ndarray(typed(dtype, shape, values))
 
 
 def test_complex_pairs_are_whole() -> None:

@@ -500,9 +500,10 @@ PREDICT_ERRORS = [
          INVALID, Prefix("tensor parsing error: x")),
     case("rank-over-254", predict_request("versions", {"x": huge([1] * 255)}),
          INVALID, Prefix("tensor parsing error: x")),
-    # A valid shape whose bytes no allocator can give: Tensor::FromProto fails.
+    # A valid shape whose bytes no allocator can give: Tensor::FromProto fails, which TF
+    # answers INVALID_ARGUMENT; here the server's limit is RESOURCE_EXHAUSTED (issue 19).
     case("too-big-to-allocate", predict_request("versions", {"x": huge([2**31, 2**31])}),
-         INVALID, Prefix("tensor parsing error: x")),
+         Code.RESOURCE_EXHAUSTED, Prefix("tensor parsing error: x")),
     # Valid for TF (rank <= 254), refused by its runtime; numpy stops at 64 dims.
     case("rank-65", predict_request("versions", {"x": huge([1] * 65)}), INVALID, Contains("x")),
     # TF's order of checks: input count, then each signature input (key, then decoding),

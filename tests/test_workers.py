@@ -3,8 +3,12 @@ stopped together."""
 
 from __future__ import annotations
 
+import os
+import re
 import signal
+import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -105,3 +109,73 @@ def test_a_config_written_for_the_workers_reads_back_the_same(tmp_path: Path) ->
     path = tmp_path / "models.config"
     path.write_text(to_text(configs))
     assert read_config_file(path) == configs
+
+
+def worker_pids(server: ServerProcess) -> list[int]:
+    found = re.search(r"Started 2 worker processes: \[(\d+), (\d+)\]", server.logs())
+    assert found, server.logs()
+    return [int(found.group(1)), int(found.group(2))]
+
+
+def alive(pid: int) -> bool:
+    """Running, not a zombie (an orphan's reaper may be slow, or absent in a container)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.1)
+
+
+def two_workers(tmp_path: Path) -> ServerProcess:
+    return ServerProcess(
+        [f"--model_base_path={EXAMPLES / 'models' / 'half_plus_two'}", "--num_workers=2"],
+        tmp_path / "server.log",
+    ).start()
+
+
+def test_a_worker_killed_fails_the_server(tmp_path: Path) -> None:
+    server = two_workers(tmp_path)
+    try:
+        killed, other = worker_pids(server)
+        os.kill(killed, signal.SIGKILL)
+        assert server.process is not None
+        assert server.process.wait(timeout=60) == 128 + signal.SIGKILL  # not a clean exit
+        assert not alive(other)
+        assert f"Worker {killed} was killed by SIGKILL; stopping the others" in server.logs()
+    finally:
+        server.stop()
+
+
+def test_workers_die_with_their_supervisor(tmp_path: Path) -> None:
+    server = two_workers(tmp_path)
+    try:
+        pids = worker_pids(server)
+        assert server.process is not None
+        server.process.kill()  # SIGKILL: the supervisor can relay nothing
+        server.process.wait()
+        wait_until(lambda: not any(alive(pid) for pid in pids))
+        with socket.socket() as probe:  # nobody holds the port
+            probe.bind(("0.0.0.0", server.port))
+    finally:
+        server.stop()
+
+
+def test_sighup_stops_the_workers_like_sigterm(tmp_path: Path) -> None:
+    server = two_workers(tmp_path)
+    try:
+        pids = worker_pids(server)
+        assert server.process is not None
+        server.process.send_signal(signal.SIGHUP)
+        assert server.process.wait(timeout=60) == 0
+        assert not any(alive(pid) for pid in pids)
+        assert "Received SIGHUP, stopping the workers" in server.logs()
+        assert server.logs().count("Received SIGTERM, shutting down") == 2  # each drained
+    finally:
+        server.stop()

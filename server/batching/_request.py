@@ -5,12 +5,20 @@ from __future__ import annotations
 import threading
 from collections.abc import Mapping
 from types import TracebackType
+from typing import Protocol
 
 import numpy as np
 
 from onnx_serving.server.errors import FailedPrecondition
 
 Arrays = Mapping[str, np.ndarray]
+
+
+class Awaited(Protocol):
+    """Whether a request's caller still waits (the runtime's Deadline is one)."""
+
+    def check(self) -> None:
+        """Raises a ServingError once nobody waits for the answer."""
 
 
 class Request:
@@ -21,9 +29,11 @@ class Request:
     a second lock to count their pieces in.
     """
 
-    __slots__ = ("_count_lock", "_done", "_error", "_outputs", "_pieces", "_remaining", "_tb")
+    __slots__ = ("_count_lock", "_done", "_error", "_outputs", "_pieces", "_remaining", "_tb",
+                 "awaited")
 
-    def __init__(self) -> None:
+    def __init__(self, awaited: Awaited | None = None) -> None:
+        self.awaited = awaited
         self._done = threading.Lock()
         self._done.acquire()
         self._outputs: dict[str, np.ndarray] = {}

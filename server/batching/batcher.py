@@ -18,11 +18,11 @@ from types import TracebackType
 import numpy as np
 
 from onnx_serving.server.batching._queue import Batch, BatchQueue, Limits
-from onnx_serving.server.batching._request import Request
+from onnx_serving.server.batching._request import Awaited, Request, Task
 from onnx_serving.server.batching._tensors import batch_key, merge_inputs, split_outputs
 from onnx_serving.server.batching.options import BatchingOptions
 from onnx_serving.server.batching.scheduler import BatchScheduler
-from onnx_serving.server.errors import InvalidArgument, Unavailable
+from onnx_serving.server.errors import InvalidArgument, ServingError, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -100,12 +100,16 @@ class Batcher:
         with self._lock:
             return sum(queue.waiting() for queue in self._queues.values())
 
-    def submit(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def submit(
+        self, inputs: Mapping[str, np.ndarray], awaited: Awaited | None = None
+    ) -> dict[str, np.ndarray]:
         """Runs ``inputs`` in some batch and returns this request's rows of the outputs.
 
         Blocks until then. Raises InvalidArgument for a request larger than
         max_batch_size, Unavailable when the queue is full or the Batcher
-        closed, and whatever ``run`` raised for the batch.
+        closed, and whatever ``run`` raised for the batch. A request whose caller
+        stopped waiting (``awaited.check()`` raises) while it was queued is left out
+        of its batch with that error.
         """
         key = batch_key(inputs, self._pad)
         if key is None:
@@ -120,7 +124,7 @@ class Batcher:
                 f"Task size {rows} is larger than maximum input batch size "
                 f"{self._options.max_batch_size}"
             )
-        request = Request()
+        request = Request(awaited)
         with self._lock:
             if self._closed or self._scheduler.closed:
                 raise Unavailable("The batch scheduling queue is closed")
@@ -163,11 +167,14 @@ class Batcher:
     def _execute(self, batch: Batch) -> None:
         """On a batch thread: merge, run, split, wake every caller, then report."""
         started = time.monotonic()
-        tasks = batch.tasks
-        padded = self._options.padded_size(batch.rows)
+        tasks = _awaited(batch.tasks)
+        if not tasks:
+            return
+        rows = sum(task.rows for task in tasks)
+        padded = self._options.padded_size(rows)
         failed = False
         try:
-            inputs = merge_inputs(tasks, batch.rows, padded, self._pad)
+            inputs = merge_inputs(tasks, rows, padded, self._pad)
             outputs = self._run(inputs)
             results = split_outputs(outputs, [task.rows for task in tasks], padded)
         except BaseException as exc:
@@ -183,13 +190,28 @@ class Batcher:
             counts = self._counts
             counts["batches"] += 1
             counts["failed_batches"] += failed
-            counts["rows"] += batch.rows
-            counts["padded_rows"] += padded - batch.rows
+            counts["rows"] += rows
+            counts["padded_rows"] += padded - rows
             counts["tasks"] += len(tasks)
         if self._observe is not None:
             try:
-                self._observe(batch.rows, padded, [started - task.enqueued for task in tasks])
+                self._observe(rows, padded, [started - task.enqueued for task in tasks])
             except Exception:
                 # Metrics must not take batch threads down; say so and carry on.
                 log.exception("Batch observer failed")
 
+
+
+def _awaited(tasks: list[Task]) -> list[Task]:
+    """The tasks whose callers still wait; the others fail now, before the batch runs."""
+    kept = []
+    for task in tasks:
+        awaited = task.request.awaited
+        try:
+            if awaited is not None:
+                awaited.check()
+        except ServingError as exc:
+            task.request.fail(exc)
+            continue
+        kept.append(task)
+    return kept

@@ -26,6 +26,8 @@ from typing import Any, TypeAlias
 import numpy as np
 import onnxruntime as ort
 
+from onnx_serving.server.runtime.deadline import Deadline, run_options
+
 Feed: TypeAlias = np.ndarray | ort.OrtValue
 # Input names and shapes, then the outputs asked for.
 _Key: TypeAlias = tuple[tuple[tuple[str, tuple[int, ...]], ...], tuple[str, ...]]
@@ -90,10 +92,11 @@ class BoundRunner:
         self._shapes: dict[_Key, list[tuple[int, ...]] | None] = {}
 
     def lease(
-        self, feeds: Mapping[str, Feed], outputs: Sequence[str], keys: Sequence[str]
+        self, feeds: Mapping[str, Feed], outputs: Sequence[str], keys: Sequence[str],
+        deadline: Deadline | None = None,
     ) -> _Lease:
         """Runs on entering; gives the outputs by ``keys`` until the block ends."""
-        return _Lease(self, feeds, tuple(outputs), keys)
+        return _Lease(self, feeds, tuple(outputs), keys, deadline)
 
     def _take(self) -> _Slot:
         try:
@@ -105,7 +108,10 @@ class BoundRunner:
         slot.binding.clear_binding_inputs()  # the request's memory is not kept
         self._free.append(slot)
 
-    def _run(self, slot: _Slot, feeds: Mapping[str, Feed], outputs: tuple[str, ...]) -> list[Any]:
+    def _run(
+        self, slot: _Slot, feeds: Mapping[str, Feed], outputs: tuple[str, ...],
+        deadline: Deadline | None,
+    ) -> list[Any]:
         binding = slot.binding
         for name, value in feeds.items():
             if isinstance(value, ort.OrtValue):
@@ -120,15 +126,15 @@ class BoundRunner:
             dtypes = [self._host_dtypes[n] for n in outputs] if shapes is not None else []
             slot.bind_outputs(key, dtypes, shapes)
         try:
-            with self._gate:
-                self._session.run_with_iobinding(binding)
+            with self._gate, run_options(deadline) as options:
+                self._session.run_with_iobinding(binding, options)
         except self._errors as exc:
             if slot.buffers is None:
                 raise self._translate(exc) from exc
             slot.bind_outputs(key, (), None)  # perhaps a shape the values decide: let it
             try:
-                with self._gate:
-                    self._session.run_with_iobinding(binding)
+                with self._gate, run_options(deadline) as options:
+                    self._session.run_with_iobinding(binding, options)
             except self._errors as again:
                 raise self._translate(again) from again
             self._shapes[key] = None
@@ -152,19 +158,20 @@ class BoundRunner:
 class _Lease:
     """One request's use of a slot: a plain class, as this is on every request's path."""
 
-    __slots__ = ("_feeds", "_keys", "_outputs", "_runner", "_slot")
+    __slots__ = ("_deadline", "_feeds", "_keys", "_outputs", "_runner", "_slot")
 
     def __init__(
         self, runner: BoundRunner, feeds: Mapping[str, Feed], outputs: tuple[str, ...],
-        keys: Sequence[str],
+        keys: Sequence[str], deadline: Deadline | None,
     ) -> None:
         self._runner, self._feeds, self._outputs, self._keys = runner, feeds, outputs, keys
+        self._deadline = deadline
         self._slot: _Slot | None = None
 
     def __enter__(self) -> dict[str, np.ndarray]:
         slot = self._slot = self._runner._take()
         try:
-            values = self._runner._run(slot, self._feeds, self._outputs)
+            values = self._runner._run(slot, self._feeds, self._outputs, self._deadline)
         except BaseException:
             self._release()
             raise

@@ -13,6 +13,7 @@ import numpy as np
 
 from onnx_serving.server.errors import ModelLoadError
 from onnx_serving.server.runtime.config import RuntimeConfig, for_version
+from onnx_serving.server.runtime.deadline import Deadline
 from onnx_serving.server.runtime.graph import Graph, read_graph
 from onnx_serving.server.runtime.session import OnnxSession
 from onnx_serving.server.runtime.signature import (
@@ -33,7 +34,8 @@ Outputs = dict[str, np.ndarray]
 class BatchQueue(Protocol):
     """Merges concurrent requests into batches (server/batching's Batcher is one)."""
 
-    def submit(self, inputs: Mapping[str, np.ndarray]) -> Outputs: ...
+    def submit(self, inputs: Mapping[str, np.ndarray], awaited: Deadline | None = None
+               ) -> Outputs: ...
 
     def close(self) -> None: ...
 
@@ -84,24 +86,28 @@ class LoadedModel:
         signature: Signature,
         inputs: Mapping[str, np.ndarray],
         output_filter: Sequence[str] = (),
+        deadline: Deadline | None = None,
     ) -> AbstractContextManager[Outputs]:
         """Runs on entering the block: outputs by alias, in the order asked for.
         ``signature`` is one of ours; ``inputs`` are exactly its inputs (the serving core
         checks the request's keys, in TF Serving's words, before decoding them).
 
         They are valid inside the block only: with IO binding they are buffers that the
-        next request reuses, so the response is encoded before the block ends.
+        next request reuses, so the response is encoded before the block ends. The run
+        is skipped if ``deadline`` has passed by the time it would start.
         """
         outputs = signature.select_outputs(output_filter)
         for alias, array in inputs.items():
             signature.check_input(alias, array)
         queue = self._queues.get(signature.name)
         if queue is not None:  # batches compute every output; each caller takes its own
-            everything = queue.submit(inputs)
+            if deadline is not None:
+                deadline.check()
+            everything = queue.submit(inputs, deadline)
             return nullcontext({spec.alias: everything[spec.alias] for spec in outputs})
         return self._sessions[signature.model_file].lease(
             signature.feeds(inputs),
-            [spec.name for spec in outputs], [spec.alias for spec in outputs],
+            [spec.name for spec in outputs], [spec.alias for spec in outputs], deadline,
         )
 
     def close(self) -> None:

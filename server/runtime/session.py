@@ -21,10 +21,17 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from onnx_serving.server.errors import InvalidArgument, ModelLoadError
+from onnx_serving.server.errors import (
+    Cancelled,
+    InvalidArgument,
+    ModelLoadError,
+    ResourceExhausted,
+    ServingError,
+)
 from onnx_serving.server.runtime import extensions
 from onnx_serving.server.runtime.binding import BoundRunner
 from onnx_serving.server.runtime.config import CPU, Provider, RuntimeConfig
+from onnx_serving.server.runtime.deadline import Deadline, run_options
 from onnx_serving.server.runtime.dtypes import ONNX_BY_NUMPY, RAW_BITS
 from onnx_serving.server.runtime.gpu_memory import CUDA, with_memory_limit
 from onnx_serving.server.runtime.graph import Graph
@@ -162,21 +169,27 @@ class OnnxSession:
         kept = [p for p in config.providers if p.name in built]
         return kept or [Provider(CPU)]
 
-    def run(self, feeds: Mapping[str, np.ndarray], outputs: Sequence[str]) -> list[np.ndarray]:
-        """Outputs the caller owns (a batch's, split among its requests later)."""
+    def run(
+        self, feeds: Mapping[str, np.ndarray], outputs: Sequence[str],
+        deadline: Deadline | None = None,
+    ) -> list[np.ndarray]:
+        """Outputs the caller owns (a batch's, split among its requests later). A
+        ``deadline`` passed while waiting for a slot skips the run; its caller leaving
+        stops it."""
         ort_feeds = self._ort_feeds(feeds)
         try:
-            with self._slots:
+            with self._slots, run_options(deadline) as options:
                 if self._raw_outputs and not self._raw_outputs.keys().isdisjoint(outputs):
-                    values = self._session.run_with_ort_values(list(outputs), ort_feeds)
+                    values = self._session.run_with_ort_values(list(outputs), ort_feeds, options)
                 else:
-                    return self._session.run(list(outputs), ort_feeds)
+                    return self._session.run(list(outputs), ort_feeds, options)
             return [self._from_ort_value(n, v) for n, v in zip(outputs, values, strict=True)]
         except ORT_ERRORS as exc:
             raise _run_error(exc) from exc
 
     def lease(
-        self, feeds: Mapping[str, np.ndarray], outputs: Sequence[str], keys: Sequence[str]
+        self, feeds: Mapping[str, np.ndarray], outputs: Sequence[str], keys: Sequence[str],
+        deadline: Deadline | None = None,
     ) -> AbstractContextManager[dict[str, np.ndarray]]:
         """Runs on entering; the outputs, by ``keys``, are valid inside the block only.
 
@@ -184,8 +197,8 @@ class OnnxSession:
         copy) before the block ends.
         """
         if self._bound is not None and feeds.keys() <= self._bindable:
-            return self._bound.lease(self._ort_feeds(feeds), outputs, keys)
-        return nullcontext(dict(zip(keys, self.run(feeds, outputs), strict=True)))
+            return self._bound.lease(self._ort_feeds(feeds), outputs, keys, deadline)
+        return nullcontext(dict(zip(keys, self.run(feeds, outputs, deadline), strict=True)))
 
     def _ort_feeds(self, feeds: Mapping[str, np.ndarray]) -> Mapping[str, Any]:
         """Text and images decoded, raw-bit types wrapped: only graphs with such inputs pay."""
@@ -206,8 +219,14 @@ class OnnxSession:
         return np.frombuffer(raw, dtype=dtype).reshape(value.shape())
 
 
-def _run_error(exc: Exception) -> InvalidArgument:
-    return InvalidArgument(f"ONNX Runtime: {exc}")
+def _run_error(exc: Exception) -> ServingError:
+    """A failed run's status: the input's fault unless memory ran out or the caller left."""
+    message = f"ONNX Runtime: {exc}"
+    if "Failed to allocate memory" in message or "bad_alloc" in message:
+        return ResourceExhausted(message)
+    if "terminate flag" in message:  # RunOptions.terminate: Deadline.leave stopped it
+        return Cancelled("The request's caller went away; its run was stopped")
+    return InvalidArgument(message)
 
 
 def _to_ort(name: str, array: np.ndarray) -> np.ndarray | ort.OrtValue:

@@ -19,6 +19,7 @@ from google.protobuf import text_format
 from onnx_serving.codec.dtypes import tf_name
 from onnx_serving.server.errors import InvalidArgument
 from onnx_serving.server.metrics import StageClock
+from onnx_serving.server.runtime.deadline import Deadline
 from onnx_serving.server.runtime.model import LoadedModel, Outputs
 from onnx_serving.server.runtime.signature import DEFAULT_SIGNATURE, Signature, format_shape
 from onnx_serving.server.serving.predict import Served
@@ -53,6 +54,7 @@ def classify(
     *,
     method_check: bool = False,
     observe: Callable[[str, float], None] | None = None,
+    deadline: Deadline | None = None,
 ) -> T:
     """``examples``: serialized tf.Example, shape [N]."""
     signature = _find(model.signatures, signature_name)
@@ -60,7 +62,7 @@ def classify(
     return _run(
         model, name, version, signature, examples, classification_outputs(signature),
         lambda outputs: classification_result(signature, len(examples), outputs),
-        encode, observe,
+        encode, observe, deadline,
     )
 
 
@@ -74,6 +76,7 @@ def regress(
     *,
     method_check: bool = False,
     observe: Callable[[str, float], None] | None = None,
+    deadline: Deadline | None = None,
 ) -> T:
     """``encode`` gets one float32 value per example."""
     signature = _find(model.signatures, signature_name)
@@ -81,7 +84,7 @@ def regress(
     return _run(
         model, name, version, signature, examples, [OUTPUTS],
         lambda outputs: regression_result(len(examples), outputs),
-        encode, observe,
+        encode, observe, deadline,
     )
 
 
@@ -95,11 +98,12 @@ def _run(
     result: Callable[[Outputs], R],
     encode: Callable[[Served, R], T],
     observe: Callable[[str, float], None] | None,
+    deadline: Deadline | None,
 ) -> T:
     clock = StageClock(observe)
     check_examples(examples)
     clock.lap("decode")
-    with model.predict(signature, {INPUTS: examples}, outputs) as values:
+    with model.predict(signature, {INPUTS: examples}, outputs, deadline) as values:
         clock.lap("run")
         answer = encode(Served(name, version, signature.name), result(values))
     clock.lap("encode")

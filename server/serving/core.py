@@ -1,17 +1,27 @@
-"""ServingCore: the manager and metrics behind every front end's requests."""
+"""ServingCore: the manager and metrics behind every front end's requests.
+
+Each request may carry a ``Deadline`` (runtime/deadline.py), a plain value the
+front end makes from its own transport: a request whose caller no longer waits
+is answered at once (DEADLINE_EXCEEDED or CANCELLED) instead of taking the
+model. Memory that cannot be had answers RESOURCE_EXHAUSTED: the server's
+limit, not a bad request.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from contextlib import AbstractContextManager
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
+from onnx_serving.server.errors import Code, ResourceExhausted, ServingError
 from onnx_serving.server.metrics import Metrics
 from onnx_serving.server.repository.manager import ModelManager, VersionStatus
 from onnx_serving.server.runtime.config import RuntimeConfig
+from onnx_serving.server.runtime.deadline import Deadline
 from onnx_serving.server.runtime.model import LoadedModel
 from onnx_serving.server.runtime.signature import Signature, find_signature
 from onnx_serving.server.serving.classify import Classifications, classify, regress
@@ -64,6 +74,34 @@ class ServingCore:
         """The answering version, kept loaded until the block ends."""
         return self._manager.acquire(ref.name, ref.version, ref.label)
 
+    @contextmanager
+    def _serving(
+        self, ref: ModelRef, deadline: Deadline | None
+    ) -> Iterator[tuple[int, LoadedModel]]:
+        """``pin`` for a request that is still awaited, counted by the version that
+        answers it; out of memory is its status."""
+        if deadline is not None:
+            deadline.check()
+        with self.pin(ref) as pinned:
+            record = None if self._metrics is None else self._metrics.version(ref.name,
+                                                                               pinned[0])
+            started = time.perf_counter()
+            code = Code.INTERNAL  # anything but a ServingError: the front end's answer
+            try:
+                yield pinned
+                code = Code.OK
+            except MemoryError:
+                code = Code.RESOURCE_EXHAUSTED
+                raise ResourceExhausted(
+                    f"Out of memory serving a request for model {ref.name}"
+                ) from None
+            except ServingError as exc:
+                code = exc.code
+                raise
+            finally:
+                if record is not None:
+                    record(code, time.perf_counter() - started)
+
     def _observer(self, model: str, entrypoint: str, api: str) -> Observe | None:
         metrics = self._metrics
         if metrics is None:
@@ -80,16 +118,18 @@ class ServingCore:
         entrypoint: str,
         output_filter: Sequence[str] = (),
         find: Callable[[Mapping[str, Signature], str], Signature] = find_signature,
+        deadline: Deadline | None = None,
     ) -> T:
         """See ``predict.predict``; ``entrypoint`` labels the stage metrics."""
         observe = self._observer(ref.name, entrypoint, "Predict")
         log = None if self._request_log is None else self._request_log.predict_logger(
             ref.name, ref.version, ref.label, output_filter
         )
-        with self.pin(ref) as (version, model):
+        with self._serving(ref, deadline) as (version, model):
             return predict(
                 model, ref.name, version, signature_name, decode, encode,
                 output_filter=output_filter, find=find, observe=observe, log=log,
+                deadline=deadline,
             )
 
     def classify(
@@ -100,6 +140,7 @@ class ServingCore:
         encode: Callable[[Served, Classifications], T],
         *,
         entrypoint: str,
+        deadline: Deadline | None = None,
     ) -> T:
         """``examples``: serialized tf.Example, shape [N] (see ``classify.classify``)."""
         observe = self._observer(ref.name, entrypoint, "Classify")
@@ -107,10 +148,10 @@ class ServingCore:
             encode = _logged(encode, self._request_log.classify_logger(
                 ref.name, ref.version, ref.label, examples
             ))
-        with self.pin(ref) as (version, model):
+        with self._serving(ref, deadline) as (version, model):
             return classify(
                 model, ref.name, version, signature_name, examples, encode,
-                method_check=self._method_check, observe=observe,
+                method_check=self._method_check, observe=observe, deadline=deadline,
             )
 
     def regress(
@@ -121,16 +162,17 @@ class ServingCore:
         encode: Callable[[Served, np.ndarray], T],
         *,
         entrypoint: str,
+        deadline: Deadline | None = None,
     ) -> T:
         observe = self._observer(ref.name, entrypoint, "Regress")
         if self._request_log is not None:
             encode = _logged(encode, self._request_log.regress_logger(
                 ref.name, ref.version, ref.label, examples
             ))
-        with self.pin(ref) as (version, model):
+        with self._serving(ref, deadline) as (version, model):
             return regress(
                 model, ref.name, version, signature_name, examples, encode,
-                method_check=self._method_check, observe=observe,
+                method_check=self._method_check, observe=observe, deadline=deadline,
             )
 
     def multi_inference(
@@ -141,6 +183,7 @@ class ServingCore:
         encode: Callable[[list[TaskResult]], T],
         *,
         entrypoint: str,
+        deadline: Deadline | None = None,
     ) -> T:
         """``ref`` is the first task's model, as TF Serving picks the version by it."""
         observe = self._observer(ref.name, entrypoint, "MultiInference")
@@ -148,10 +191,10 @@ class ServingCore:
             encode = _logged(encode, self._request_log.multi_inference_logger(
                 ref.name, ref.version, ref.label, tasks, examples
             ))
-        with self.pin(ref) as (version, model):
+        with self._serving(ref, deadline) as (version, model):
             return multi_inference(
                 model, version, tasks, examples, encode,
-                method_check=self._method_check, observe=observe,
+                method_check=self._method_check, observe=observe, deadline=deadline,
             )
 
     def metadata(self, ref: ModelRef) -> ModelMetadata:

@@ -11,6 +11,7 @@ import numpy as np
 
 from onnx_serving.server.errors import InvalidArgument, Unimplemented
 from onnx_serving.server.metrics import StageClock
+from onnx_serving.server.runtime.deadline import Deadline
 from onnx_serving.server.runtime.model import LoadedModel
 from onnx_serving.server.runtime.signature import DEFAULT_SIGNATURE, Signature
 from onnx_serving.server.serving.classify import (
@@ -54,6 +55,7 @@ def multi_inference(
     *,
     method_check: bool = False,
     observe: Callable[[str, float], None] | None = None,
+    deadline: Deadline | None = None,
 ) -> T:
     """Every task is checked before any runs; then each signature runs on the examples
     and the results are checked in task order."""
@@ -67,7 +69,7 @@ def multi_inference(
             classification_outputs(signature) if task.method_name == CLASSIFY_METHOD
             else [OUTPUTS]
         )
-        with model.predict(signature, {INPUTS: examples}, wanted) as values:
+        with model.predict(signature, {INPUTS: examples}, wanted, deadline) as values:
             outputs.append({alias: array.copy() for alias, array in values.items()})
     clock.lap("run")
     results = []

@@ -14,6 +14,7 @@ from typing import TypeVar
 import numpy as np
 
 from onnx_serving.server.metrics import StageClock
+from onnx_serving.server.runtime.deadline import Deadline
 from onnx_serving.server.runtime.model import LoadedModel, Outputs
 from onnx_serving.server.runtime.signature import Signature, find_signature
 
@@ -49,17 +50,19 @@ def predict(
     find: Callable[[Mapping[str, Signature], str], Signature] = find_signature,
     observe: Callable[[str, float], None] | None = None,
     log: Log | None = None,
+    deadline: Deadline | None = None,
 ) -> T:
     """``find`` resolves the signature (REST words a missing one its own way);
     ``observe`` gets the seconds spent in each stage: decode, run, encode; ``log``, when
-    given (a sampled request), gets a successful request's inputs and outputs."""
+    given (a sampled request), gets a successful request's inputs and outputs; the run is
+    skipped once ``deadline`` has passed."""
     clock = StageClock(observe)
     signature = find(model.signatures, signature_name)
     inputs = decode(signature)
     signature.check_input_keys(inputs.keys())
     arrays = {alias: inputs[alias] for alias in inputs}
     clock.lap("decode")
-    with model.predict(signature, arrays, output_filter) as outputs:
+    with model.predict(signature, arrays, output_filter, deadline) as outputs:
         clock.lap("run")
         result = encode(Served(name, version, signature.name), outputs)
         if log is not None:

@@ -6,10 +6,16 @@ from collections.abc import Iterator, Mapping
 
 import numpy as np
 
-from onnx_serving.codec.tensors import TensorCodecError, TensorProto, encode_into, make_ndarray
+from onnx_serving.codec.tensors import (
+    TensorCodecError,
+    TensorProto,
+    TensorTooLarge,
+    encode_into,
+    make_ndarray,
+)
 from onnx_serving.protos.tensorflow_serving.apis import predict_pb2
 from onnx_serving.server.api.grpc.model_spec import fill_spec
-from onnx_serving.server.errors import InvalidArgument
+from onnx_serving.server.errors import InvalidArgument, ResourceExhausted
 from onnx_serving.server.runtime.model import LoadedModel, Outputs
 from onnx_serving.server.serving.predict import Decode, Encode, Served, predict
 
@@ -23,6 +29,8 @@ class ProtoInputs(Mapping[str, np.ndarray]):
     def __getitem__(self, alias: str) -> np.ndarray:
         try:
             return make_ndarray(self._protos[alias])
+        except TensorTooLarge as exc:
+            raise ResourceExhausted(f"tensor parsing error: {alias}: {exc}") from None
         except TensorCodecError as exc:
             raise InvalidArgument(f"tensor parsing error: {alias}: {exc}") from None
 

@@ -19,6 +19,7 @@ from onnx_serving.protos.tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
     regression_pb2,
 )
+from onnx_serving.server.api.grpc.deadline import call_deadline
 from onnx_serving.server.api.grpc.examples import (
     classification_response,
     multi_inference_response,
@@ -68,6 +69,7 @@ class PredictionService(_Base):
         return self._core.predict(
             model_ref(spec), spec.signature_name, decoder(request), self._encode,
             entrypoint=GRPC, output_filter=request.output_filter,
+            deadline=call_deadline(context),
         )
 
     def GetModelMetadata(
@@ -101,7 +103,7 @@ class PredictionService(_Base):
         spec = checked_spec(request)
         return self._core.classify(
             model_ref(spec), spec.signature_name, serialized_examples(request.input),
-            classification_response, entrypoint=GRPC,
+            classification_response, entrypoint=GRPC, deadline=call_deadline(context),
         )
 
     def Regress(
@@ -110,7 +112,7 @@ class PredictionService(_Base):
         spec = checked_spec(request)
         return self._core.regress(
             model_ref(spec), spec.signature_name, serialized_examples(request.input),
-            regression_response, entrypoint=GRPC,
+            regression_response, entrypoint=GRPC, deadline=call_deadline(context),
         )
 
     def MultiInference(
@@ -120,7 +122,7 @@ class PredictionService(_Base):
         first = request.tasks[0].model_spec if request.tasks else model_pb2.ModelSpec()
         return self._core.multi_inference(
             model_ref(first), tasks(request), serialized_examples(request.input),
-            multi_inference_response, entrypoint=GRPC,
+            multi_inference_response, entrypoint=GRPC, deadline=call_deadline(context),
         )
 
 

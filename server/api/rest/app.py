@@ -3,9 +3,9 @@
 Only reading the body happens on the loop; parsing, the model run and
 writing the response all run in the pool of ``--rest_api_num_threads``
 threads, under ``--rest_api_timeout_in_ms``. A request that runs out of
-time is answered DEADLINE_EXCEEDED (504) at once; its thread finishes the
-run it started (ONNX Runtime cannot be interrupted) and keeps its slot
-until then, so the pool's bound holds.
+time is answered DEADLINE_EXCEEDED (504) at once; its run is skipped if it
+has not started and stopped (RunOptions.terminate) if it has, and its thread
+keeps its slot until then, so the pool's bound holds.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from onnx_serving.server.api.rest.http_status import error_body, http_status
 from onnx_serving.server.api.rest.routes import API_LABELS, V1_PATH, Route, parse_route
 from onnx_serving.server.errors import Code, FailedPrecondition, ServingError
 from onnx_serving.server.metrics import CONTENT_TYPE, REST, Metrics
+from onnx_serving.server.runtime.deadline import Deadline
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("onnx_serving.access")
@@ -114,11 +115,12 @@ class RestApp:
             body = await _read_body(request)
             gzipped = is_gzip(request.headers.get("content-encoding", ""))
             asked = route
+            deadline = Deadline(self._timeout_ms / 1000 if self._timeout_ms > 0 else None)
 
             def work() -> Answer:
-                return self._handler.handle(asked, body, gzipped)
+                return self._handler.handle(asked, body, gzipped, deadline)
 
-            answer = await self._run(work)
+            answer = await self._run(work, deadline)
             version = answer.version
             return Response(answer.body.encode("utf-8"), 200, media_type=JSON)
         except ServingError as exc:
@@ -141,13 +143,14 @@ class RestApp:
                             route.kind, route.name, "" if version is None else version,
                             code.name, seconds * 1000)
 
-    async def _run(self, work: Callable[[], Answer]) -> Answer:
+    async def _run(self, work: Callable[[], Answer], deadline: Deadline) -> Answer:
         future = asyncio.get_running_loop().run_in_executor(self._executor, work)
         if self._timeout_ms <= 0:
             return await future
         try:
             return await asyncio.wait_for(future, self._timeout_ms / 1000)
         except asyncio.TimeoutError:  # not yet the builtin TimeoutError on Python 3.10
+            deadline.leave()  # a run still waiting is skipped, one running is stopped
             raise ServingError(
                 f"Request did not complete within --rest_api_timeout_in_ms={self._timeout_ms}",
                 Code.DEADLINE_EXCEEDED,

@@ -27,6 +27,7 @@ from onnx_serving.server.errors import InvalidArgument
 from onnx_serving.server.metrics import REST, Metrics
 from onnx_serving.server.repository.manager import ModelManager
 from onnx_serving.server.request_log import RequestLogs
+from onnx_serving.server.runtime.deadline import Deadline
 from onnx_serving.server.runtime.model import LoadedModel, Outputs
 from onnx_serving.server.runtime.signature import DEFAULT_SIGNATURE, Signature
 from onnx_serving.server.serving.core import ModelRef, ServingCore
@@ -53,7 +54,9 @@ class RestHandler:
         )
         self._max_gzip_bytes = max_gzip_bytes
 
-    def handle(self, route: Route, body: bytes, gzipped: bool) -> Answer:
+    def handle(
+        self, route: Route, body: bytes, gzipped: bool, deadline: Deadline | None = None
+    ) -> Answer:
         """The JSON response body and who answered; errors are raised as ServingError."""
         if route.kind == "status":
             # A label is ignored, as in TF: every version (or the one asked for) is listed.
@@ -71,17 +74,19 @@ class RestHandler:
             call = _JsonPredict(document)
             text = self._core.predict(
                 ref, requested, call.decode, answered(call.encode),
-                entrypoint=REST, find=_rest_signature,
+                entrypoint=REST, find=_rest_signature, deadline=deadline,
             )
         else:
             examples = serialized_examples(read_examples(document))
             if route.kind == "classify":
                 text = self._core.classify(
-                    ref, requested, examples, answered(classification_json), entrypoint=REST
+                    ref, requested, examples, answered(classification_json), entrypoint=REST,
+                    deadline=deadline,
                 )
             else:
                 text = self._core.regress(
-                    ref, requested, examples, answered(regression_json), entrypoint=REST
+                    ref, requested, examples, answered(regression_json), entrypoint=REST,
+                    deadline=deadline,
                 )
         return Answer(text, answered.version)
 
