@@ -40,6 +40,7 @@ from onnx_serving.server.runtime.model import Batching, LoadedModel, load
 from onnx_serving.server.runtime.session import describe_install
 from onnx_serving.server.runtime.signature import Signature
 from onnx_serving.server.runtime.threads import choose, share_cores, start_global_pools
+from onnx_serving.server.serving.core import ServingCore
 from onnx_serving.server.tls import ServerTls
 from onnx_serving.server.warmup import WarmupOptions, warm_up
 from onnx_serving.server.workers import WORKERS_COUNT_ENV, WORKERS_DIR_ENV, Peers
@@ -76,7 +77,6 @@ class App:
             iterations=options.num_request_iterations_for_warmup,
             synthetic=options.enable_synthetic_warmup,
             synthetic_dim=options.synthetic_warmup_dim,
-            method_check=options.enable_signature_method_name_check,
         )
         self._metrics_path = (
             read_monitoring_config(Path(options.monitoring_config_file))
@@ -116,6 +116,12 @@ class App:
                               options.request_log_queue_size),
             self.metrics.request_log,
         )
+        # The one serving core: gRPC's services, REST and warmup all answer through it.
+        self.serving = ServingCore(
+            self.manager, self.metrics,
+            method_check=options.enable_signature_method_name_check,
+            request_log=self._request_log,
+        )
         self.core = RepositoryCore(
             self.manager, self._poller,
             allow_unavailable_labels=options.allow_version_labels_for_unavailable_models,
@@ -135,7 +141,7 @@ class App:
         model = load(version_dir, self._runtime, self._batching_for(version_dir))
         started = time.perf_counter()
         try:
-            warm_up(model, version_dir, self._warmup_options)
+            warm_up(self.serving, model, version_dir, self._warmup_options)
         except ModelLoadError:
             self.metrics.warmup(str(version_dir), False, time.perf_counter() - started)
             raise
@@ -192,7 +198,7 @@ class App:
             self._peers.start(self._stopped)
         self.metrics.publish_live(self._stopped)
         server = build_server(
-            self.manager,
+            self.serving,
             reload=self._peers.reload if self._peers is not None else self.core.apply,
             reuse_port=self.options.reuse_port,
             metrics=self.metrics,
@@ -200,10 +206,8 @@ class App:
             max_streams=self.options.grpc_streams,
             channel_arguments=self.options.grpc_channel_arguments,
             tensor_content=self.options.enable_serialization_as_tensor_content,
-            method_check=self.options.enable_signature_method_name_check,
             access_log=self.options.enable_access_log,
             health_servicer=self._health,
-            request_log=self._request_log,
         )
         addresses = []
         if self.options.port:
@@ -230,12 +234,11 @@ class App:
             from onnx_serving.server.api.rest.server import RestServer
 
             self._rest = RestServer(
-                self.manager,
+                self.serving,
                 port=self.options.rest_api_port,
                 threads=self.options.rest_threads,
                 timeout_ms=self.options.rest_api_timeout_in_ms,
                 metrics=self.metrics,
-                method_check=self.options.enable_signature_method_name_check,
                 metrics_path=self._metrics_path,
                 access_log=self.options.enable_access_log,
                 reuse_port=self.options.reuse_port,
@@ -243,7 +246,6 @@ class App:
                 if self._tls is not None and self.options.rest_api_enable_ssl else None,
                 readiness=self.readiness,
                 cors=self.options.rest_api_enable_cors_support,
-                request_log=self._request_log,
                 limits=HttpLimits.from_options(self.options),
             )
             self._rest.start()

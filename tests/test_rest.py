@@ -37,6 +37,7 @@ from onnx_serving.server.api.rest.tensor_text import element_texts, tensor_json
 from onnx_serving.server.errors import Code, ConfigError, InvalidArgument
 from onnx_serving.server.metrics import Metrics
 from onnx_serving.server.repository.manager import ModelManager
+from onnx_serving.server.serving.core import ServingCore
 from tests.models import EXAMPLES
 from tests.server_process import ServerProcess, free_port
 
@@ -759,7 +760,8 @@ def test_busy_port_is_a_config_error() -> None:
         holder.bind(("0.0.0.0", 0))
         holder.listen()
         port = holder.getsockname()[1]
-        server = RestServer(manager, port=port, threads=1, timeout_ms=0, metrics=Metrics())
+        server = RestServer(ServingCore(manager), port=port, threads=1, timeout_ms=0,
+                            metrics=Metrics())
         with pytest.raises(ConfigError, match=f"Cannot listen on 0.0.0.0:{port}"):
             server.start()
     manager.close()
@@ -768,7 +770,8 @@ def test_busy_port_is_a_config_error() -> None:
 def test_start_answers_and_stop_frees_the_port() -> None:
     manager: ModelManager[Any] = ModelManager(lambda path: path)
     port = free_port()
-    server = RestServer(manager, port=port, threads=2, timeout_ms=1000, metrics=Metrics())
+    server = RestServer(ServingCore(manager), port=port, threads=2, timeout_ms=1000,
+                        metrics=Metrics())
     server.start()
     try:
         response = requests.get(f"http://127.0.0.1:{port}/v1/models/x", timeout=TIMEOUT)

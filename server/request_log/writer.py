@@ -1,23 +1,11 @@
-"""Request logging: a model's ``logging_config``, with a collector that writes files.
+"""The request log's writer: records to rotating TFRecord files, off the request's path.
 
-TF Serving reads ``logging_config`` but its open-source build registers no log
-collector, so nothing is ever written. Here, sampled requests are written with
-their responses as ``PredictionLog`` records in TFRecord files named from
-``filename_prefix``: the format of TF Serving's warmup file, so a log file is
-a warmup file and a request set for ``onnx-serving compare --requests`` as it is.
-
-Predict, Classify, Regress and MultiInference are logged, from every front end:
-the serving core hands each sampled request's inputs and answer here, and the
-records are the messages TF Serving's gRPC API carries (a REST request is logged
-as the request it amounts to).
-
-Nothing is written on a request's path. A sampled request copies its outputs
-(they may be buffers the next request reuses) and puts a record on a queue
-bounded in records and in the bytes of the tensors they hold; a full queue
-drops the record and counts it, never waits. One thread turns records into
-protobuf and appends them to files, starting a new file when one reaches its
-size or the warmup limit of records, and deleting the oldest beyond the count
-kept, so the logs are bounded in total.
+A sampled request puts a record on a queue bounded in records and in the bytes of
+the tensors they hold; a full queue drops the record and counts it, never waits.
+One thread turns records into protobuf (``Record.build``) and appends them to
+files, starting a new file when one reaches its size or the warmup limit of
+records, and deleting the oldest beyond the count kept, so the logs are bounded
+in total.
 
 A log that cannot be written (a full disk, a read-only or missing directory)
 never stops the server or the writer: the records not yet in the file are
@@ -35,36 +23,20 @@ import contextlib
 import io
 import logging
 import os
-import random
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
 
-import numpy as np
-
-from onnx_serving.codec.tensors import encode_into
+from onnx_serving.codec.served_model import MAX_RECORDS
 from onnx_serving.codec.tfrecord import frame_record
-from onnx_serving.protos.tensorflow_serving.apis import input_pb2, model_pb2, prediction_log_pb2
-from onnx_serving.server.api.grpc.examples import (
-    classification_response,
-    multi_inference_response,
-    regression_response,
-)
-from onnx_serving.server.config import ModelConfig, RequestLogConfig
-from onnx_serving.server.runtime.model import Outputs
-from onnx_serving.server.serving.classify import Classifications
-from onnx_serving.server.serving.multi_inference import Task, TaskResult
-from onnx_serving.server.serving.predict import Log, Served
-from onnx_serving.server.warmup import MAX_RECORDS
+from onnx_serving.protos.tensorflow_serving.apis import prediction_log_pb2
 
 log = logging.getLogger(__name__)
 
 _FLUSH_BYTES = 1 << 20  # records are written in runs of about this size, or when none wait
 _REPORT_SECONDS = 60.0  # at most one ERROR line per log file this often
-_Answer = TypeVar("_Answer")
 Observe = Callable[[str, bool], None]
 
 
@@ -83,22 +55,19 @@ Build = Callable[[], prediction_log_pb2.PredictionLog]
 
 
 @dataclass(frozen=True)
-class _Record:
+class Record:
     model: str
-    prefix: Path
+    prefix: Path  # the filename_prefix of the files it goes to
     build: Build
     size: int  # bytes of the arrays it keeps alive until written
 
 
-class RequestLogs:
-    """Every model's request log; ``observe(model, written)`` counts each record."""
+class RecordWriter:
+    """Records to their files on one thread; ``observe(model, written)`` counts each."""
 
-    def __init__(
-        self, options: RequestLogOptions, observe: Observe = lambda model, written: None,
-    ) -> None:
+    def __init__(self, options: RequestLogOptions, observe: Observe) -> None:
         self._options = options
         self._observe = observe
-        self._configs: dict[str, RequestLogConfig] = {}
         self._queue = _Backlog(options.queue_size, options.queue_bytes)
         self._files: dict[Path, _LogFile] = {}
         self._unencodable = _Reporter("Request log: records that could not be encoded")
@@ -106,128 +75,8 @@ class RequestLogs:
         self._thread = threading.Thread(target=self._write, name="request-log", daemon=True)
         self._thread.start()
 
-    def set_configs(self, configs: Iterable[ModelConfig]) -> None:
-        """The models to log, from the config in force; others stop being logged."""
-        self._configs = {c.name: c.request_log for c in configs if c.request_log is not None}
-
-    def _sample(self, name: str) -> RequestLogConfig | None:
-        config = self._configs.get(name)
-        return config if config is not None and _sampled(config.sampling_rate) else None
-
-    def predict_logger(
-        self, name: str, version: int | None, label: str | None, output_filter: Sequence[str]
-    ) -> Log | None:
-        """None unless this Predict (for the model, version or label asked) is sampled."""
-        config = self._sample(name)
-        if config is None:
-            return None
-        timestamp = int(time.time())
-
-        def record(inputs: Mapping[str, np.ndarray], served_version: int, signature: str,
-                   outputs: Outputs) -> None:
-            kept = {alias: np.array(array, copy=True) for alias, array in outputs.items()}
-            size = sum(_nbytes(a) for a in inputs.values()) + sum(map(_nbytes, kept.values()))
-
-            def build() -> prediction_log_pb2.PredictionLog:
-                entry = _metadata(config, Served(name, served_version, signature), timestamp)
-                request = entry.predict_log.request
-                _asked(request.model_spec, name, version, label, signature)
-                for alias, array in inputs.items():
-                    encode_into(request.inputs[alias], array)
-                request.output_filter.extend(output_filter)
-                response = entry.predict_log.response
-                response.model_spec.CopyFrom(entry.log_metadata.model_spec)
-                for alias, array in kept.items():
-                    encode_into(response.outputs[alias], array)
-                return entry
-
-            self._put(_Record(name, config.filename_prefix, build, size))
-
-        return record
-
-    def classify_logger(
-        self, name: str, version: int | None, label: str | None, examples: np.ndarray
-    ) -> Callable[[Served, Classifications], None] | None:
-        """None unless this Classify is sampled; else what records its answer."""
-        def fill(entry: prediction_log_pb2.PredictionLog, served: Served,
-                 kept: Classifications) -> None:
-            _asked(entry.classify_log.request.model_spec, name, version, label, served.signature)
-            _fill_input(entry.classify_log.request.input, examples)
-            entry.classify_log.response.CopyFrom(classification_response(served, kept))
-
-        return self._answer_logger(name, _copied_classifications, fill, _nbytes(examples))
-
-    def regress_logger(
-        self, name: str, version: int | None, label: str | None, examples: np.ndarray
-    ) -> Callable[[Served, np.ndarray], None] | None:
-        """None unless this Regress is sampled; else what records its answer."""
-        def fill(entry: prediction_log_pb2.PredictionLog, served: Served,
-                 kept: np.ndarray) -> None:
-            _asked(entry.regress_log.request.model_spec, name, version, label, served.signature)
-            _fill_input(entry.regress_log.request.input, examples)
-            entry.regress_log.response.CopyFrom(regression_response(served, kept))
-
-        return self._answer_logger(
-            name, lambda values: np.array(values, copy=True), fill, _nbytes(examples)
-        )
-
-    def _answer_logger(
-        self,
-        name: str,
-        copy: Callable[[_Answer], _Answer],
-        fill: Callable[[prediction_log_pb2.PredictionLog, Served, _Answer], None],
-        request_size: int,
-    ) -> Callable[[Served, _Answer], None] | None:
-        """Samples; the answer is copied on the request's path, the record built off it."""
-        config = self._sample(name)
-        if config is None:
-            return None
-        timestamp = int(time.time())
-
-        def record(served: Served, answer: _Answer) -> None:
-            kept = copy(answer)
-
-            def build() -> prediction_log_pb2.PredictionLog:
-                entry = _metadata(config, served, timestamp)
-                fill(entry, served, kept)
-                return entry
-
-            self._put(_Record(name, config.filename_prefix, build,
-                              request_size + _answer_size(kept)))
-
-        return record
-
-    def multi_inference_logger(
-        self, name: str, version: int | None, label: str | None, tasks: Sequence[Task],
-        examples: np.ndarray,
-    ) -> Callable[[list[TaskResult]], None] | None:
-        """None unless this MultiInference (logged under its first task's model) is
-        sampled; else what records its answer."""
-        config = self._sample(name)
-        if config is None:
-            return None
-        timestamp = int(time.time())
-
-        def record(results: list[TaskResult]) -> None:
-            kept = [replace(r, result=_copied(r.result)) for r in results]
-            size = _nbytes(examples) + sum(_answer_size(r.result) for r in kept)
-
-            def build() -> prediction_log_pb2.PredictionLog:
-                entry = _metadata(config, kept[0].served, timestamp)
-                request = entry.multi_inference_log.request
-                for task in tasks:
-                    asked = request.tasks.add(method_name=task.method_name)
-                    _asked(asked.model_spec, task.model_name, version, label,
-                           task.signature_name)
-                _fill_input(request.input, examples)
-                entry.multi_inference_log.response.CopyFrom(multi_inference_response(kept))
-                return entry
-
-            self._put(_Record(name, config.filename_prefix, build, size))
-
-        return record
-
-    def _put(self, record: _Record) -> None:
+    def put(self, record: Record) -> None:
+        """Queued, or dropped and counted when the queue is full; never waits."""
         if not self._queue.put(record):
             self._observe(record.model, False)
 
@@ -265,7 +114,7 @@ class RequestLogs:
         for file in self._files.values():
             file.close()
 
-    def _write_one(self, record: _Record) -> None:
+    def _write_one(self, record: Record) -> None:
         file = self._files.get(record.prefix)
         if file is None:
             file = self._files[record.prefix] = _LogFile(
@@ -287,79 +136,17 @@ class RequestLogs:
             file.flush()
 
 
-def _sampled(rate: float) -> bool:
-    return rate >= 1.0 or (rate > 0.0 and random.random() < rate)
-
-
-def _metadata(config: RequestLogConfig, served: Served,
-              timestamp: int) -> prediction_log_pb2.PredictionLog:
-    """A record whose metadata names what answered."""
-    entry = prediction_log_pb2.PredictionLog()
-    meta = entry.log_metadata
-    meta.model_spec.name, meta.model_spec.signature_name = served.name, served.signature
-    meta.model_spec.version.value = served.version
-    meta.sampling_config.sampling_rate = config.sampling_rate
-    meta.timestamp_secs = timestamp
-    return entry
-
-
-def _asked(spec: model_pb2.ModelSpec, name: str, version: int | None, label: str | None,
-           signature: str) -> None:
-    """A logged request's model_spec: the version or label as the request asked."""
-    spec.name, spec.signature_name = name, signature
-    if version is not None:
-        spec.version.value = version
-    elif label is not None:
-        spec.version_label = label
-
-
-def _fill_input(request_input: input_pb2.Input, examples: np.ndarray) -> None:
-    """The examples as the model got them (a context already merged into each)."""
-    for serialized in examples.reshape(-1):
-        request_input.example_list.examples.add().MergeFromString(bytes(serialized))
-
-
-def _copied(result: Classifications | np.ndarray) -> Classifications | np.ndarray:
-    """A result that outlives the request (it may view buffers the next one reuses)."""
-    if isinstance(result, Classifications):
-        return _copied_classifications(result)
-    return np.array(result, copy=True)
-
-
-def _nbytes(array: np.ndarray) -> int:
-    """The memory an array keeps alive: an object array's strings as well."""
-    if array.dtype != object:
-        return int(array.nbytes)
-    return int(array.nbytes) + sum(
-        len(v) for v in array.reshape(-1) if isinstance(v, bytes | str)
-    )
-
-
-def _answer_size(answer: object) -> int:
-    """The bytes a copied answer (classifications or regression values) keeps alive."""
-    if isinstance(answer, Classifications):
-        return sum(_nbytes(a) for a in (answer.labels, answer.scores) if a is not None)
-    return _nbytes(answer) if isinstance(answer, np.ndarray) else 0
-
-
-def _copied_classifications(result: Classifications) -> Classifications:
-    return Classifications(
-        None if result.labels is None else np.array(result.labels, copy=True),
-        None if result.scores is None else np.array(result.scores, copy=True),
-    )
-
-
 class _Backlog:
     """Records waiting for the writer, bounded in count and in bytes; a put never waits."""
 
     def __init__(self, records: int, size: int) -> None:
         self._records, self._size = max(1, records), max(1, size)
-        self._items: collections.deque[_Record] = collections.deque()
+        self._items: collections.deque[Record] = collections.deque()
         self._bytes = 0
         self._closed = False
         self._ready = threading.Condition()
 
-    def put(self, record: _Record) -> bool:
+    def put(self, record: Record) -> bool:
         """False when full (or closed): the record is dropped."""
         with self._ready:
             full = len(self._items) >= self._records or self._bytes + record.size > self._size
@@ -370,7 +157,7 @@ class _Backlog:
             self._ready.notify()
             return True
 
-    def get(self) -> _Record | None:
+    def get(self) -> Record | None:
         """The next record; None once closed and empty."""
         with self._ready:
             while not self._items and not self._closed:
