@@ -32,7 +32,9 @@ test: $(VENV)/.test-installed lint
 test-slow: $(VENV)/.test-installed
 	$(BIN)/python -m pytest -m slow
 
-# mypy sees the installed names (onnx_serving.server, ...) through a tree of links.
+# mypy and import-linter see the installed names (onnx_serving.server, ...) through a tree
+# of links, with no install: lint-imports checks the contracts in pyproject.toml
+# (docs/architecture.md), import circles included.
 lint: $(VENV)/.test-installed
 	$(BIN)/ruff check .
 	mkdir -p $(VENV)/typecheck/onnx_serving
@@ -40,6 +42,7 @@ lint: $(VENV)/.test-installed
 	cd $(VENV)/typecheck && MYPYPATH=. ../bin/mypy --config-file ../../pyproject.toml \
 		-p onnx_serving.server -p onnx_serving.client -p onnx_serving.codec \
 		-p onnx_serving.migration -p onnx_serving.tune
+	cd $(VENV)/typecheck && ../bin/lint-imports --config ../../pyproject.toml
 
 # After editing a .proto file.
 protos: $(VENV)/.test-installed
