@@ -1,7 +1,7 @@
 """Domain errors, each carrying the canonical status code TF Serving answers with.
 
 Every layer raises these; each front end translates them in one place
-(``api/grpc/status.py`` for gRPC). Messages follow TF Serving's wording where
+(``api/grpc/errors.py`` for gRPC). Messages follow TF Serving's wording where
 clients or tests may match on it.
 """
 

@@ -33,7 +33,7 @@ from onnx_serving.server.api.rest.http_status import HTTP_STATUS
 from onnx_serving.server.api.rest.predict_response import columnar_json, row_json
 from onnx_serving.server.api.rest.rapidjson_compat import debug_string, double_text
 from onnx_serving.server.api.rest.server import RestServer
-from onnx_serving.server.api.rest.tensor_text import element_texts, tensor_json
+from onnx_serving.server.api.rest.tensor_to_json import element_texts, tensor_json
 from onnx_serving.server.errors import Code, ConfigError, InvalidArgument
 from onnx_serving.server.metrics import Metrics
 from onnx_serving.server.repository.manager import ModelManager

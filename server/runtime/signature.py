@@ -30,7 +30,7 @@ from onnx_serving.server.errors import (
     ModelLoadError,
     ServingError,
 )
-from onnx_serving.server.runtime.examples import ExampleParse, read_parse_spec
+from onnx_serving.server.runtime.example_parse import ExampleParse, read_parse_spec
 from onnx_serving.server.runtime.graph import Graph, Shape
 
 DEFAULT_MODEL_FILE = "model.onnx"
@@ -53,7 +53,7 @@ class Signature:
     model_file: str
     inputs: Mapping[str, TensorSpec]
     outputs: Mapping[str, TensorSpec]
-    # Set when one input carries serialized tf.Examples that the server parses (examples.py).
+    # Set when one input carries serialized tf.Examples that the server parses (example_parse.py).
     parse: ExampleParse | None = None
 
     def feeds(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -11,7 +11,7 @@ from onnx_serving.protos.tensorflow_serving.apis import (
     model_management_pb2,
     model_service_pb2_grpc,
 )
-from onnx_serving.server.api.grpc.status import translate_errors
+from onnx_serving.server.api.grpc.errors import translate_errors
 from onnx_serving.server.config import ModelConfig, from_proto
 from onnx_serving.server.errors import InvalidArgument
 from onnx_serving.server.messages.model_spec import checked_spec

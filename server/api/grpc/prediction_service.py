@@ -21,7 +21,7 @@ from onnx_serving.protos.tensorflow_serving.apis import (
     regression_pb2,
 )
 from onnx_serving.server.api.grpc.deadline import call_deadline
-from onnx_serving.server.api.grpc.status import translate_errors
+from onnx_serving.server.api.grpc.errors import translate_errors
 from onnx_serving.server.errors import InvalidArgument
 from onnx_serving.server.messages.classify import (
     classification_response,
