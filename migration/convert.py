@@ -177,10 +177,17 @@ def _convert_signatures(
     chosen = [signatures[n] for n in (options.signatures or signatures)]
     runner = TensorFlowRunner(saved_dir, options.tag)
     entries: dict[str, dict[str, object]] = {}
-    # Computation → the signature converted for it, its file and graph cut.
+    # Computation → the signature converted for it, its file and graph cut; or the
+    # signature that failed it (converting it again would fail alike, minutes later).
     converted: dict[Hashable, tuple[str, str, Cut | None]] = {}
+    failed: dict[Hashable, str] = {}
     for signature in chosen:
-        shared = converted.get(signature.computation)
+        computation = signature.computation
+        if computation in failed:
+            result.problems.append(f"signature {signature.name}: computes what signature "
+                                   f"{failed[computation]} does, which did not convert")
+            continue
+        shared = converted.get(computation)
         if shared is not None:
             same, file, cut_graph = shared
             log(f"{where} signature {signature.name} computes what {same} does: "
@@ -191,22 +198,21 @@ def _convert_signatures(
                 f"(opset {options.opset})")
             try:
                 cut_graph = _tf2onnx(runner, saved_dir, signature, staging / file, options)
-            except CutError as exc:
-                result.problems.append(f"signature {signature.name}: {exc}")
-                log(f"{where} signature {signature.name} cannot be converted: {exc}")
-                continue
-            except ConversionError as exc:
+            except (CutError, ConversionError) as exc:
                 ops = f"; unsupported ops: {', '.join(exc.unsupported_ops)}" \
-                    if exc.unsupported_ops else ""
+                    if isinstance(exc, ConversionError) and exc.unsupported_ops else ""
                 result.problems.append(f"signature {signature.name}: {exc}{ops}")
                 log(f"{where} signature {signature.name} cannot be converted: {exc}{ops}")
+                failed[computation] = signature.name
                 continue
         entry = _validated_entry(where, runner, saved_dir, staging, file, signature, options,
                                  cut_graph, result, new=shared is None)
         if entry is not None:
             entries[signature.name] = entry
             result.signatures.append(signature.name)
-            converted.setdefault(signature.computation, (signature.name, file, cut_graph))
+            converted.setdefault(computation, (signature.name, file, cut_graph))
+        elif shared is None:
+            failed[computation] = signature.name
     return entries
 
 
