@@ -48,7 +48,7 @@ class SignatureSig:
     inputs: Mapping[str, TensorSig]
     outputs: Mapping[str, TensorSig]
     # What it computes (``_computation``): signatures with equal ones convert to one model.
-    computation: Hashable = ()
+    computation: Hashable
 
 
 class SavedModelError(Exception):
@@ -107,11 +107,13 @@ def _computation(
     by a function call is that function's body (``_function_body``), the output's index
     and the call's arguments, this signature's inputs by alias. Any other output is its
     graph tensor, and then the inputs' tensors count too (a TF1 graph fed at ``x`` and
-    one fed at the tf.Example it parses from both reach ``y``).
+    one fed at the tf.Example it parses from both reach ``y``), as does any input not
+    passed to a call as it is.
     """
     fed = {_tensor_name(info.name): alias for alias, info in signature.inputs.items()}
     outputs: list[tuple[object, ...]] = []
     by_tensor = False
+    passed: set[str] = set()  # inputs passed to the calls as they are
     for alias, info in sorted(signature.outputs.items()):
         node_name, _, index = _tensor_name(info.name).partition(":")
         node = nodes.get(node_name)
@@ -122,10 +124,11 @@ def _computation(
             continue
         arguments = tuple(("input", fed[_tensor_name(i)]) if _tensor_name(i) in fed else i
                           for i in node.input)
+        passed.update(a[1] for a in arguments if isinstance(a, tuple))
         outputs.append((alias, info.dtype, functions[function], index, arguments))
     inputs = tuple(
         (alias, info.dtype, info.tensor_shape.SerializeToString(deterministic=True),
-         info.name if by_tensor else "")
+         info.name if by_tensor or alias not in passed else "")
         for alias, info in sorted(signature.inputs.items())
     )
     return inputs, tuple(outputs)
