@@ -38,7 +38,7 @@ def write_config(
             text_format.Parse(path.read_text(), served)
         except (OSError, UnicodeDecodeError, text_format.ParseError) as exc:
             unreadable = f"cannot read {path} ({exc}): "
-    config = merged(served, converted, failed)
+    config = _merged(served, converted, failed)
     if not path.exists():
         write_atomically(path, text_format.MessageToString(config))
         return f"wrote {path}"
@@ -54,7 +54,7 @@ def write_config(
             + ("" if unreadable else f" (--update_config writes it into {path})"))
 
 
-def merged(
+def _merged(
     served: ModelServerConfig, converted: ModelServerConfig, failed: Collection[str]
 ) -> ModelServerConfig:
     """``served`` with each converted model's entry added or updated: the fields the
