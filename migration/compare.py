@@ -43,6 +43,7 @@ from onnx_serving.migration.compare_requests import (
     generate_requests,
     read_requests,
 )
+from onnx_serving.migration.saved_model import quiet_cuda_probe
 
 PROG = "onnx-serving compare"
 EXIT_AGREE, EXIT_DISAGREE, EXIT_ERROR = 0, 1, 2
@@ -295,6 +296,7 @@ def _headline(summary: Mapping[str, Any]) -> str:
 
 def main(argv: Sequence[str]) -> int:
     """Runs the command; returns its exit status rather than exiting."""
+    quiet_cuda_probe()
     parser = _parser()
     try:
         args = parser.parse_args(list(argv))

@@ -1,15 +1,16 @@
 """``onnx-serving convert``: a TF Serving repository of SavedModels → an onnx-serving one.
 
     onnx-serving convert SAVED_MODEL_BASE_PATH ONNX_BASE_PATH
-    onnx-serving convert --model_config_file=models.config --output_dir=DIR
+    onnx-serving convert --model_config_file=models.config --output_dir=DIR [--update_config]
 
 Every numeric version directory is converted, every signature of the
 ``serve`` tag (or those named) through tf2onnx, and checked against
 TensorFlow on the same inputs before it is written. A version is published
 the way docs/lifecycle.md asks: written beside its place and renamed in
-once whole, so a server polling the output never sees half of one. Names
-are kept (signature names, method names, input and output keys, dtypes and
-shapes, in ``signatures.json``), so clients need no change.
+once whole, so a server polling the output never sees half of one, and only
+once its warmup requests pass the server's own checks. Names are kept
+(signature names, method names, input and output keys, dtypes and shapes, in
+``signatures.json``), so clients need no change.
 """
 
 from __future__ import annotations
@@ -19,14 +20,14 @@ import json
 import shutil
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import onnx
 from google.protobuf import text_format
 
-from onnx_serving.migration import shared_files, transforms
+from onnx_serving.migration import transforms
 from onnx_serving.migration.graph_cut import (
     Cut,
     CutError,
@@ -42,8 +43,10 @@ from onnx_serving.migration.saved_model import (
     SignatureSig,
     TensorFlowRunner,
     TensorSig,
+    quiet_cuda_probe,
     read_signatures,
 )
+from onnx_serving.migration.served_config import write_config
 from onnx_serving.migration.served_session import ServedModelError, ServedSession
 from onnx_serving.migration.shape_leniency import widen_inputs
 from onnx_serving.migration.tf2onnx_runner import (
@@ -51,14 +54,13 @@ from onnx_serving.migration.tf2onnx_runner import (
     convert_graph_def,
     convert_signature,
 )
-from onnx_serving.migration.validate import (
-    WARMUP_FILE,
-    Validation,
-    sample_inputs,
-    validate,
-)
+from onnx_serving.migration.validate import Validation, sample_inputs, validate
 from onnx_serving.protos.tensorflow_serving.config import model_server_config_pb2
+from onnx_serving.server.errors import ServingError
+from onnx_serving.server.runtime.config import RuntimeConfig
+from onnx_serving.server.runtime.model import load as load_version
 from onnx_serving.server.runtime.ort_errors import ORT_ERRORS
+from onnx_serving.server.warmup import WARMUP_FILE, WarmupOptions, warm_up
 
 DEFAULT_SIGNATURE = "serving_default"
 # What loading or running a converted model may raise.
@@ -141,15 +143,17 @@ def convert_version(
     staging.mkdir(parents=True)
     try:
         entries = _convert_signatures(where, saved_dir, staging, options, result)
+        result.status = "failed"
         if entries and (not result.problems or options.allow_partial):
-            for file in shared_files.share_identical(staging, entries):
-                log(f"{where} {file} held the same model as another signature's file; "
-                    "they share one")
-            _publish(saved_dir, staging, target, entries)
-            result.size_after = _size(target)
-            result.status = "partial" if result.problems else "converted"
-        else:
-            result.status = "failed"
+            _stage(saved_dir, staging, entries)
+            refusal = _warmup_refusal(saved_dir, staging)
+            if refusal is None:
+                _publish(staging, target)
+                result.size_after = _size(target)
+                result.status = "partial" if result.problems else "converted"
+            else:
+                result.problems.append(refusal)
+                log(f"{where} {refusal}")
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     result.seconds = time.monotonic() - started
@@ -173,60 +177,95 @@ def _convert_signatures(
     chosen = [signatures[n] for n in (options.signatures or signatures)]
     runner = TensorFlowRunner(saved_dir, options.tag)
     entries: dict[str, dict[str, object]] = {}
+    # Computation → the signature converted for it, its file and graph cut; or the
+    # signature that failed it (converting it again would fail alike, minutes later).
+    converted: dict[Hashable, tuple[str, str, Cut | None]] = {}
+    failed: dict[Hashable, str] = {}
     for signature in chosen:
-        file = _file_name(signature.name, len(chosen))
-        log(f"{where} converting signature {signature.name} with tf2onnx (opset {options.opset})")
-        try:
-            cut_graph = _tf2onnx(runner, saved_dir, signature, staging / file, options)
-        except CutError as exc:
-            result.problems.append(f"signature {signature.name}: {exc}")
-            log(f"{where} signature {signature.name} cannot be converted: {exc}")
+        computation = signature.computation
+        if computation in failed:
+            result.problems.append(f"signature {signature.name}: computes what signature "
+                                   f"{failed[computation]} does, which did not convert")
             continue
-        except ConversionError as exc:
-            ops = f"; unsupported ops: {', '.join(exc.unsupported_ops)}" if exc.unsupported_ops \
-                else ""
-            result.problems.append(f"signature {signature.name}: {exc}{ops}")
-            log(f"{where} signature {signature.name} cannot be converted: {exc}{ops}")
-            continue
-        try:
+        shared = converted.get(computation)
+        if shared is not None:
+            same, file, cut_graph = shared
+            log(f"{where} signature {signature.name} computes what {same} does: "
+                f"it shares {file}")
+        else:
+            file = _file_name(signature, chosen)
+            log(f"{where} converting signature {signature.name} with tf2onnx "
+                f"(opset {options.opset})")
+            try:
+                cut_graph = _tf2onnx(runner, saved_dir, signature, staging / file, options)
+            except (CutError, ConversionError) as exc:
+                ops = f"; unsupported ops: {', '.join(exc.unsupported_ops)}" \
+                    if isinstance(exc, ConversionError) and exc.unsupported_ops else ""
+                result.problems.append(f"signature {signature.name}: {exc}{ops}")
+                log(f"{where} signature {signature.name} cannot be converted: {exc}{ops}")
+                failed[computation] = signature.name
+                continue
+        entry = _validated_entry(where, runner, saved_dir, staging, file, signature, options,
+                                 cut_graph, result, new=shared is None)
+        if entry is not None:
+            entries[signature.name] = entry
+            result.signatures.append(signature.name)
+            converted.setdefault(computation, (signature.name, file, cut_graph))
+        elif shared is None:
+            failed[computation] = signature.name
+    return entries
+
+
+def _validated_entry(
+    where: str, runner: TensorFlowRunner, saved_dir: Path, staging: Path, file: str,
+    signature: SignatureSig, options: Options, cut_graph: Cut | None, result: Result,
+    *, new: bool,
+) -> dict[str, object] | None:
+    """The signature's signatures.json entry once its ONNX file answers as TensorFlow does,
+    else None with the problem in ``result``. A ``new`` file (not one another signature
+    shares) is transformed first, and its inputs widened after where TensorFlow takes
+    other shapes."""
+    try:
+        if new:
             _apply_transforms(staging / file, options)
-            checked = _check(runner, saved_dir, staging / file, signature, options, cut_graph)
-        except _RUN_ERRORS as exc:
-            result.problems.append(
-                f"signature {signature.name}: ONNX Runtime cannot run the converted model: {exc}"
-            )
-            continue
-        except runner.errors as exc:
-            result.problems.append(
-                f"signature {signature.name}: TensorFlow refused a validation input "
-                f"(give warmup requests instead): {exc}"
-            )
-            continue
-        if checked is None:
-            result.problems.append(f"signature {signature.name}: its ONNX names do not match")
-            continue
-        validation, names = checked
-        result.max_abs = max(result.max_abs, validation.max_abs)
-        result.max_rel = max(result.max_rel, validation.max_rel)
-        log(f"{where} signature {signature.name}: {validation.samples} {validation.source} "
-            f"inputs, max abs error {validation.max_abs:.3g}, max rel {validation.max_rel:.3g}")
-        if validation.constant:
-            result.notes.append(
-                f"signature {signature.name}: TensorFlow answered every validation input alike, "
-                "so agreement proves little; validate with real inputs (warmup requests)"
-            )
-            log(f"{where} warning: {result.notes[-1]}")
-        if not validation.passed:
-            worst = {a: e for a, e in validation.outputs.items() if e.mismatch or e.outside}
-            detail = "; ".join(
-                f"{a}: {e.mismatch or f'{e.outside} values off (max abs {e.max_abs:.3g})'}"
-                for a, e in worst.items()
-            )
-            result.problems.append(
-                f"signature {signature.name} disagrees with TensorFlow beyond atol "
-                f"{options.atol} / rtol {options.rtol}: {detail}"
-            )
-            continue
+        checked = _check(runner, saved_dir, staging / file, signature, options, cut_graph)
+    except _RUN_ERRORS as exc:
+        result.problems.append(
+            f"signature {signature.name}: ONNX Runtime cannot run the converted model: {exc}"
+        )
+        return None
+    except runner.errors as exc:
+        result.problems.append(
+            f"signature {signature.name}: TensorFlow refused a validation input "
+            f"(give warmup requests instead): {exc}"
+        )
+        return None
+    if checked is None:
+        result.problems.append(f"signature {signature.name}: its ONNX names do not match")
+        return None
+    validation, names = checked
+    result.max_abs = max(result.max_abs, validation.max_abs)
+    result.max_rel = max(result.max_rel, validation.max_rel)
+    log(f"{where} signature {signature.name}: {validation.samples} {validation.source} "
+        f"inputs, max abs error {validation.max_abs:.3g}, max rel {validation.max_rel:.3g}")
+    if validation.constant:
+        result.notes.append(
+            f"signature {signature.name}: TensorFlow answered every validation input alike, "
+            "so agreement proves little; validate with real inputs (warmup requests)"
+        )
+        log(f"{where} warning: {result.notes[-1]}")
+    if not validation.passed:
+        worst = {a: e for a, e in validation.outputs.items() if e.mismatch or e.outside}
+        detail = "; ".join(
+            f"{a}: {e.mismatch or f'{e.outside} values off (max abs {e.max_abs:.3g})'}"
+            for a, e in worst.items()
+        )
+        result.problems.append(
+            f"signature {signature.name} disagrees with TensorFlow beyond atol "
+            f"{options.atol} / rtol {options.rtol}: {detail}"
+        )
+        return None
+    if new:
         parse = cut_graph.parse if cut_graph else None
         widened = widen_inputs(
             staging / file, runner, signature, names, atol=options.atol, rtol=options.rtol,
@@ -235,15 +274,16 @@ def _convert_signatures(
         for alias, how in widened.items():
             log(f"{where} signature {signature.name}: input {alias} takes {how}, "
                 "as TF Serving's graph does")
-        entries[signature.name] = _signature_entry(signature, file, names, cut_graph)
-        result.signatures.append(signature.name)
-    return entries
+    return _signature_entry(signature, file, names, cut_graph)
 
 
-def _file_name(signature: str, count: int) -> str:
-    if count == 1 or signature == DEFAULT_SIGNATURE:
+def _file_name(signature: SignatureSig, chosen: Sequence[SignatureSig]) -> str:
+    """model.onnx for the default signature's computation (or the only one), else the
+    signature's name."""
+    default = next((s.computation for s in chosen if s.name == DEFAULT_SIGNATURE), None)
+    if len({s.computation for s in chosen}) == 1 or signature.computation == default:
         return "model.onnx"
-    safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in signature)
+    safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in signature.name)
     return f"{safe}.onnx"
 
 
@@ -362,14 +402,38 @@ def _signature_entry(
     return entry
 
 
-def _publish(
-    saved_dir: Path, staging: Path, target: Path, entries: dict[str, dict[str, object]]
-) -> None:
+def _stage(saved_dir: Path, staging: Path, entries: dict[str, dict[str, object]]) -> None:
     (staging / SIGNATURES_FILE).write_text(json.dumps({"signature_def": entries}, indent=2))
     warmup = saved_dir / WARMUP_FILE
     if warmup.exists():
         (staging / WARMUP_FILE).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(warmup, staging / WARMUP_FILE)
+
+
+def _warmup_refusal(saved_dir: Path, staging: Path) -> str | None:
+    """Why the server would refuse the staged version at warmup, or None.
+
+    TF Serving fails the load of a version whose warmup records fail (and so does the
+    server, server/app.py's ``_load``), so the staged version is loaded and its warmup
+    replayed with the server's own code: input keys, dtypes and shapes are checked as
+    requests will be. The records are read from the SavedModel, so messages name them.
+    """
+    if not (staging / WARMUP_FILE).exists():
+        return None
+    try:
+        model = load_version(staging, RuntimeConfig())
+        try:
+            warm_up(model, saved_dir, WarmupOptions())
+        finally:
+            model.close()
+    except ServingError as exc:
+        return (f"its warmup requests do not fit the converted signatures, so the server "
+                f"would refuse the version: {exc.message}. Correct or remove "
+                f"{saved_dir / WARMUP_FILE}")
+    return None
+
+
+def _publish(staging: Path, target: Path) -> None:
     if target.exists():  # --overwrite
         shutil.rmtree(target)
     staging.rename(target)
@@ -379,22 +443,28 @@ def _size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.exists() else 0
 
 
-def convert_config(config_file: Path, output_dir: Path, options: Options) -> list[Result]:
-    """Every model of a TF Serving config, and the matching onnx-serving config."""
+def convert_config(
+    config_file: Path, output_dir: Path, options: Options, *, update_config: bool = False
+) -> list[Result]:
+    """Every model of a TF Serving config, and the matching onnx-serving config
+    (served_config.py says where it goes)."""
     config = model_server_config_pb2.ModelServerConfig()
     text_format.Parse(config_file.read_text(), config)
     results: list[Result] = []
+    failed: set[str] = set()
     for model in config.model_config_list.config:
         saved_base = Path(model.base_path)
         if not saved_base.is_absolute():
             saved_base = config_file.parent / saved_base
         onnx_base = (output_dir / model.name).absolute()
-        results += convert_model(model.name, saved_base, onnx_base, options)
+        converted = convert_model(model.name, saved_base, onnx_base, options)
+        if any(r.status == "failed" for r in converted):
+            failed.add(model.name)
+            log(f"[{model.name}] a version failed: the served config keeps its entry as it was")
+        results += converted
         model.base_path = str(onnx_base)
         model.model_platform = "onnx"
-    output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "models.config").write_text(text_format.MessageToString(config))
-    log(f"wrote {output_dir / 'models.config'}")
+    log(write_config(output_dir / "models.config", config, failed, update=update_config))
     return results
 
 
@@ -426,6 +496,11 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("onnx_base_path", nargs="?", type=Path)
     parser.add_argument("--model_config_file", type=Path)
     parser.add_argument("--output_dir", type=Path)
+    parser.add_argument("--update_config", action="store_true",
+                        help="with --model_config_file: write the converted models into "
+                             "OUTPUT_DIR/models.config even if it exists (a server polling "
+                             "it rolls them out); otherwise they go to "
+                             "models.config.suggested beside it")
     parser.add_argument("--model_name", default="", help="for the summary (default: folder name)")
     parser.add_argument("--opset", type=int, default=Options.opset)
     parser.add_argument("--tag", "--saved_model_tags", dest="tag", default=Options.tag,
@@ -457,10 +532,13 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     ) or (not by_config and args.onnx_base_path is None):
         parser.error("give SAVED_MODEL_BASE_PATH ONNX_BASE_PATH, "
                      "or --model_config_file and --output_dir")
+    if args.update_config and not by_config:
+        parser.error("--update_config goes with --model_config_file")
     return args
 
 
 def main(argv: Sequence[str]) -> int:
+    quiet_cuda_probe()
     args = parse_args(argv)
     options = Options(
         opset=args.opset, tag=args.tag,
@@ -470,7 +548,8 @@ def main(argv: Sequence[str]) -> int:
         seed=args.seed, overwrite=args.overwrite, allow_partial=args.allow_partial,
     )
     if args.model_config_file is not None:
-        results = convert_config(args.model_config_file, args.output_dir, options)
+        results = convert_config(args.model_config_file, args.output_dir, options,
+                                 update_config=args.update_config)
     else:
         name = args.model_name or args.saved_model_base_path.name
         results = convert_model(name, args.saved_model_base_path, args.onnx_base_path, options)

@@ -8,7 +8,10 @@ too. TensorFlow is imported only to run a signature (for validation).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import hashlib
+import os
+import sys
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +21,8 @@ import numpy as np
 from onnx_serving.codec.tensors import dtype_name, numpy_dtype
 
 INTERNAL_SIGNATURES = ("__saved_model_init_op",)
+# The ops by which a TF2 signature's graph calls its function.
+_CALL_OPS = frozenset({"PartitionedCall", "StatefulPartitionedCall"})
 
 
 @dataclass(frozen=True)
@@ -42,10 +47,27 @@ class SignatureSig:
     method_name: str
     inputs: Mapping[str, TensorSig]
     outputs: Mapping[str, TensorSig]
+    # What it computes (``_computation``): signatures with equal ones convert to one model.
+    computation: Hashable
 
 
 class SavedModelError(Exception):
     pass
+
+
+def quiet_cuda_probe() -> None:
+    """Call before TensorFlow is imported. TensorFlow's CUDA build calls cuInit whenever it
+    lists devices, as eager TensorFlow always does (``tf.saved_model.load``: compare's
+    in-process baseline, graph_cut's frozen functions, tf2onnx's children), and logs its
+    failure as an ERROR line on every machine without an NVIDIA GPU. Where there is none
+    (no ``/dev/nvidia<N>``, or CUDA_VISIBLE_DEVICES hides them all) and the user chose no
+    level, TensorFlow's C++ log level drops errors; TensorFlow's failures still raise.
+    """
+    if "TF_CPP_MIN_LOG_LEVEL" in os.environ or "tensorflow" in sys.modules:
+        return
+    hidden = os.environ.get("CUDA_VISIBLE_DEVICES") in ("", "-1")
+    if hidden or not any(Path("/dev").glob("nvidia[0-9]*")):
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
 
 
 def read_signatures(saved_model_dir: Path, tag: str = "serve") -> dict[str, SignatureSig]:
@@ -58,17 +80,73 @@ def read_signatures(saved_model_dir: Path, tag: str = "serve") -> dict[str, Sign
         raise SavedModelError(f"cannot read {path}: {exc}") from exc
     for meta_graph in saved_model.meta_graphs:
         if tag in meta_graph.meta_info_def.tags:
+            nodes = {node.name: node for node in meta_graph.graph_def.node}
+            functions = {f.signature.name: _function_body(f)
+                         for f in meta_graph.graph_def.library.function}
             return {
                 name: SignatureSig(
                     name,
                     signature.method_name,
                     {a: _tensor(a, t) for a, t in sorted(signature.inputs.items())},
                     {a: _tensor(a, t) for a, t in sorted(signature.outputs.items())},
+                    _computation(signature, nodes, functions),
                 )
                 for name, signature in sorted(meta_graph.signature_def.items())
                 if name not in INTERNAL_SIGNATURES
             }
     raise SavedModelError(f"{saved_model_dir} has no MetaGraph tagged '{tag}'")
+
+
+def _computation(
+    signature: Any, nodes: Mapping[str, Any], functions: Mapping[str, str]
+) -> Hashable:
+    """What a signature computes, from the graph, not from what tf2onnx makes of it.
+
+    Keras 3's ``export`` writes ``serve`` and ``serving_default`` as two signature
+    wrappers (their own placeholders and call nodes) over one function: an output made
+    by a function call is that function's body (``_function_body``), the output's index
+    and the call's arguments, this signature's inputs by alias. Any other output is its
+    graph tensor, and then the inputs' tensors count too (a TF1 graph fed at ``x`` and
+    one fed at the tf.Example it parses from both reach ``y``), as does any input not
+    passed to a call as it is.
+    """
+    fed = {_tensor_name(info.name): alias for alias, info in signature.inputs.items()}
+    outputs: list[tuple[object, ...]] = []
+    by_tensor = False
+    passed: set[str] = set()  # inputs passed to the calls as they are
+    for alias, info in sorted(signature.outputs.items()):
+        node_name, _, index = _tensor_name(info.name).partition(":")
+        node = nodes.get(node_name)
+        function = node.attr["f"].func.name if node is not None else ""
+        if node is None or node.op not in _CALL_OPS or function not in functions:
+            by_tensor = True
+            outputs.append((alias, info.dtype, info.name))
+            continue
+        arguments = tuple(("input", fed[_tensor_name(i)]) if _tensor_name(i) in fed else i
+                          for i in node.input)
+        passed.update(a[1] for a in arguments if isinstance(a, tuple))
+        outputs.append((alias, info.dtype, functions[function], index, arguments))
+    inputs = tuple(
+        (alias, info.dtype, info.tensor_shape.SerializeToString(deterministic=True),
+         info.name if by_tensor or alias not in passed else "")
+        for alias, info in sorted(signature.inputs.items())
+    )
+    return inputs, tuple(outputs)
+
+
+def _function_body(function: Any) -> str:
+    """A graph function less its name and its arguments' attributes (tracing counters in
+    ``_user_specified_name``): two signature wrappers calling one function alike match."""
+    body = type(function)()
+    body.CopyFrom(function)
+    body.signature.name = ""
+    body.ClearField("arg_attr")
+    return hashlib.sha256(body.SerializeToString(deterministic=True)).hexdigest()
+
+
+def _tensor_name(name: str) -> str:
+    """``x`` and ``x:0`` name one tensor (NodeDef inputs leave out ``:0``)."""
+    return name if ":" in name or name.startswith("^") else f"{name}:0"
 
 
 def _tensor(alias: str, info: Any) -> TensorSig:
@@ -92,12 +170,17 @@ class TensorFlowRunner:
     def __init__(self, saved_model_dir: Path, tag: str = "serve") -> None:
         import tensorflow as tf
 
+        # The body of tf.compat.v1.saved_model.loader.load, which is deprecated (for the
+        # eager tf.saved_model.load, which does not run the MetaGraph as TF Serving does).
+        from tensorflow.python.saved_model.loader_impl import SavedModelLoader
+
         self.graph = tf.Graph()
-        self.session = tf.compat.v1.Session(graph=self.graph)
+        # The reference runs on the CPU: no GPU devices, so TensorFlow neither probes CUDA
+        # (a cuInit error line on machines without one) nor takes a GPU's memory.
+        config = tf.compat.v1.ConfigProto(device_count={"GPU": 0})
+        self.session = tf.compat.v1.Session(graph=self.graph, config=config)
         with self.graph.as_default():
-            meta_graph = tf.compat.v1.saved_model.loader.load(
-                self.session, [tag], str(saved_model_dir)
-            )
+            meta_graph = SavedModelLoader(str(saved_model_dir)).load(self.session, [tag])
         self.signature_defs = dict(meta_graph.signature_def)
         # What a run raises when the graph refuses its inputs.
         self.errors: tuple[type[Exception], ...] = (tf.errors.OpError,)

@@ -20,8 +20,7 @@ from onnx_serving.migration.example_spec import random_examples, tensorflow_pars
 from onnx_serving.migration.saved_model import SignatureSig, TensorFlowRunner, TensorSig
 from onnx_serving.migration.served_session import ServedSession
 from onnx_serving.migration.tolerance import differences
-
-WARMUP_FILE = Path("assets.extra") / "tf_serving_warmup_requests"
+from onnx_serving.server.warmup import WARMUP_FILE
 
 
 @dataclass

@@ -83,6 +83,17 @@ def small_cnn(path: Path) -> None:
     )
 
 
+def small_mobilenet(path: Path) -> None:
+    """Keras 3's own MobileNetV2 (weights=None, 0.35 wide, 32 pixels): big enough that
+    tf2onnx's two conversions of serve and serving_default differ in generated names."""
+    import keras
+
+    keras.applications.MobileNetV2(
+        weights=None, input_shape=(32, 32, 3), alpha=0.35, classes=4,
+        classifier_activation=None,
+    ).export(str(path), verbose=False)
+
+
 def lstm(path: Path) -> None:
     import keras
 

@@ -295,7 +295,8 @@ def test_generated_requests_cover_ints_and_strings(
     assert all(o["elements"] > 0 for o in report["outputs"])
 
 
-def test_saved_model_in_process_as_baseline(candidate: ServerProcess, tmp_path: Path) -> None:
+def _affine_saved_model(path: Path) -> None:
+    """y = 2x + 1 as a TF2 SavedModel: the "affine" ONNX model's TensorFlow twin."""
     import tensorflow as tf
 
     class Affine(tf.Module):
@@ -304,8 +305,12 @@ def test_saved_model_in_process_as_baseline(candidate: ServerProcess, tmp_path: 
             return {"y": 2.0 * x + 1.0}
 
     module = Affine()
+    tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
+
+
+def test_saved_model_in_process_as_baseline(candidate: ServerProcess, tmp_path: Path) -> None:
     saved = tmp_path / "saved" / "1"  # a TF Serving base path: its highest version is used
-    tf.saved_model.save(module, str(saved), signatures={"serving_default": module.serve})
+    _affine_saved_model(saved)
 
     code, report = _compare(None, candidate, tmp_path / "same", "--model_name=affine",
                             f"--baseline_saved_model={saved.parent}", "--batch_size=4",
@@ -320,6 +325,20 @@ def test_saved_model_in_process_as_baseline(candidate: ServerProcess, tmp_path: 
                             f"--baseline_saved_model={saved}", *QUICK)
     assert code == 1
     assert _output(report, "y")["max_abs_error"] == pytest.approx(0.01, abs=1e-5)
+
+
+def test_saved_model_baseline_logs_no_cuda_error(candidate: ServerProcess, tmp_path: Path) -> None:
+    """Eager TensorFlow probes CUDA and logged `failed call to cuInit` as an error on every
+    run on a machine without a GPU (issue 19, finding 8)."""
+    _affine_saved_model(tmp_path / "saved")
+    result = subprocess.run(
+        [sys.executable, "-m", "onnx_serving.migration.compare", "--model_name=affine",
+         f"--baseline_saved_model={tmp_path / 'saved'}", f"--candidate={candidate.address}",
+         f"--report_dir={tmp_path / 'report'}", *QUICK],
+        capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "cuInit" not in result.stderr and "deprecated" not in result.stderr, result.stderr
 
 
 # --- cannot run: exit 2 ---------------------------------------------------------------------
