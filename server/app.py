@@ -141,7 +141,7 @@ class App:
         model = load(version_dir, self._runtime, self._batching_for(version_dir))
         started = time.perf_counter()
         try:
-            warm_up(self.serving, model, version_dir, self._warmup_options)
+            warm_up(model, version_dir, self._warmup_options, self.serving)
         except ModelLoadError:
             self.metrics.warmup(str(version_dir), False, time.perf_counter() - started)
             raise

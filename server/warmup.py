@@ -37,7 +37,7 @@ from onnx_serving.server.messages.classify import (
 from onnx_serving.server.messages.input import serialized_examples
 from onnx_serving.server.messages.predict import decoder, response_encoder
 from onnx_serving.server.runtime.model import LoadedModel
-from onnx_serving.server.serving.core import ModelRef, ServingCore
+from onnx_serving.server.serving.core import ModelRef, OneVersion, ServingCore
 
 log = logging.getLogger(__name__)
 
@@ -95,15 +95,19 @@ class WarmupOptions:
 
 
 def warm_up(
-    core: ServingCore, model: LoadedModel, version_dir: Path, options: WarmupOptions
+    model: LoadedModel, version_dir: Path, options: WarmupOptions,
+    core: ServingCore | None = None,
 ) -> None:
     """``model``, loaded from ``version_dir`` and not yet served, warmed up through
-    ``core``'s pipeline (its checks, --enable_signature_method_name_check included)."""
+    ``core``'s pipeline (its checks, --enable_signature_method_name_check included), or
+    through a core of the server's defaults when none is given (``onnx-serving convert``
+    checks a converted version so)."""
     if not options.enabled:
         return
     path = version_dir / WARMUP_FILE
     if path.exists():
-        _replay(core.in_hand(model), path, max(1, options.iterations))
+        replaying = core.in_hand(model) if core is not None else ServingCore(OneVersion(model))
+        _replay(replaying, path, max(1, options.iterations))
     elif options.synthetic:
         _synthetic(model, version_dir, options.synthetic_dim)
 

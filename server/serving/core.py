@@ -86,7 +86,7 @@ class ServingCore:
         """The same pipeline and checks on a version not yet served (warmup's, while it
         loads), as TF Serving's warmup runs requests on the servable it loads: version 0
         is echoed, nothing is counted or logged."""
-        return ServingCore(_InHand(model), method_check=self._method_check)
+        return ServingCore(OneVersion(model), method_check=self._method_check)
 
     def pin(self, ref: ModelRef) -> AbstractContextManager[tuple[int, LoadedModel]]:
         """The answering version, kept loaded until the block ends."""
@@ -226,8 +226,9 @@ class ServingCore:
         return self._versions.statuses(name, version)
 
 
-class _InHand:
-    """One loaded version, whatever a request names."""
+class OneVersion:
+    """Versions of one loaded model, answering whatever a request names as version 0:
+    a version not (yet) served, as warmup runs it."""
 
     def __init__(self, model: LoadedModel) -> None:
         self._model = model
