@@ -25,7 +25,12 @@ from collections.abc import Callable
 from typing import Any
 
 from onnx_serving.server.config import ModelConfig
-from onnx_serving.server.errors import Code, FailedPrecondition, ServingError
+from onnx_serving.server.errors import (
+    BasePathUnavailable,
+    Code,
+    FailedPrecondition,
+    ServingError,
+)
 from onnx_serving.server.repository.manager import ModelManager
 from onnx_serving.server.repository.poller import Poller
 from onnx_serving.server.repository.source import scan_versions
@@ -67,8 +72,7 @@ class RepositoryCore:
             label_errors += self._manager.set_labels(
                 config.name, config.labels, self._allow_unavailable_labels, skip_invalid=True
             )
-        self.configs = configs
-        self._on_applied(configs)
+        self._in_force(configs, configs)
         _raise_first(unavailable, label_errors)
 
     def _reload(self, configs: list[ModelConfig], timeout: float | None) -> None:
@@ -76,20 +80,36 @@ class RepositoryCore:
         changed = [c for c in configs if before.get(c.name) != c]
         self._check(configs, changed)
         kept = [c for name, c in before.items() if name not in {n.name for n in configs}]
-        self._set(configs + kept)  # removed models serve until the new config is in force
-        unavailable = self._manager.wait_settled([c.name for c in changed], timeout)
-        label_errors = [
-            e.error for c in configs
-            for e in self._manager.label_errors(c.name, c.labels, self._allow_unavailable_labels)
-        ]
-        if unavailable or label_errors:
-            log.error("Reload refused; the previous config stays in force")
-            self._set(self.configs)
-            _raise_first(unavailable, label_errors)
-        self._set(configs)
-        for config in configs:
-            self._manager.set_labels(config.name, config.labels, self._allow_unavailable_labels)
+        # Until the new config is in force, removed models serve, and so do the versions
+        # of changed models that serve now (their labels still name them).
+        with self._manager.holding(c.name for c in changed):
+            self._set(configs + kept)
+            unavailable = self._manager.wait_settled([c.name for c in changed], timeout)
+            label_errors = [
+                e.error for c in configs
+                for e in self._manager.label_errors(c.name, c.labels,
+                                                    self._allow_unavailable_labels)
+            ]
+            if unavailable or label_errors:
+                log.error("Reload refused; the previous config stays in force")
+                self._set(self.configs)
+                _raise_first(unavailable, label_errors)
+            for config in changed:
+                self._manager.promote(config.name, config.labels)
+            self._set(configs)
+            for config in configs:
+                self._manager.set_labels(config.name, config.labels,
+                                         self._allow_unavailable_labels)
+            self._in_force(configs, changed)
+
+    def _in_force(self, configs: list[ModelConfig], changed: list[ModelConfig]) -> None:
+        """Logs what the changed models now serve, and tells ``on_applied``."""
         self.configs = configs
+        for config in changed:
+            labels = ", ".join(f"{k}: {v}" for k, v in sorted(self._manager.labels(config.name)
+                                                              .items()))
+            log.info("Model %s now serves versions %s with labels {%s}", config.name,
+                     self._manager.serving_versions(config.name), labels)
         self._on_applied(configs)
 
     def _check(self, configs: list[ModelConfig], changed: list[ModelConfig]) -> None:
@@ -97,14 +117,18 @@ class RepositoryCore:
         coming: dict[str, set[int]] = {}
         missing: dict[str, str] = {}
         for config in changed:
-            coming[config.name] = config.policy.select(scan_versions(config.name,
-                                                                     config.base_path))
+            try:
+                found = scan_versions(config.name, config.base_path)
+            except BasePathUnavailable as exc:
+                missing[config.name] = exc.message
+                continue
+            coming[config.name] = config.policy.select(found)
             if not coming[config.name]:
                 missing[config.name] = f"no version found under {config.base_path}"
         errors = [
             e.error for c in configs
             for e in self._manager.label_errors(
-                c.name, c.labels, self._allow_unavailable_labels, coming.get(c.name, ())
+                c.name, c.labels, self._allow_unavailable_labels, coming.get(c.name)
             )
         ]
         _raise_first(missing, errors)
