@@ -50,7 +50,7 @@ def view(version: int, state: State | None, aspired: bool, **flags: bool) -> Ver
         ([view(1, A, False), view(2, L, True, busy=True)], KEEP, []),
         ([view(1, A, False), view(2, A, True)], KEEP, [(Action.UNLOAD, 1)]),
         # A failed new version never takes the old one down.
-        ([view(1, A, False), view(2, E, True)], KEEP, []),
+        ([view(1, A, False), view(2, E, True, failed=True)], KEEP, []),
         # A reload holds what serves until its labels moved: {1,2} canary 2 -> {1,3}.
         ([view(1, A, True), view(2, A, False, held=True), view(3, None, True)], KEEP,
          [(Action.LOAD, 3)]),
@@ -66,6 +66,10 @@ def view(version: int, state: State | None, aspired: bool, **flags: bool) -> Ver
         ([view(1, L, True, retry_due=True)], KEEP, [(Action.LOAD, 1)]),
         ([view(1, L, True)], KEEP, []),
         ([view(1, L, False), view(2, A, True)], KEEP, [(Action.ABANDON, 1)]),
+        # Unloaded and wanted again (even while it was unloading): loads again; a failed
+        # one does not (a fixed copy starts afresh, in the manager).
+        ([view(1, A, True), view(2, E, True)], KEEP, [(Action.LOAD, 2)]),
+        ([view(1, A, True), view(2, E, True, failed=True)], KEEP, []),
         # Highest first.
         ([view(1, None, True), view(3, None, True), view(2, None, True)], KEEP,
          [(Action.LOAD, 3), (Action.LOAD, 2), (Action.LOAD, 1)]),
@@ -186,6 +190,17 @@ def test_a_fixed_copy_of_a_failed_version_is_picked_up(loader) -> None:
         assert loader.calls == ["1"]
         manager.aspire(NAME, versions(1, tag="fixed"))
         wait_for(lambda: states(manager) == {1: State.AVAILABLE})
+
+
+def test_a_version_wanted_back_while_it_unloads_loads_again(manager, loader) -> None:
+    manager.aspire(NAME, versions(1, 2))
+    wait_for(lambda: states(manager) == {1: State.AVAILABLE, 2: State.AVAILABLE})
+    with manager.acquire(NAME, version=2):  # keeps 2 UNLOADING
+        manager.aspire(NAME, versions(1))
+        wait_for(lambda: states(manager)[2] == State.UNLOADING)
+        manager.aspire(NAME, versions(1, 2))
+    assert manager.wait_settled([NAME], timeout=5) == {}
+    assert states(manager) == {1: State.AVAILABLE, 2: State.AVAILABLE}
 
 
 def test_rollback_reloads_an_unloaded_version(manager, loader) -> None:

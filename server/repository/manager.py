@@ -247,11 +247,9 @@ class ModelManager(Generic[S]):
                 model.source_error = None
             for version, found in versions.items():
                 known = model.versions.get(version)
-                if known is None or known.state is not State.END or known.busy:
-                    continue
-                # An unloaded version wanted again (a rollback), or a failed one whose
-                # files changed (a fixed copy), starts afresh.
-                if known.error is None or known.fingerprint != found.fingerprint:
+                # A failed version whose files changed (a fixed copy) starts afresh.
+                if known is not None and known.state is State.END and not known.busy \
+                        and known.error is not None and known.fingerprint != found.fingerprint:
                     del model.versions[version]
             model.aspired = dict(versions)
             self._reconcile(model)
@@ -459,7 +457,7 @@ class ModelManager(Generic[S]):
             VersionView(
                 v, s.state, v in model.aspired, s.busy,
                 retry_due=s.state is State.LOADING and 0 < s.retry_at <= now,
-                held=v in model.held,
+                held=v in model.held, failed=s.state is State.END and s.error is not None,
             )
             for v, s in model.versions.items()
         ] + [VersionView(v, None, True) for v in model.aspired if v not in model.versions]
@@ -475,8 +473,11 @@ class ModelManager(Generic[S]):
                 self._unloads.submit(self._unload, model, state)
             else:
                 found = model.aspired[version]
-                state = model.versions.setdefault(
-                    version, _Version(version, found.path, found.fingerprint))
+                state = model.versions.get(version) or _Version(version, found.path,
+                                                                found.fingerprint)
+                if state.state is State.END:  # unloaded before: a fresh start
+                    state = _Version(version, found.path, found.fingerprint)
+                model.versions[version] = state
                 state.state, state.busy, state.retry_at = State.LOADING, True, 0.0
                 self._loads.submit(self._load, model, state)
         if model.removed:

@@ -53,6 +53,7 @@ class VersionView:
     busy: bool = False  # a load or unload of it is running
     retry_due: bool = False  # LOADING after a failure, and its retry time has come
     held: bool = False  # kept until a reload is in force, under availability preserving
+    failed: bool = False  # END because its load failed (not because it was unloaded)
 
 
 def next_actions(
@@ -79,9 +80,12 @@ def next_actions(
         not v.aspired and v.state in (State.AVAILABLE, State.UNLOADING) for v in views
     )
     for view in sorted(aspired, key=lambda v: v.version, reverse=True):
-        if view.busy:
+        # New, or unloaded and wanted again (a rollback, or a reload that wants back a
+        # version the previous one was unloading); a failed one waits for a fixed copy.
+        fresh = view.state is None or (view.state is State.END and not view.failed)
+        if view.busy or (fresh and wait_for_unloads):
             continue
-        if (view.state is None and not wait_for_unloads) or view.state is State.START or (
+        if fresh or view.state is State.START or (
             view.state is State.LOADING and view.retry_due
         ):
             actions.append((Action.LOAD, view.version))
