@@ -465,19 +465,18 @@ class ModelManager(Generic[S]):
             if action is Action.ABANDON:
                 model.versions[version].state = State.END
                 log.info("Version {name: %s version: %d} failed to load and is no longer "
-                         "wanted (gone from disk or outside the version policy): not retried",
-                         model.config.name, version)
+                         "wanted (gone from disk, out of the version policy, or its model "
+                         "removed): not retried", model.config.name, version)
             elif action is Action.UNLOAD:
                 state = model.versions[version]
                 state.state, state.busy = State.UNLOADING, True
                 self._unloads.submit(self._unload, model, state)
             else:
                 found = model.aspired[version]
-                state = model.versions.get(version) or _Version(version, found.path,
-                                                                found.fingerprint)
-                if state.state is State.END:  # unloaded before: a fresh start
-                    state = _Version(version, found.path, found.fingerprint)
-                model.versions[version] = state
+                state = model.versions.get(version)
+                if state is None or state.state is State.END:  # new, or unloaded before
+                    state = model.versions[version] = _Version(version, found.path,
+                                                               found.fingerprint)
                 state.state, state.busy, state.retry_at = State.LOADING, True, 0.0
                 self._loads.submit(self._load, model, state)
         if model.removed:
