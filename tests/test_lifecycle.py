@@ -401,7 +401,8 @@ def test_refused_reloads_change_nothing(live) -> None:
 
 def test_refused_reload_to_a_corrupt_base_path_keeps_serving(live) -> None:
     """Pointing a model at a base path whose only version is corrupt is refused, and the
-    old version serves throughout: the same version number, or a new one."""
+    old version serves throughout: the same version number, or a new one. A good copy
+    of the same version elsewhere is then loaded beside it and replaces it."""
     server, base, _ = live
     with Traffic(server.address, Stream(), Stream(version=1)) as traffic, \
             Client(server.address) as client:
@@ -416,8 +417,16 @@ def test_refused_reload_to_a_corrupt_base_path_keeps_serving(live) -> None:
             assert states(client)[1] == "AVAILABLE"
         time.sleep(1.5)  # a few polls of the old base path, now in force again
         assert states(client)[1] == "AVAILABLE"
-        assert traffic.count() > 20
+        moved = base.parent / "moved"  # and a good copy elsewhere replaces it, same number
+        publish(moved, 1)
+        reload(server.address, config_text(moved))
+        wait_for(lambda: "Unloaded servable version {name: live version: 1}" in server.logs())
+        assert states(client) == {1: "AVAILABLE"}
+        count = traffic.count()
+        wait_for(lambda: traffic.count() > count + 20)
     assert traffic.errors == []
+    assert f"Loading servable version {{name: live version: 1}} from {moved / '1'}" \
+        in server.logs()
 
 
 @pytest.mark.parametrize("how", ["rpc", "file"])
