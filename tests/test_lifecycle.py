@@ -525,8 +525,12 @@ def slow_add(value: float) -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
 
 
-# A request of some seconds: the in-flight checks below look once, well inside it.
-SLOW = {"x": X, "n": np.array([2_000_000], np.int64)}
+def rounds(n: int) -> dict[str, np.ndarray]:
+    return {"x": X, "n": np.array([n], np.int64)}
+
+
+# How long a slow request runs: the in-flight checks below look once, well inside it.
+SLOW_SECONDS = 6.0
 
 
 @dataclass
@@ -544,8 +548,12 @@ class SlowServer:
                      if line.startswith(prefix)), 0.0)
 
     def start_slow_request(self, pool: ThreadPoolExecutor, client: Client) -> Future[float]:
-        """A slow request, once the server holds it (the in-flight gauge says so)."""
-        future = pool.submit(lambda: client.predict("slow", SLOW, timeout=300)["y"][0, 0])
+        """A request of about SLOW_SECONDS (sized on this machine), once the server holds it
+        (the in-flight gauge says so)."""
+        probe, started = 100_000, time.monotonic()
+        client.predict("slow", rounds(probe), timeout=300)
+        n = int(probe * SLOW_SECONDS / max(time.monotonic() - started, 1e-3))
+        future = pool.submit(lambda: client.predict("slow", rounds(n), timeout=300)["y"][0, 0])
         wait_for(lambda: self.in_flight() == 1 or future.done())
         assert not future.done(), "the slow request ended before anything moved"
         return future
@@ -575,7 +583,7 @@ def test_unloads_wait_for_requests_in_flight_and_an_empty_version_set_unloads(
     try:
         assert "Batching is on" in slow.server.logs()
         assert "Monitoring is on: Prometheus metrics at" in slow.server.logs()
-        fast = {"x": X, "n": np.array([0], np.int64)}
+        fast = rounds(0)
         with Client(slow.server.address) as client, ThreadPoolExecutor(1) as pool:
             request = slow.start_slow_request(pool, client)
             publish(slow.base, 2, slow_add(2).SerializeToString())
@@ -620,7 +628,6 @@ def test_resource_preserving_unloads_before_it_loads(tmp_path: Path) -> None:
             assert seen == {1: "UNLOADING"}
             assert request.result() == 11.0
             wait_for(lambda: states(client, "slow") == {2: "AVAILABLE", 1: "END"})
-            assert client.predict("slow", {"x": X, "n": np.array([0], np.int64)})["y"][0, 0] \
-                == 12.0
+            assert client.predict("slow", rounds(0))["y"][0, 0] == 12.0
     finally:
         slow.server.stop()

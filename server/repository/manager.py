@@ -473,12 +473,12 @@ class ModelManager(Generic[S]):
                 self._unloads.submit(self._unload, model, state)
             else:
                 found = model.aspired[version]
-                state = model.versions.get(version)
-                if state is None or state.state is State.END:  # new, or unloaded before
-                    state = model.versions[version] = _Version(version, found.path,
+                known = model.versions.get(version)
+                if known is None or known.state is State.END:  # new, or unloaded before
+                    known = model.versions[version] = _Version(version, found.path,
                                                                found.fingerprint)
-                state.state, state.busy, state.retry_at = State.LOADING, True, 0.0
-                self._loads.submit(self._load, model, state)
+                known.state, known.busy, known.retry_at = State.LOADING, True, 0.0
+                self._loads.submit(self._load, model, known)
         if model.removed:
             for version in [v for v, s in model.versions.items() if s.state is State.END]:
                 del model.versions[version]
