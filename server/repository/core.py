@@ -7,14 +7,18 @@ config that adds version 2 and labels it canary succeeds in one step when
 version 2 loads (TF Serving needs two reloads, or
 --allow_version_labels_for_unavailable_models, for that).
 
-A reload is atomic, unlike TF Serving's. The whole new config is checked
-before anything changes (every label names a version that serves now or that
-the new config loads; every new or changed model has a version on disk). Then
-the new versions load while removed models keep serving; only when every
-changed model is available and every label can be assigned are removed
-models dropped and labels set. A reload refused at any step leaves the
-previous config in force (versions it had started to replace keep serving,
-under availability_preserving) and names why.
+A reload is atomic, unlike TF Serving's (docs/lifecycle.md, "What a reload
+guarantees"). The whole new config is checked before anything changes (every
+label names a version the new config serves; every new or changed model has
+a listable base path with a version on disk). Then the new versions load
+while everything that serves keeps serving: removed models, and the versions
+of changed models (held, under availability_preserving, so that "latest"
+never steps back and no label names a version that is gone); a model moved
+to another base path loads there beside the old one. Only when every changed
+model has a wanted version available and every label can be assigned do
+moved models switch, labels move, and dropped versions and removed models
+unload. A reload refused at any step leaves the previous config in force and
+names why.
 """
 
 from __future__ import annotations
