@@ -25,6 +25,7 @@ from onnx_serving.server.batching import (
 from onnx_serving.server.config import (
     ModelConfig,
     read_config_file,
+    read_config_update,
     read_monitoring_config,
     single_model,
 )
@@ -32,8 +33,9 @@ from onnx_serving.server.errors import ConfigError, ModelLoadError, ServingError
 from onnx_serving.server.flags import ServerOptions
 from onnx_serving.server.metrics import Metrics, VersionCounts
 from onnx_serving.server.repository.core import RepositoryCore
-from onnx_serving.server.repository.manager import LoadOptions, ModelManager, Transition
+from onnx_serving.server.repository.manager import LoadOptions, ModelManager
 from onnx_serving.server.repository.poller import Poller
+from onnx_serving.server.repository.transitions import Transition
 from onnx_serving.server.request_log import RequestLogOptions, RequestLogs
 from onnx_serving.server.runtime import config as runtime_config
 from onnx_serving.server.runtime.model import Batching, LoadedModel, load
@@ -187,6 +189,7 @@ class App:
     def start(self) -> None:
         """Loads the initial models, then opens the ports (as TF Serving does)."""
         log.info(describe_install())
+        self._log_features()
         try:
             self.core.apply(self._initial_configs)
         except ServingError as exc:
@@ -251,6 +254,23 @@ class App:
             self._rest.start()
             log.info("Exporting HTTP/REST API at:localhost:%d ...", self.options.rest_api_port)
 
+    def _log_features(self) -> None:
+        """Says at start-up whether batching and monitoring are on, and how."""
+        if self._batching is None:
+            log.info("Batching is off (--enable_batching)")
+        else:
+            b = self._batching
+            log.info("Batching is on: max_batch_size %d, batch_timeout_micros %d, "
+                     "max_enqueued_batches %d, %d batch thread(s)%s", b.max_batch_size,
+                     b.batch_timeout_micros, b.max_enqueued_batches, b.num_batch_threads,
+                     ", per-model parameters allowed"
+                     if self.options.enable_per_model_batching_parameters else "")
+        if self._metrics_path is None:
+            log.info("Monitoring is off (--monitoring_config_file)")
+        else:
+            log.info("Monitoring is on: Prometheus metrics at %s on the REST port %d",
+                     self._metrics_path, self.options.rest_api_port)
+
     def _start_config_polling(self) -> None:
         interval = self.options.model_config_file_poll_wait_seconds
         if not self.options.model_config_file or interval <= 0:
@@ -274,7 +294,11 @@ class App:
             last = text
             log.info("Model config file %s changed; reloading", path)
             try:
-                self.core.apply(read_config_file(path))
+                configs = read_config_update(path)
+                if configs is None:
+                    log.info("Taking no action for empty config %s", path)
+                    continue
+                self.core.apply(configs)
             except ServingError as exc:
                 log.error("Reloading %s: %s", path, exc.message)
 

@@ -77,8 +77,18 @@ def read_text_proto(path: Path, message: Message, what: str) -> None:
 
 def read_config_file(path: Path) -> list[ModelConfig]:
     """Parses a ModelServerConfig text file; relative base paths are taken from its folder."""
+    return read_config_update(path) or []
+
+
+def read_config_update(path: Path) -> list[ModelConfig] | None:
+    """As ``read_config_file``, but None for a file that sets no config at all (empty, or
+    only comments): TF Serving's ServerCore::ReloadConfig takes no action for it, so a
+    writer that truncates the file before it rewrites it unloads nothing. An explicit
+    empty ``model_config_list {}`` is a config, and serves nothing."""
     message = model_server_config_pb2.ModelServerConfig()
     read_text_proto(path, message, "model config")
+    if message.WhichOneof("config") is None:
+        return None
     return from_proto(message, relative_to=path.parent.absolute())
 
 
@@ -163,6 +173,8 @@ def to_text(configs: list[ModelConfig]) -> str:
 def _base_path(name: str, raw: str, relative_to: Path | None) -> Path:
     if not raw:
         raise ConfigError(f"Model {name} has no base_path")
+    if "\0" in raw:  # no file system takes it; refused here, not failed on later
+        raise ConfigError(f"Model {name} has a NUL character in its base_path")
     path = Path(raw)
     if path.is_absolute():
         return path

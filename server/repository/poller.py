@@ -9,6 +9,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from onnx_serving.server.config import ModelConfig
+from onnx_serving.server.errors import BasePathUnavailable
 from onnx_serving.server.repository.manager import ModelManager
 from onnx_serving.server.repository.source import SettleFilter, scan_versions
 
@@ -42,8 +43,12 @@ class Poller:
         pending = 0
         with self._scan_lock:
             for config in self._configs:
-                found = scan_versions(config.name, config.base_path)
-                settled = self._settle.settled(config.name, found)
+                try:
+                    found = scan_versions(config.name, config.base_path)
+                except BasePathUnavailable as exc:  # what serves stays; the next scan retries
+                    self._manager.cannot_list(config.name, exc)
+                    continue
+                settled = self._settle.settled(config.name, config.base_path, found)
                 pending += len(found.keys() - settled.keys())
                 wanted = config.policy.select(settled)
                 self._manager.aspire(config.name, {v: settled[v] for v in wanted})

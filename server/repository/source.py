@@ -14,6 +14,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from onnx_serving.server.errors import BasePathUnavailable
+
 log = logging.getLogger(__name__)
 
 _INT64_MAX = 2**63 - 1
@@ -51,12 +53,16 @@ def fingerprint(path: Path) -> Fingerprint:
 
 
 def scan_versions(model_name: str, base_path: Path) -> dict[int, VersionDir]:
-    """Version → directory. A base path that holds no version is warned about, not fatal."""
+    """Version → directory. A base path that holds no version is warned about, not fatal.
+
+    Raises BasePathUnavailable when the base path cannot be listed (gone, not a
+    directory, no permission, out of file descriptors...): that is no answer about its
+    versions, and must not read as "none", which would unload them all.
+    """
     try:
         children = list(base_path.iterdir())
     except OSError as exc:
-        log.error("Cannot list base path %s of model %s: %s", base_path, model_name, exc)
-        return {}
+        raise BasePathUnavailable(model_name, base_path, exc) from exc
     versions: dict[int, VersionDir] = {}
     for child in children:
         version = parse_version(child.name)
@@ -75,28 +81,38 @@ class SettleFilter:
 
     A version keeps being passed on while its directory exists, with the files
     of its last settled scan, so touching a served version never unloads it;
-    a changed copy is passed on once it has settled again.
+    a changed copy is passed on once it has settled again. Versions are told
+    apart by directory, so a model moved to another base path (and back) keeps
+    what it knew of each.
     """
 
     def __init__(self) -> None:
-        self._models: set[str] = set()
-        self._seen: dict[tuple[str, int], Fingerprint] = {}
-        self._stable: dict[tuple[str, int], VersionDir] = {}
+        self._bases: set[tuple[str, Path]] = set()
+        self._seen: dict[tuple[str, Path], Fingerprint] = {}
+        self._stable: dict[tuple[str, Path], VersionDir] = {}
 
     def forget(self, model_name: str) -> None:
-        self._models.discard(model_name)
+        self._bases = {b for b in self._bases if b[0] != model_name}
+        for table in (self._seen, self._stable):
+            for key in [k for k in table if k[0] == model_name]:
+                del table[key]
 
-    def settled(self, model_name: str, scanned: dict[int, VersionDir]) -> dict[int, VersionDir]:
-        """A model's first scan (start-up, or just added) is taken as it is, as TF Serving does."""
-        initial = model_name not in self._models
-        self._models.add(model_name)
-        for version, found in scanned.items():
-            key = (model_name, version)
+    def settled(
+        self, model_name: str, base_path: Path, scanned: dict[int, VersionDir]
+    ) -> dict[int, VersionDir]:
+        """A model's first scan of a base path (at start-up, or once a reload adds the model
+        or moves it there) is taken as it is, as TF Serving does."""
+        initial = (model_name, base_path) not in self._bases
+        self._bases.add((model_name, base_path))
+        for found in scanned.values():
+            key = (model_name, found.path)
             if found.fingerprint and (initial or self._seen.get(key) == found.fingerprint):
                 self._stable[key] = found
             self._seen[key] = found.fingerprint
+        paths = {found.path for found in scanned.values()}
         for table in (self._seen, self._stable):
-            for key in [k for k in table if k[0] == model_name and k[1] not in scanned]:
+            for key in [k for k in table
+                        if k[0] == model_name and k[1].parent == base_path and k[1] not in paths]:
                 del table[key]
-        stable = {v: self._stable.get((model_name, v)) for v in scanned}
+        stable = {v: self._stable.get((model_name, found.path)) for v, found in scanned.items()}
         return {v: found for v, found in stable.items() if found is not None}
