@@ -5,7 +5,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 PORT ?= 8500
 
-.PHONY: serve test test-slow lint protos docker docker-gpu docker-base base-image clean FORCE
+.PHONY: serve test test-slow lint protos docker docker-gpu docker-base base-image clean FORCE \
+	device-check
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +44,15 @@ lint: $(VENV)/.test-installed
 		-p onnx_serving.server -p onnx_serving.client -p onnx_serving.codec \
 		-p onnx_serving.migration -p onnx_serving.tune
 	cd $(VENV)/typecheck && ../bin/lint-imports --config ../../pyproject.toml
+
+# Every GPU and many-core check at once, for the device machine (docs/performance.md,
+# "Device check"): there, `make device-check PYTHON=python3 DEVICE_OUT=$OUT`. It uses
+# the wheels bench/device_wheels.sh put in .whl/device and onnxruntime-gpu's parts in
+# /tmp/ortgpu where they are.
+DEVICE_OUT ?= build/device-check
+device-check:
+	$(PYTHON) bench/device.py --out $(DEVICE_OUT) $(if $(wildcard .whl/device),--wheels .whl/device) \
+		$(if $(wildcard /tmp/ortgpu),--parts /tmp/ortgpu)
 
 # After editing a .proto file.
 protos: $(VENV)/.test-installed
