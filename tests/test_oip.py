@@ -87,7 +87,8 @@ config {{ name: "versions" base_path: "{root / 'versions'}" model_platform: "onn
     rest_port = free_port()
     process = ServerProcess(
         [f"--model_config_file={config}", f"--rest_api_port={rest_port}",
-         "--enable_grpc_healthcheck_service", f"--monitoring_config_file={monitoring}"],
+         "--enable_grpc_healthcheck_service", f"--monitoring_config_file={monitoring}",
+         "--rest_api_enable_cors_support"],
         tmp_path_factory.mktemp("logs") / "server.log",
     ).start()
     process.rest_port = rest_port  # type: ignore[attr-defined]
@@ -438,6 +439,15 @@ def test_rest_errors(oip_server: ServerProcess, path: str, body: Any, status: in
                                 {"Content-Type": "application/json"})
     assert got == status
     assert words in json.loads(answer)["error"]
+
+
+def test_rest_cors_as_for_v1(oip_server: ServerProcess) -> None:
+    status, headers, _ = http(oip_server, "OPTIONS", "/v2/models/versions/infer",
+                              headers={"Origin": "https://example.com"})
+    assert status == 200
+    assert headers["access-control-allow-origin"] == "*"
+    status, headers, _ = http(oip_server, "GET", "/v2/models/versions")
+    assert headers["access-control-allow-origin"] == "*"
 
 
 def test_rest_bad_binary_header(oip_server: ServerProcess) -> None:

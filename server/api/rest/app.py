@@ -121,9 +121,12 @@ class RestApp:
             response = Response(_NOT_FOUND, 404, media_type="text/html")
         else:
             mount = next((m for m in self._mounts if m.owns(scope["path"])), None)
+            request = Request(scope, receive)
             try:
-                response = await self._answer(Request(scope, receive), path) if mount is None \
-                    else await mount.answer(Request(scope, receive), self)
+                # A CORS preflight is answered here for every path, a mount's included.
+                response = await self._answer(request, path) \
+                    if mount is None or request.method == "OPTIONS" \
+                    else await mount.answer(request, self)
             except ClientDisconnect:
                 return  # nobody is left to answer
             if self._cors:
