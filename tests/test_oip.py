@@ -11,9 +11,12 @@ from __future__ import annotations
 import json
 import shutil
 import struct
+import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -31,6 +34,7 @@ from onnx_serving.protos.inference import open_inference_grpc_pb2_grpc as pb_grp
 from onnx_serving.protos.tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 from tests.models import EXAMPLES, _write, add_constant, identity
 from tests.server_process import ServerProcess, free_port
+from tests.test_lifecycle import config_text, publish, start_server
 
 # OIP datatype, ONNX type, numpy dtype, sample values (edges of each type's range).
 DATATYPES: list[tuple[str, int, Any, list[Any]]] = [
@@ -479,3 +483,59 @@ def test_counted_in_the_request_metrics(oip_server: ServerProcess,
                    for line in lines), (api, entrypoint)
     assert any(line.startswith(":tensorflow:serving:request_count") and 'model_name="versions"'
                in line for line in lines)
+
+
+def test_version_swap_under_oip_traffic_fails_no_request(tmp_path: Path) -> None:
+    """gRPC and REST v2 clients in a loop while new versions are published: every request
+    is answered, by the version it names (x + version), never by an error."""
+    base = tmp_path / "live"
+    publish(base, 1)
+    config = tmp_path / "models.config"
+    config.write_text(config_text(base))
+    rest_port = free_port()
+    server = start_server(tmp_path, config, f"--rest_api_port={rest_port}")
+    server.rest_port = rest_port  # type: ignore[attr-defined]
+    errors: list[str] = []
+    seen: list[int] = []
+    stop = threading.Event()
+
+    def grpc_loop() -> None:
+        with server.channel() as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            while not stop.is_set():
+                try:
+                    answer = stub.ModelInfer(raw_infer("live", np.ones([1, 1], np.float32),
+                                                       "FP32", name="x"), timeout=30)
+                except grpc.RpcError as exc:
+                    errors.append(f"grpc: {exc.code()} {exc.details()}")
+                    continue
+                y = from_raw(answer.raw_output_contents[0], np.dtype(np.float32), [1, 1])
+                if y[0, 0] != 1 + int(answer.model_version):
+                    errors.append(f"grpc: version {answer.model_version} answered {y}")
+                seen.append(int(answer.model_version))
+
+    def rest_loop() -> None:
+        while not stop.is_set():
+            status, answer = http_json(server, "POST", "/v2/models/live/infer", {
+                "inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 1], "data": [1]}]})
+            if status != 200 or answer["outputs"][0]["data"] != [
+                    1 + int(answer["model_version"])]:
+                errors.append(f"rest: {status} {answer}")
+
+    threads = [threading.Thread(target=f) for f in (grpc_loop, grpc_loop, rest_loop)]
+    try:
+        for thread in threads:
+            thread.start()
+        for version in (2, 3):
+            publish(base, version)
+            deadline = time.monotonic() + 60
+            while not seen or seen[-1] != version:
+                assert time.monotonic() < deadline, f"version {version} never answered"
+                time.sleep(0.05)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(60)
+        server.stop()
+    assert errors == []
+    assert len(seen) > 20
