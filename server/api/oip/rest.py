@@ -76,10 +76,10 @@ class OipRest:
                 raise NotFound(f"No Open Inference Protocol endpoint at {path}")
             model, version, action = match.group(1), match.group(2) or "", match.group(3)
             kind = action or "metadata"
+            name, asked = model, version  # as str, for the closures below
             if (method, action) == ("POST", "infer"):
                 body = await read_body(request)
                 header = request.headers.get(HEADER_LENGTH)
-                name, asked = model, version
 
                 def infer(deadline: Deadline) -> Response:
                     return self._infer(name, asked, body, header, deadline, answered)
@@ -87,7 +87,6 @@ class OipRest:
                 return await host.run(infer)
             if method != "GET" or action == "infer":
                 raise InvalidArgument(f"Malformed request: {method} {path}")
-            name, asked = model, version
             if action == "ready":
                 ready = await host.run(lambda _: self._inference.model_ready(name, asked))
                 return _json({"name": model, "ready": ready}, 200 if ready else 400)
