@@ -34,6 +34,8 @@ from onnx_serving.server.config import (
 from onnx_serving.server.errors import ConfigError, ModelLoadError, ServingError
 from onnx_serving.server.flags import ServerOptions
 from onnx_serving.server.metrics import Metrics, VersionCounts
+from onnx_serving.server.repository.conversion import ConversionOptions, Conversions
+from onnx_serving.server.repository.conversion import default_cache_dir as conversion_cache
 from onnx_serving.server.repository.core import RepositoryCore
 from onnx_serving.server.repository.manager import LoadOptions, ModelManager
 from onnx_serving.server.repository.poller import Poller
@@ -115,6 +117,12 @@ class App:
         self._scheduler = BatchScheduler(
             self._batching.num_batch_threads, self._batching.thread_pool_name
         ) if self._batching is not None else None
+        self._conversions = Conversions(ConversionOptions(
+            enabled=options.convert_saved_models,
+            cache_dir=Path(options.saved_model_cache_dir or conversion_cache()),
+            concurrent=options.num_saved_model_conversions,
+            memory_mb=options.saved_model_conversion_memory_mb,
+        ))
         self._poller = Poller(self.manager, options.file_system_poll_wait_seconds,
                               Path(options.object_store_cache_dir or default_cache_dir()))
         self._request_log = RequestLogs(
@@ -146,10 +154,11 @@ class App:
         self._peers = Peers.from_environment(self.core.apply)
 
     def _load(self, version_dir: Path) -> LoadedModel:
-        model = load(version_dir, self._runtime, self._batching_for(version_dir))
+        model_dir = self._conversions.prepare(version_dir)  # a SavedModel's ONNX conversion
+        model = load(model_dir, self._runtime, self._batching_for(version_dir), version_dir)
         started = time.perf_counter()
         try:
-            warm_up(model, version_dir, self._warmup_options, self.serving)
+            warm_up(model, model_dir, self._warmup_options, self.serving)
         except ModelLoadError:
             self.metrics.warmup(str(version_dir), False, time.perf_counter() - started)
             raise
@@ -341,6 +350,7 @@ class App:
             time.sleep(delay)
         self._stopped.set()
         self._poller.stop()
+        self._conversions.close()
         if self._tls is not None:
             self._tls.stop()
         if self._rest is not None:
