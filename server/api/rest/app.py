@@ -53,6 +53,8 @@ READY_PATH: Final = "/readyz"
 
 Readiness = Callable[[], "str | None"]
 """Why the server should get no traffic now, or None when it is ready."""
+Pages = Callable[[str], "tuple[int, bytes] | None"]
+"""A GET path's JSON page (status and body), or None when the path is not one of them."""
 
 
 class RestApp:
@@ -67,10 +69,12 @@ class RestApp:
         access_log: bool = False,
         readiness: Readiness | None = None,
         cors: bool = False,
+        pages: Pages | None = None,
     ) -> None:
         """``metrics_path``: where Prometheus scrapes (--monitoring_config_file), if anywhere;
         ``cors``: TF's CORS headers on every API answer (--rest_api_enable_cors_support)."""
         self._readiness = readiness
+        self._pages = pages
         self._cors = cors
         self._handler = handler
         self._executor = executor
@@ -91,6 +95,9 @@ class RestApp:
             reason = self._readiness() if self._readiness is not None else None
             response = Response(b"ready\n", 200, media_type="text/plain") if reason is None \
                 else Response(f"not ready: {reason}\n".encode(), 503, media_type="text/plain")
+        elif self._pages is not None and scope["method"] == "GET" \
+                and (page := self._pages(scope["path"])) is not None:
+            response = Response(page[1], page[0], media_type=JSON)
         elif not V1_PATH.fullmatch(path):
             response = Response(_NOT_FOUND, 404, media_type="text/html")
         else:
