@@ -182,6 +182,8 @@ def test_shadow_mode_answers_the_baselines_bytes_and_logs_divergences(
         assert got == raw_predict(setup.baseline, request)  # byte for byte
         y = make_ndarray(predict_pb2.PredictResponse.FromString(got).outputs["y"])
         np.testing.assert_allclose(y, np.array(values) / 2 + 3)  # the baseline's model
+    with setup.front.channel() as channel:  # a client that sets no deadline passes none on
+        assert channel.unary_unary(PREDICT)(request) == raw_predict(setup.baseline, request)
     # Its errors too: the same code and message.
     wrong = predict_request("hp", [1.0], signature="missing")
     refused = raw_predict(setup.front, wrong)
@@ -194,25 +196,25 @@ def test_shadow_mode_answers_the_baselines_bytes_and_logs_divergences(
         assert stub.Regress(regress, timeout=TIMEOUT).result.regressions[0].value == 4.0
         assert len(stub.MultiInference(multi, timeout=TIMEOUT).results) == 2
 
-    wait_for(lambda: setup.page("hp")["compared"] >= 7)
+    wait_for(lambda: setup.page("hp")["compared"] >= 8)
     page = setup.page("hp")
-    assert page["compared"] == 7, page
+    assert page["compared"] == 8, page
     assert page["mode"] == "shadow"
-    assert page["disagreed"] == 6 and page["agreed"] == 1  # the two refusals agree
+    assert page["disagreed"] == 7 and page["agreed"] == 1  # the two refusals agree
     assert page["outputs"]["y"]["max_abs_error"] == 1.0
     assert page["outputs"]["classes/score"]["disagreed"] == 1
-    assert page["latency_ms"]["baseline"]["count"] == 7
-    assert ':onnx_serving:shadow_comparisons{model_name="hp",version="123",result="disagree"} 6.0' \
+    assert page["latency_ms"]["baseline"]["count"] == 8
+    assert ':onnx_serving:shadow_comparisons{model_name="hp",version="123",result="disagree"} 7.0' \
         in setup.metrics()
     assert ':onnx_serving:shadow_output_comparisons{model_name="hp",version="123",output="y",' \
-        'result="disagree"} 3.0' in setup.metrics()
+        'result="disagree"} 4.0' in setup.metrics()
 
     # Both answers of each disagreement, paired, in two PredictionLog files.
     def logged(side: str) -> list[Any]:
         paths = sorted(prefix.parent.glob(f"hp-{side}-*.tfrecord"))
         return [r for path in paths for r in read_prediction_logs(path)]
 
-    wait_for(lambda: len(logged("baseline")) == 6 and len(logged("onnx")) == 6)
+    wait_for(lambda: len(logged("baseline")) == 7 and len(logged("onnx")) == 7)
     baseline, ours = logged("baseline"), logged("onnx")
     first = {"baseline": baseline[0], "onnx": ours[0]}
     assert first["baseline"].log_metadata.request_origin.endswith("baseline")

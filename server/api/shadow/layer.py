@@ -65,6 +65,8 @@ THREADS = 2  # run our side in shadow mode, and judge; their work is bounded by 
 PAGE = re.compile(r"/v1/models/([^/:]+)/shadow")
 # Headers gRPC sets itself; the client's others (auth, tracing) go on to the baseline.
 _OWN_HEADERS = ("grpc-", ":", "user-agent")
+# gRPC reports a call without a deadline as one centuries away, too far to pass on.
+_NO_DEADLINE = 365 * 24 * 3600.0
 
 
 @dataclass(frozen=True)
@@ -313,7 +315,7 @@ class Shadowing:
         started = time.perf_counter()
         try:
             answer: bytes = route.calls[api.method](
-                raw, timeout=context.time_remaining(), metadata=_forwarded(context)
+                raw, timeout=_remaining(context), metadata=_forwarded(context)
             )
         except grpc.RpcError as exc:
             if pair is not None:
@@ -463,6 +465,12 @@ def _model_name(request: Any) -> str:
         return str(spec.name)
     tasks = request.tasks  # MultiInference names its model per task, the first one counts
     return str(tasks[0].model_spec.name) if tasks else ""
+
+
+def _remaining(context: grpc.ServicerContext) -> float | None:
+    """The client's deadline, passed on to the baseline (None: it set none)."""
+    remaining = context.time_remaining()
+    return remaining if remaining < _NO_DEADLINE else None
 
 
 def _forwarded(context: grpc.ServicerContext) -> Sequence[tuple[str, str | bytes]]:
