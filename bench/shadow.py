@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.rest_overhead import grpc_latencies  # noqa: E402
-from tests.server_process import ServerProcess  # noqa: E402
+from bench.rest_overhead import grpc_latencies
+from tests.server_process import ServerProcess
 
 MODEL = Path(__file__).resolve().parent.parent / "examples" / "models" / "half_plus_two"
 RUNS = [("off", 0.0), ("candidate", 0.1), ("candidate", 1.0), ("shadow", 0.1), ("shadow", 1.0)]

@@ -16,6 +16,8 @@ import grpc
 from grpc_health.v1.health import HealthServicer
 
 from onnx_serving.server.api.grpc.server import build_server
+from onnx_serving.server.api.oip.grpc_service import grpc_service
+from onnx_serving.server.api.oip.inference import Inference
 from onnx_serving.server.api.shadow import Shadowing
 from onnx_serving.server.batching import (
     Batcher,
@@ -125,6 +127,8 @@ class App:
             method_check=options.enable_signature_method_name_check,
             request_log=self._request_log,
         )
+        # The Open Inference Protocol (KServe v2) over the same core, on both ports.
+        self._oip = Inference(self.serving, self.readiness)
         self.core = RepositoryCore(
             self.manager, self._poller,
             allow_unavailable_labels=options.allow_version_labels_for_unavailable_models,
@@ -217,6 +221,7 @@ class App:
             tensor_content=self.options.enable_serialization_as_tensor_content,
             access_log=self.options.enable_access_log,
             health_servicer=self._health,
+            services=[grpc_service(self._oip)],
             install_prediction=self._shadow.install if self._shadow is not None else None,
         )
         addresses = []
@@ -240,6 +245,7 @@ class App:
             log.info("Running gRPC ModelServer at %s ...", address)
         if self.options.rest_api_port:
             # Imported here: a gRPC-only server never loads the HTTP stack.
+            from onnx_serving.server.api.oip.rest import OipRest
             from onnx_serving.server.api.rest.protocol import HttpLimits
             from onnx_serving.server.api.rest.server import RestServer
 
@@ -257,7 +263,8 @@ class App:
                 readiness=self.readiness,
                 cors=self.options.rest_api_enable_cors_support,
                 limits=HttpLimits.from_options(self.options),
-                pages=self._shadow.page if self._shadow is not None else None,
+                mounts=[OipRest(self._oip),
+                        *((self._shadow.page,) if self._shadow is not None else ())],
             )
             self._rest.start()
             log.info("Exporting HTTP/REST API at:localhost:%d ...", self.options.rest_api_port)

@@ -104,8 +104,9 @@ class Setup:
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
     tmp = tmp_path_factory.mktemp("shadow")
+    served = {"hp": half_plus_three(tmp / "hp"), "agree": HALF_PLUS_TWO}
     baseline = ServerProcess(
-        [f"--model_config_file={models_config(tmp / 'baseline.config', {'hp': half_plus_three(tmp / 'hp'), 'agree': HALF_PLUS_TWO})}"],
+        [f"--model_config_file={models_config(tmp / 'baseline.config', served)}"],
         tmp / "baseline.log",
     ).start()
     # A baseline that accepts connections and never answers, and one that is not there.
@@ -121,8 +122,9 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
     monitoring.write_text("prometheus_config { enable: true }")
     rest_port = free_port()
     names = ("hp", "agree", "hung", "dead")
+    front_config = models_config(tmp / "front.config", dict.fromkeys(names, HALF_PLUS_TWO))
     front = ServerProcess(
-        [f"--model_config_file={models_config(tmp / 'front.config', dict.fromkeys(names, HALF_PLUS_TWO))}",
+        [f"--model_config_file={front_config}",
          f"--shadow_config_file={shadow_file}", "--shadow_config_file_poll_wait_seconds=1",
          f"--rest_api_port={rest_port}", f"--monitoring_config_file={monitoring}"],
         tmp / "front.log",
@@ -291,6 +293,7 @@ def test_mode_switches_by_reload_under_load_fail_no_request(setup: Setup) -> Non
     assert not failures
     page = setup.page("agree")
     assert page["compared"] > 0 and page["disagreed"] == 0
+    assert setup.page("dead_or_alive") == {"error": "Model dead_or_alive is not shadowed"}
 
 
 def test_the_automatic_switch_reverses_when_agreement_falls(setup: Setup) -> None:

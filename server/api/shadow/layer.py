@@ -20,10 +20,8 @@ memory and queued work stay bounded whatever either side does.
 
 from __future__ import annotations
 
-import json
 import logging
 import random
-import re
 import threading
 import time
 from collections import deque
@@ -53,6 +51,7 @@ from onnx_serving.server.api.shadow.config import (
 )
 from onnx_serving.server.api.shadow.figures import Figures, ShadowMetrics
 from onnx_serving.server.api.shadow.judge import Refusal, judge
+from onnx_serving.server.api.shadow.page import ShadowPage
 from onnx_serving.server.api.shadow.records import Disagreements
 from onnx_serving.server.api.shadow.switch import next_mode
 from onnx_serving.server.errors import ServingError
@@ -62,7 +61,6 @@ log = logging.getLogger(__name__)
 
 SERVICE = "tensorflow.serving.PredictionService"
 THREADS = 2  # run our side in shadow mode, and judge; their work is bounded by max_in_flight
-PAGE = re.compile(r"/v1/models/([^/:]+)/shadow")
 # Headers gRPC sets itself; the client's others (auth, tracing) go on to the baseline.
 _OWN_HEADERS = ("grpc-", ":", "user-agent")
 # gRPC reports a call without a deadline as one centuries away, too far to pass on.
@@ -427,15 +425,16 @@ class Shadowing:
 
     # -- the REST page ----------------------------------------------------------------------
 
-    def page(self, path: str) -> tuple[int, bytes] | None:
-        """GET /v1/models/<m>/shadow: the running figures as JSON; None for other paths."""
-        match = PAGE.fullmatch(path)
-        if match is None:
-            return None
-        name = match.group(1)
+    @property
+    def page(self) -> ShadowPage:
+        """The REST port's /v1/models/<m>/shadow, a mount of the RestApp."""
+        return ShadowPage(self.report)
+
+    def report(self, name: str) -> dict[str, Any] | None:
+        """A model's running figures, None when it is not shadowed."""
         route = self._routes.get(name)
         if route is None:
-            return 404, json.dumps({"error": f"Model {name} is not shadowed"}).encode()
+            return None
         config = route.config
         body = {
             "model": name,
@@ -448,7 +447,7 @@ class Shadowing:
             "switch": None if config.switch is None else vars(config.switch),
             **route.figures.to_json(),
         }
-        return 200, json.dumps(body, indent=1).encode()
+        return body
 
     def close(self) -> None:
         """After the gRPC server stopped: waits for what is being judged, writes the log."""
