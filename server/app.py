@@ -38,6 +38,7 @@ from onnx_serving.server.metrics import Metrics, VersionCounts
 from onnx_serving.server.repository.core import RepositoryCore
 from onnx_serving.server.repository.manager import LoadOptions, ModelManager
 from onnx_serving.server.repository.poller import Poller
+from onnx_serving.server.repository.storage import Location, default_cache_dir, location, read_text
 from onnx_serving.server.repository.transitions import Transition
 from onnx_serving.server.request_log import RequestLogOptions, RequestLogs
 from onnx_serving.server.runtime import config as runtime_config
@@ -61,7 +62,7 @@ PER_MODEL_BATCHING_FILE = "batching_params.pbtxt"
 
 def model_configs(options: ServerOptions) -> list[ModelConfig]:
     if options.model_config_file:
-        return read_config_file(Path(options.model_config_file))
+        return read_config_file(location(options.model_config_file))
     return [single_model(options.model_name, options.model_base_path)]
 
 
@@ -115,7 +116,8 @@ class App:
         self._scheduler = BatchScheduler(
             self._batching.num_batch_threads, self._batching.thread_pool_name
         ) if self._batching is not None else None
-        self._poller = Poller(self.manager, options.file_system_poll_wait_seconds)
+        self._poller = Poller(self.manager, options.file_system_poll_wait_seconds,
+                              Path(options.object_store_cache_dir or default_cache_dir()))
         self._request_log = RequestLogs(
             RequestLogOptions(options.request_log_max_file_bytes, options.request_log_max_files,
                               options.request_log_queue_size),
@@ -290,17 +292,20 @@ class App:
         interval = self.options.model_config_file_poll_wait_seconds
         if not self.options.model_config_file or interval <= 0:
             return
-        path = Path(self.options.model_config_file)
+        path = location(self.options.model_config_file)
         threading.Thread(
             target=self._poll_config, args=(path, interval), name="config-poller", daemon=True
         ).start()
 
-    def _poll_config(self, path: Path, interval: float) -> None:
+    def _poll_config(self, path: Location, interval: float) -> None:
         """Re-reads the config file; a file that does not parse changes nothing."""
-        last = path.read_text() if path.exists() else ""
+        try:
+            last = read_text(path)
+        except OSError:
+            last = ""
         while not self._stopped.wait(interval):
             try:
-                text = path.read_text()
+                text = read_text(path)
             except OSError as exc:
                 log.error("Cannot re-read model config file %s: %s", path, exc)
                 continue
