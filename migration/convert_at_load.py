@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.util
+import importlib
 import json
 import os
 import resource
@@ -40,6 +40,18 @@ def _exit_with_parent(parent: int) -> None:
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
+def _missing() -> list[str]:
+    """Why each package conversion needs cannot be imported (an import, not a look-up:
+    an install can be there and broken)."""
+    missing = []
+    for name in NEEDED:
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            missing.append(f"{name}: {exc}")
+    return missing
+
+
 def _peak_memory_mb() -> float:
     """The largest resident size of this process or of a child it waited for (tf2onnx's)."""
     peak = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
@@ -61,16 +73,15 @@ def main(argv: Sequence[str]) -> int:
     if args.memory_mb > 0:
         limit = args.memory_mb << 20
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-    missing = [name for name in NEEDED if importlib.util.find_spec(name) is None]
+    from onnx_serving.migration.saved_model import quiet_cuda_probe
+
+    quiet_cuda_probe()  # before TensorFlow loads
+    missing = _missing()
     if missing:
-        report: dict[str, object] = {
-            "status": "missing", "problems": [f"{', '.join(missing)} not installed"],
-        }
+        report: dict[str, object] = {"status": "missing", "problems": missing}
     else:
         from onnx_serving.migration.convert import Options, convert_version
-        from onnx_serving.migration.saved_model import quiet_cuda_probe
 
-        quiet_cuda_probe()
         saved_dir: Path = args.saved_dir
         name = saved_dir.parent.name
         version = int(saved_dir.name) if saved_dir.name.isdigit() else 0
