@@ -32,6 +32,7 @@ import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from onnx_serving.codec.served_model import DEFAULT_MODEL_FILE, SIGNATURES_FILE
 from onnx_serving.server.errors import ModelLoadError
@@ -158,7 +159,7 @@ class Conversions:
         finally:
             shutil.rmtree(work, ignore_errors=True)
 
-    def _finish(self, version_dir: Path, key: str, report: dict[str, object], converted: Path,
+    def _finish(self, version_dir: Path, key: str, report: dict[str, Any], converted: Path,
                 target: Path, log_file: Path) -> None:
         problems = "; ".join(map(str, report.get("problems") or [])) or "no reason given"
         if report.get("status") == "missing":
@@ -199,7 +200,7 @@ def _converter_version() -> str:
         return "unreleased"
 
 
-def _read_report(path: Path) -> dict[str, object] | None:
+def _read_report(path: Path) -> dict[str, Any] | None:
     with contextlib.suppress(OSError, ValueError):
         report = json.loads(path.read_text())
         if isinstance(report, dict):
