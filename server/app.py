@@ -22,18 +22,17 @@ from onnx_serving.server.batching import (
     BatchScheduler,
     read_batching_parameters,
 )
-from onnx_serving.server.config import (
+from onnx_serving.server.errors import ConfigError, ModelLoadError, ServingError
+from onnx_serving.server.flags import ServerOptions
+from onnx_serving.server.metrics import Metrics, VersionCounts, read_monitoring_config
+from onnx_serving.server.repository.core import RepositoryCore
+from onnx_serving.server.repository.manager import LoadOptions, ModelManager
+from onnx_serving.server.repository.model_config import (
     ModelConfig,
     read_config_file,
     read_config_update,
-    read_monitoring_config,
     single_model,
 )
-from onnx_serving.server.errors import ConfigError, ModelLoadError, ServingError
-from onnx_serving.server.flags import ServerOptions
-from onnx_serving.server.metrics import Metrics, VersionCounts
-from onnx_serving.server.repository.core import RepositoryCore
-from onnx_serving.server.repository.manager import LoadOptions, ModelManager
 from onnx_serving.server.repository.poller import Poller
 from onnx_serving.server.repository.transitions import Transition
 from onnx_serving.server.request_log import RequestLogOptions, RequestLogs

@@ -28,7 +28,6 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from onnx_serving.server.config import ModelConfig
 from onnx_serving.server.errors import (
     BasePathUnavailable,
     Code,
@@ -36,6 +35,7 @@ from onnx_serving.server.errors import (
     ServingError,
 )
 from onnx_serving.server.repository.manager import ModelManager
+from onnx_serving.server.repository.model_config import ModelConfig
 from onnx_serving.server.repository.poller import Poller
 from onnx_serving.server.repository.source import scan_versions
 

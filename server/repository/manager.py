@@ -33,7 +33,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Generic, Protocol, TypeVar
 
-from onnx_serving.server.config import ModelConfig
 from onnx_serving.server.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -42,6 +41,7 @@ from onnx_serving.server.errors import (
     ServableNotFound,
     ServingError,
 )
+from onnx_serving.server.repository.model_config import ModelConfig
 from onnx_serving.server.repository.source import Fingerprint, VersionDir
 from onnx_serving.server.repository.transitions import (
     Action,

@@ -8,9 +8,9 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from onnx_serving.server.config import ModelConfig
 from onnx_serving.server.errors import BasePathUnavailable
 from onnx_serving.server.repository.manager import ModelManager
+from onnx_serving.server.repository.model_config import ModelConfig
 from onnx_serving.server.repository.source import SettleFilter, scan_versions
 
 log = logging.getLogger(__name__)

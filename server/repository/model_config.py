@@ -13,20 +13,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from google.protobuf import text_format
-from google.protobuf.message import Message
 
-from onnx_serving.protos.tensorflow_serving.config import (
-    model_server_config_pb2,
-    monitoring_config_pb2,
-)
+from onnx_serving.protos.tensorflow_serving.config import model_server_config_pb2
 from onnx_serving.protos.tensorflow_serving.config.file_system_storage_path_source_pb2 import (
     FileSystemStoragePathSourceConfig,
 )
 from onnx_serving.server.errors import ConfigError
 from onnx_serving.server.repository.policy import All, Latest, Specific, VersionPolicy
+from onnx_serving.server.text_proto import read_text_proto
 
 PLATFORMS = ("", "onnx", "tensorflow")
-DEFAULT_METRICS_PATH = "/monitoring/prometheus/metrics"
 ServableVersionPolicy = FileSystemStoragePathSourceConfig.ServableVersionPolicy
 
 
@@ -37,7 +33,7 @@ REQUEST_LOG_TYPES = ("", "tfrecord")
 @dataclass(frozen=True)
 class RequestLogConfig:
     """A model's ``logging_config``: sampled requests with their responses, as TFRecord
-    PredictionLog files named from ``filename_prefix`` (server/request_log.py)."""
+    PredictionLog files named from ``filename_prefix`` (server/request_log/)."""
 
     filename_prefix: Path
     sampling_rate: float
@@ -57,22 +53,6 @@ def single_model(name: str, base_path: str) -> ModelConfig:
     if not base_path:
         raise ConfigError("Both server_model_config_file and model_base_path are empty!")
     return ModelConfig(name=name, base_path=Path(base_path).absolute())
-
-
-def read_text_proto(path: Path, message: Message, what: str) -> None:
-    """Fills ``message`` from a protobuf text file; errors name the file and the line."""
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError(f"Cannot read {what} file {path}: {exc}") from exc
-    try:
-        text_format.Parse(text, message)
-    except text_format.ParseError as exc:
-        where = f"{path}:{exc.GetLine()}:{exc.GetColumn()}" if exc.GetLine() else str(path)
-        detail = str(exc).split(" : ", 1)[-1]
-        raise ConfigError(
-            f"Error parsing text-format {message.DESCRIPTOR.full_name} in {where}: {detail}"
-        ) from exc
 
 
 def read_config_file(path: Path) -> list[ModelConfig]:
@@ -194,13 +174,3 @@ def _policy(message: ServableVersionPolicy) -> VersionPolicy:
             raise ConfigError("A specific version policy must list at least one version")
         return Specific(frozenset(message.specific.versions))
     return Latest(message.latest.num_versions or 1)
-
-
-def read_monitoring_config(path: Path) -> str | None:
-    """The path metrics are served at on the REST port, or None when Prometheus is off."""
-    message = monitoring_config_pb2.MonitoringConfig()
-    read_text_proto(path, message, "monitoring config")
-    prometheus = message.prometheus_config
-    if not prometheus.enable:
-        return None
-    return prometheus.path or DEFAULT_METRICS_PATH
