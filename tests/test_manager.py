@@ -88,7 +88,7 @@ class FakeLoader:
         self.calls: list[str] = []
         self.live: set[str] = set()  # loaded and not yet garbage
 
-    def __call__(self, path: Path) -> Servable:
+    def __call__(self, _name: str, path: Path) -> Servable:
         self.calls.append(path.name)
         if path.name in self.gate:
             self.gate[path.name].wait(10)

@@ -125,7 +125,7 @@ class LifecycleObserver(Protocol):
 class ModelManager(Generic[S]):
     def __init__(
         self,
-        loader: Callable[[Path], S],
+        loader: Callable[[str, Path], S],
         options: LoadOptions | None = None,
         *,
         observer: LifecycleObserver | None = None,
@@ -133,8 +133,10 @@ class ModelManager(Generic[S]):
         close: Callable[[S], None] = lambda servable: None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        """``describe`` adds to the log line of a load (the providers in use, say);
-        ``close`` runs on an unload once its requests are done, before the servable goes."""
+        """``loader`` loads one version, given its model's name and folder (TF Serving's
+        Loader: server/loading.py's ModelLoader); ``describe`` adds to the log line of a
+        load (the providers in use, say); ``close`` runs on an unload once its requests are
+        done, before the servable goes."""
         self._loader = loader
         self._options = options or LoadOptions()
         self._observer = observer
@@ -493,7 +495,7 @@ class ModelManager(Generic[S]):
                  name, state.version, state.path)
         started = self._clock()
         try:
-            servable = self._loader(state.path)
+            servable = self._loader(name, state.path)
         except ModelLoadError as exc:
             self._observe_load(name, False, started)
             self._load_failed(model, state, exc)

@@ -42,7 +42,7 @@ from onnx_serving.server.repository.source import scan_versions
 log = logging.getLogger(__name__)
 
 
-class RepositoryCore:
+class ConfigApplier:
     def __init__(
         self, manager: ModelManager[Any], poller: Poller, *, allow_unavailable_labels: bool,
         on_applied: Callable[[list[ModelConfig]], None] = lambda configs: None,
