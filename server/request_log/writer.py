@@ -21,6 +21,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import io
+import itertools
 import logging
 import os
 import threading
@@ -217,9 +218,10 @@ class _LogFile:
     ``max_files`` of them (the oldest are deleted).
 
     Records are buffered and written unbuffered in runs; a record counts as written once
-    its bytes are in the file. A failed write drops the records of that run, cuts the file
-    back to its whole records (a TFRecord reader stops at a torn one) and closes it; the
-    records of the next ``retry_seconds`` are dropped, then the next one opens a new file.
+    its bytes are in the file. A failed write keeps the records of the run that reached the
+    file whole, drops the rest, cuts the file back to its whole records (a TFRecord reader
+    stops at a torn one) and closes it; the records of the next ``retry_seconds`` are
+    dropped, then the next one opens a new file.
     """
 
     def __init__(self, prefix: Path, options: RequestLogOptions, observe: Observe) -> None:
@@ -233,6 +235,7 @@ class _LogFile:
         self._records = 0  # in the file or pending
         self._pending = bytearray()
         self._pending_models: list[str] = []
+        self._pending_lengths: list[int] = []
         self._count = 0
         self._retry_at = 0.0
         self._kept: collections.deque[Path] = collections.deque()
@@ -257,6 +260,7 @@ class _LogFile:
             return
         self._pending += data
         self._pending_models.append(model)
+        self._pending_lengths.append(len(data))
         self._records += 1
         if len(self._pending) >= _FLUSH_BYTES:
             self.flush()
@@ -283,18 +287,31 @@ class _LogFile:
         if self._stream is None or not self._pending:
             return
         pending, models = self._pending, self._pending_models
-        self._pending, self._pending_models = bytearray(), []
+        lengths = self._pending_lengths
+        self._pending, self._pending_models, self._pending_lengths = bytearray(), [], []
         view = memoryview(pending)
+        written = 0
         try:
-            while view:  # an unbuffered write may take part of it
-                view = view[self._stream.write(view):]
+            while written < len(pending):  # an unbuffered write may take part of it
+                written += self._stream.write(view[written:])
         except OSError as exc:
-            self._fail(exc, models)
+            # The records that reached the disk whole before it failed are kept.
+            whole = 0
+            for length in itertools.accumulate(lengths):
+                if length > written:
+                    break
+                whole += 1
+            kept = sum(lengths[:whole])
+            self._written(models[:whole], kept)
+            self._fail(exc, models[whole:])
             return
-        self._size += len(pending)
+        self._written(models, len(pending))
+        self._trouble.recovered()
+
+    def _written(self, models: list[str], size: int) -> None:
+        self._size += size
         for model in models:
             self._observe(model, True)
-        self._trouble.recovered()
 
     def _fail(self, exc: OSError, models: list[str]) -> None:
         for model in models:
