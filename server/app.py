@@ -15,6 +15,8 @@ from grpc_health.v1.health import HealthServicer
 
 from onnx_serving.server.api.grpc.server import build_server
 from onnx_serving.server.api.grpc.server import start as start_grpc
+from onnx_serving.server.api.oip.grpc_service import grpc_service
+from onnx_serving.server.api.oip.inference import Inference
 from onnx_serving.server.batching import BatchingOptions, read_batching_parameters
 from onnx_serving.server.errors import ConfigError, ServingError
 from onnx_serving.server.flags import ServerOptions
@@ -29,6 +31,7 @@ from onnx_serving.server.repository.model_config import (
     single_model,
 )
 from onnx_serving.server.repository.poller import Poller
+from onnx_serving.server.repository.storage import default_cache_dir, location
 from onnx_serving.server.repository.transitions import Transition
 from onnx_serving.server.request_log import RequestLogOptions, RequestLogs
 from onnx_serving.server.runtime import config as runtime_config
@@ -48,7 +51,7 @@ log = logging.getLogger(__name__)
 
 def model_configs(options: ServerOptions) -> list[ModelConfig]:
     if options.model_config_file:
-        return read_config_file(Path(options.model_config_file))
+        return read_config_file(location(options.model_config_file))
     return [single_model(options.model_name, options.model_base_path)]
 
 
@@ -119,14 +122,17 @@ class App:
             ) if options.enable_batching else None,
             per_model_batching=options.enable_per_model_batching_parameters,
         )
-        self._poller = Poller(self.manager, options.file_system_poll_wait_seconds)
+        self._poller = Poller(self.manager, options.file_system_poll_wait_seconds,
+                              Path(options.object_store_cache_dir or default_cache_dir()))
+        # The Open Inference Protocol (KServe v2) over the same core, on both ports.
+        self._oip = Inference(self.serving, self.readiness)
         self.applier = ConfigApplier(
             self.manager, self._poller,
             allow_unavailable_labels=options.allow_version_labels_for_unavailable_models,
             on_applied=self._request_log.set_configs,
         )
         self._config_poller = ConfigFilePoller(
-            Path(options.model_config_file), options.model_config_file_poll_wait_seconds,
+            location(options.model_config_file), options.model_config_file_poll_wait_seconds,
             self.applier.apply,
         ) if options.model_config_file else None
         self._tls = ServerTls(
@@ -182,6 +188,7 @@ class App:
             tensor_content=self.options.enable_serialization_as_tensor_content,
             access_log=self.options.enable_access_log,
             health_servicer=self._health,
+            services=[grpc_service(self._oip)],
         )
         start_grpc(
             server, port=self.options.port, socket_path=self.options.grpc_socket_path,
@@ -192,6 +199,7 @@ class App:
             self._tls.start()
         if self.options.rest_api_port:
             # Imported here: a gRPC-only server never loads the HTTP stack.
+            from onnx_serving.server.api.oip.rest import OipRest
             from onnx_serving.server.api.rest.protocol import HttpLimits
             from onnx_serving.server.api.rest.server import RestServer
 
@@ -209,6 +217,7 @@ class App:
                 readiness=self.readiness,
                 cors=self.options.rest_api_enable_cors_support,
                 limits=HttpLimits.from_options(self.options),
+                mounts=[OipRest(self._oip)],
             )
             self._rest.start()
             log.info("Exporting HTTP/REST API at:localhost:%d ...", self.options.rest_api_port)

@@ -38,7 +38,7 @@ from prometheus_client.utils import floatToGoString
 
 from onnx_serving.protos.tensorflow_serving.config import monitoring_config_pb2
 from onnx_serving.server.errors import Code
-from onnx_serving.server.text_proto import read_text_proto
+from onnx_serving.server.repository.model_config import read_text_proto
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 

@@ -25,7 +25,7 @@ import grpc
 
 from onnx_serving.protos.tensorflow_serving.config import ssl_config_pb2
 from onnx_serving.server.errors import ConfigError
-from onnx_serving.server.text_proto import read_text_proto
+from onnx_serving.server.repository.model_config import read_text_proto
 
 log = logging.getLogger(__name__)
 

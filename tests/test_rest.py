@@ -318,7 +318,8 @@ def test_other_unsupported_calls(rest: str) -> None:
 
 
 def test_paths_outside_v1_are_plain_404s(rest: str) -> None:
-    for path in ("/", "/v2/models/half_plus_two", "/monitoring/prometheus/metrics", "/v1"):
+    """/v2/ is the Open Inference Protocol's (tests/test_oip.py); other paths are TF's 404."""
+    for path in ("/", "/v3/models/half_plus_two", "/monitoring/prometheus/metrics", "/v1"):
         response = call(rest, "GET", path)
         assert response.status_code == 404
         assert "404 Not Found" in response.text

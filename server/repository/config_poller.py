@@ -11,10 +11,10 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from pathlib import Path
 
 from onnx_serving.server.errors import ServingError
 from onnx_serving.server.repository.model_config import ModelConfig, read_config_update
+from onnx_serving.server.repository.storage import Location, read_text
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +24,7 @@ class ConfigFilePoller:
     with each new config (the ConfigApplier's)."""
 
     def __init__(
-        self, path: Path, interval: float, apply: Callable[[list[ModelConfig]], None]
+        self, path: Location, interval: float, apply: Callable[[list[ModelConfig]], None]
     ) -> None:
         self._path = path
         self._interval = interval
@@ -40,10 +40,13 @@ class ConfigFilePoller:
 
     def _run(self) -> None:
         path = self._path
-        last = path.read_text() if path.exists() else ""
+        try:
+            last = read_text(path)
+        except OSError:
+            last = ""
         while not self._stop.wait(self._interval):
             try:
-                text = path.read_text()
+                text = read_text(path)
             except OSError as exc:
                 log.error("Cannot re-read model config file %s: %s", path, exc)
                 continue

@@ -23,7 +23,11 @@ from typing import Any
 import numpy as np
 
 from onnx_serving.codec.dtypes import NUMPY_BY_TF_NAME, tf_name
-from onnx_serving.codec.served_model import DEFAULT_SIGNATURE, signature_key
+from onnx_serving.codec.served_model import (
+    DEFAULT_MODEL_FILE,
+    DEFAULT_SIGNATURE,
+    signature_key,
+)
 from onnx_serving.server.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -33,7 +37,6 @@ from onnx_serving.server.errors import (
 from onnx_serving.server.runtime.example_parse import ExampleParse, read_parse_spec
 from onnx_serving.server.runtime.graph import Graph, Shape
 
-DEFAULT_MODEL_FILE = "model.onnx"
 PREDICT_METHOD = "tensorflow/serving/predict"
 
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent import futures
+from dataclasses import dataclass
 
 import grpc
 from google.protobuf import descriptor_pb2, text_format
@@ -52,6 +53,15 @@ REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
 _REFLECTION_V1_FILE = "grpc/reflection/v1/reflection.proto"
 
 
+@dataclass(frozen=True)
+class Service:
+    """Another protocol's service on this server (api/oip/): its full name, for health
+    and reflection, and how it adds itself."""
+
+    name: str
+    add: Callable[[grpc.Server], None]
+
+
 def parse_channel_arguments(raw: str) -> list[tuple[str, int | str]]:
     """``"k=v,k=v"`` as --grpc_channel_arguments takes it: a value that absl::SimpleAtoi
     reads as a 32-bit int is passed as that int, any other as a string (TF's server.cc)."""
@@ -82,12 +92,13 @@ def build_server(
     tensor_content: bool = False,
     access_log: bool = False,
     health_servicer: health.HealthServicer | None = None,
+    services: Sequence[Service] = (),
 ) -> grpc.Server:
     """Both services answer through ``core``; ``metrics`` count requests as gRPC sees
     them (the interceptor). ``max_threads`` threads answer unary calls and ``max_streams``
     streaming calls, each kind on threads the other cannot take (see ``streams``).
     ``health_servicer``, when given, is served and its services are set SERVING: the server
-    is built only once the initial models have loaded."""
+    is built only once the initial models have loaded. ``services`` are served too."""
     options: dict[str, int | str] = {
         "grpc.max_receive_message_length": MAX_MESSAGE_BYTES,
         "grpc.max_send_message_length": MAX_MESSAGE_BYTES,
@@ -107,10 +118,12 @@ def build_server(
         PredictionService(core, tensor_content=tensor_content), server
     )
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(core, reload), server)
-    names = list(SERVICES)
+    for service in services:
+        service.add(server)
+    names = [*SERVICES, *(service.name for service in services)]
     if health_servicer is not None:
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-        for name in HEALTH_NAMES:
+        for name in [*HEALTH_NAMES, *(service.name for service in services)]:
             health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
         names.append(health_pb2.DESCRIPTOR.services_by_name["Health"].full_name)
     names += [reflection.SERVICE_NAME, REFLECTION_V1]

@@ -14,12 +14,13 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Final
 
 import uvicorn
 
-from onnx_serving.server.api.rest.app import Readiness, RestApp
+from onnx_serving.server.api.rest.app import Mount, Readiness, RestApp
 from onnx_serving.server.api.rest.handlers import RestHandler
 from onnx_serving.server.api.rest.protocol import HttpLimits, bounded_protocol
 from onnx_serving.server.errors import ConfigError
@@ -51,11 +52,14 @@ class RestServer:
         readiness: Readiness | None = None,
         cors: bool = False,
         limits: HttpLimits | None = None,
+        mounts: Sequence[Mount] = (),
     ) -> None:
         """Requests are answered through ``core``; ``metrics`` count them as REST sees them
         and are served at ``metrics_path``. ``ssl_context``: serve HTTPS with it (its
         certificates may change while serving); ``limits``: the flags' bounds on
-        connections and bodies (their defaults if None)."""
+        connections and bodies (their defaults if None); ``mounts``: other protocols' paths
+        (the Open Inference Protocol's /v2/)."""
+        self._mounts = mounts
         self._limits = limits or HttpLimits.from_options(ServerOptions())
         self._core = core
         self._cors = cors
@@ -80,7 +84,7 @@ class RestServer:
         app = RestApp(
             handler, self._executor, self._timeout_ms, self._metrics,
             metrics_path=self._metrics_path, access_log=self._access_log,
-            readiness=self._readiness, cors=self._cors,
+            readiness=self._readiness, cors=self._cors, mounts=self._mounts,
         )
         context = self._ssl_context
         config = uvicorn.Config(
