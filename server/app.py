@@ -17,6 +17,7 @@ from onnx_serving.server.api.grpc.server import build_server
 from onnx_serving.server.api.grpc.server import start as start_grpc
 from onnx_serving.server.api.oip.grpc_service import grpc_service
 from onnx_serving.server.api.oip.inference import Inference
+from onnx_serving.server.api.shadow import Shadowing
 from onnx_serving.server.batching import BatchingOptions, read_batching_parameters
 from onnx_serving.server.errors import ConfigError, ServingError
 from onnx_serving.server.flags import ServerOptions
@@ -144,6 +145,11 @@ class App:
         self._stop_requested = threading.Event()
         self._stopped = threading.Event()
         self._peers = Peers.from_environment(self.applier.apply)
+        self._shadow = Shadowing(
+            Path(options.shadow_config_file), options.shadow_config_file_poll_wait_seconds,
+            self.metrics.registry, RequestLogOptions(options.request_log_max_file_bytes,
+                                                     options.request_log_max_files),
+        ) if options.shadow_config_file else None
 
     def _version_counts(self) -> list[VersionCounts]:
         counts = []
@@ -189,6 +195,7 @@ class App:
             access_log=self.options.enable_access_log,
             health_servicer=self._health,
             services=[grpc_service(self._oip)],
+            install_prediction=self._shadow.install if self._shadow is not None else None,
         )
         start_grpc(
             server, port=self.options.port, socket_path=self.options.grpc_socket_path,
@@ -217,7 +224,8 @@ class App:
                 readiness=self.readiness,
                 cors=self.options.rest_api_enable_cors_support,
                 limits=HttpLimits.from_options(self.options),
-                mounts=[OipRest(self._oip)],
+                mounts=[OipRest(self._oip),
+                        *((self._shadow.page,) if self._shadow is not None else ())],
             )
             self._rest.start()
             log.info("Exporting HTTP/REST API at:localhost:%d ...", self.options.rest_api_port)
@@ -258,6 +266,8 @@ class App:
             self._rest.stop()
         if self._server is not None:
             self._server.stop(grace).wait()
+        if self._shadow is not None:
+            self._shadow.close()
         self.manager.close()
         self._loader.close()
         self._request_log.close()

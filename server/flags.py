@@ -160,6 +160,12 @@ class ServerOptions:
     request_log_queue_size: int = flag(
         1024, "request log records waiting to be written; more are dropped", own=True
     )
+    shadow_config_file: str = flag(
+        "", "JSON file: per model, a TF Serving endpoint to shadow (docs/shadow.md)", own=True
+    )
+    shadow_config_file_poll_wait_seconds: int = flag(
+        1, "seconds between re-reads of --shadow_config_file; 0: read once", own=True
+    )
     object_store_cache_dir: str = flag(
         "", "where versions in gs:// and s3:// base paths are copied to be loaded; "
         "empty: <temp dir>/onnx-serving-object-store-<uid>", own=True,

@@ -93,12 +93,15 @@ def build_server(
     access_log: bool = False,
     health_servicer: health.HealthServicer | None = None,
     services: Sequence[Service] = (),
+    install_prediction: Callable[[PredictionService, grpc.Server], None] | None = None,
 ) -> grpc.Server:
     """Both services answer through ``core``; ``metrics`` count requests as gRPC sees
     them (the interceptor). ``max_threads`` threads answer unary calls and ``max_streams``
     streaming calls, each kind on threads the other cannot take (see ``streams``).
     ``health_servicer``, when given, is served and its services are set SERVING: the server
-    is built only once the initial models have loaded. ``services`` are served too."""
+    is built only once the initial models have loaded. ``services`` are served too.
+    ``install_prediction``, when given, registers the PredictionService in place of the
+    plain servicer (live shadowing)."""
     options: dict[str, int | str] = {
         "grpc.max_receive_message_length": MAX_MESSAGE_BYTES,
         "grpc.max_send_message_length": MAX_MESSAGE_BYTES,
@@ -114,9 +117,11 @@ def build_server(
             ObserveRequests(metrics, access_log_enabled=access_log), StreamSlots(max_streams)
         ],
     )
-    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-        PredictionService(core, tensor_content=tensor_content), server
-    )
+    prediction = PredictionService(core, tensor_content=tensor_content)
+    if install_prediction is None:
+        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(prediction, server)
+    else:
+        install_prediction(prediction, server)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(core, reload), server)
     for service in services:
         service.add(server)
