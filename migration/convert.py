@@ -243,7 +243,7 @@ def _validated_entry(
     if checked is None:
         result.problems.append(f"signature {signature.name}: its ONNX names do not match")
         return None
-    validation, names = checked
+    validation, names, shaped = checked
     result.max_abs = max(result.max_abs, validation.max_abs)
     result.max_rel = max(result.max_rel, validation.max_rel)
     log(f"{where} signature {signature.name}: {validation.samples} {validation.source} "
@@ -268,7 +268,7 @@ def _validated_entry(
     if new:
         parse = cut_graph.parse if cut_graph else None
         widened = widen_inputs(
-            staging / file, runner, signature, names, atol=options.atol, rtol=options.rtol,
+            staging / file, runner, shaped, names, atol=options.atol, rtol=options.rtol,
             skip=frozenset([parse["input"]] if parse else []),
         )
         for alias, how in widened.items():
@@ -324,7 +324,9 @@ def _apply_transforms(model: Path, options: Options) -> None:
 def _check(
     runner: TensorFlowRunner, saved_dir: Path, model: Path, signature: SignatureSig,
     options: Options, cut_graph: Cut | None,
-) -> tuple[Validation, dict[str, str]] | None:
+) -> tuple[Validation, dict[str, str], SignatureSig] | None:
+    """The validation, alias → ONNX name, and the signature with the shapes its inputs
+    were validated at (``_with_graph_shapes``); None if the ONNX names do not match."""
     graph = onnx.load(str(model), load_external_data=False).graph
     initialized = {i.name for i in graph.initializer}
     inputs = {v.name for v in graph.input if v.name not in initialized}
@@ -349,25 +351,38 @@ def _check(
         source, samples = "generated image", with_sample_images(samples, images, options.seed)
     validation = validate(runner, session, signature, names, samples, source,
                           atol=options.atol, rtol=options.rtol, parse=parse)
-    return validation, names
+    return validation, names, shaped
 
 
 def _with_graph_shapes(
     signature: SignatureSig, names: Mapping[str, str], graph: onnx.GraphProto
 ) -> SignatureSig:
-    """Inputs of unknown rank in the signature (TF1 exports often leave them so) take the
-    ONNX graph's shape, so random validation inputs fit the graph."""
+    """The signature with its inputs shaped as the graph takes them, where the signature
+    says nothing (unknown rank, as TF1 exports often leave it) or something the graph
+    cannot take: a SignatureDef's TensorInfo shape is a record, never checked by TF
+    Serving (its Predict feeds the request's tensor to the graph as it is). TF Serving's
+    saved_model_half_plus_three records ``x`` as a scalar over a tensor of shape [-1, 1]
+    (its TensorInfo has no tensor_shape), and its clients send [1]. Random validation
+    inputs, and the shape probes after, then fit the graph."""
     shapes = {
         v.name: tuple(d.dim_value if d.HasField("dim_value") else -1
                       for d in v.type.tensor_type.shape.dim)
         for v in graph.input if v.type.tensor_type.HasField("shape")
     }
     inputs = {
-        alias: spec if spec.shape is not None or names.get(alias) not in shapes
+        alias: spec if names.get(alias) not in shapes
+        or _fits(spec.shape, shapes[names[alias]])
         else replace(spec, shape=shapes[names[alias]])
         for alias, spec in signature.inputs.items()
     }
     return replace(signature, inputs=inputs)
+
+
+def _fits(declared: tuple[int, ...] | None, graph: tuple[int, ...]) -> bool:
+    """Whether every tensor of the declared shape (-1: any size) fits the graph's."""
+    return declared is not None and len(declared) == len(graph) and all(
+        g < 0 or d == g for d, g in zip(declared, graph, strict=True)
+    )
 
 
 def _candidates(alias: str, spec: TensorSig, cut_graph: Cut | None) -> list[str]:
