@@ -36,6 +36,7 @@ from onnx_serving.migration.graph_cut import (
     freeze_function,
     needs_cut,
     parses_in_functions,
+    records_other_shapes,
 )
 from onnx_serving.migration.image_decoding import with_sample_images
 from onnx_serving.migration.saved_model import (
@@ -176,6 +177,9 @@ def _convert_signatures(
         return {}
     chosen = [signatures[n] for n in (options.signatures or signatures)]
     runner = TensorFlowRunner(saved_dir, options.tag)
+    # tf2onnx cannot load a SavedModel one of whose signatures records shapes its graph
+    # cannot have: each signature is then cut from the graph TF Serving runs.
+    loadable = not any(records_other_shapes(runner, s) for s in signatures.values())
     entries: dict[str, dict[str, object]] = {}
     # Computation → the signature converted for it, its file and graph cut; or the
     # signature that failed it (converting it again would fail alike, minutes later).
@@ -197,7 +201,8 @@ def _convert_signatures(
             log(f"{where} converting signature {signature.name} with tf2onnx "
                 f"(opset {options.opset})")
             try:
-                cut_graph = _tf2onnx(runner, saved_dir, signature, staging / file, options)
+                cut_graph = _tf2onnx(runner, saved_dir, signature, staging / file, options,
+                                     loadable=loadable)
             except (CutError, ConversionError) as exc:
                 ops = f"; unsupported ops: {', '.join(exc.unsupported_ops)}" \
                     if isinstance(exc, ConversionError) and exc.unsupported_ops else ""
@@ -289,14 +294,15 @@ def _file_name(signature: SignatureSig, chosen: Sequence[SignatureSig]) -> str:
 
 def _tf2onnx(
     runner: TensorFlowRunner, saved_dir: Path, signature: SignatureSig, target: Path,
-    options: Options,
+    options: Options, *, loadable: bool,
 ) -> Cut | None:
     """tf2onnx on the signature, or on its graph cut after tf.Example parsing and at
-    intermediate inputs (graph_cut.py) when it needs one; returns the cut."""
+    intermediate inputs (graph_cut.py) when it needs one, or when tf2onnx cannot load the
+    SavedModel (not ``loadable``); returns the cut."""
     source: GraphSession = runner
-    if not needs_cut(runner, signature) and parses_in_functions(runner):
+    if loadable and not needs_cut(runner, signature) and parses_in_functions(runner):
         source, signature = freeze_function(saved_dir, options.tag, signature)
-    if not needs_cut(source, signature):
+    if loadable and not needs_cut(source, signature):
         convert_signature(saved_dir, signature.name, target, tag=options.tag,
                           opset=options.opset, large_model=options.large_model)
         return None

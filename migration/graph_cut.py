@@ -127,6 +127,18 @@ def needs_cut(runner: GraphSession, signature: SignatureSig) -> bool:
     return False
 
 
+def records_other_shapes(runner: GraphSession, signature: SignatureSig) -> bool:
+    """Whether the signature records a shape its graph tensor cannot have (TF Serving's
+    saved_model_half_plus_three records scalars over [-1, 1]). TF Serving never checks
+    them, but ``tf.saved_model.load``, by which tf2onnx reads a SavedModel, sets every
+    signature's recorded shapes on its graph and refuses the whole SavedModel."""
+    return any(
+        spec.shape is not None and not runner.graph.get_tensor_by_name(spec.name).shape
+        .is_compatible_with([None if d < 0 else d for d in spec.shape])
+        for spec in (*signature.inputs.values(), *signature.outputs.values())
+    )
+
+
 def _readers(tensor: Any) -> list[Any]:
     """The ops reading a tensor, looking through Identity ops (an inlined function's
     arguments pass through one)."""
