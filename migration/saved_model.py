@@ -226,6 +226,8 @@ def _restore_unbound_captures(session: Any, meta_graph: Any, saved_model_dir: Pa
         if op.type not in _CALL_OPS or op.get_attr("f").name not in functions:
             continue
         bound = functions[op.get_attr("f").name].bound_inputs
+        if len(bound) > len(op.inputs):
+            continue  # not a call of the function as saved: its captures are not these
         for handle, node_id in zip(list(op.inputs)[len(op.inputs) - len(bound):], bound,
                                    strict=True):
             if handle.op.type == "VarHandleOp":
