@@ -175,8 +175,9 @@ def _convert_signatures(
     if unknown:
         result.problems.append(f"no signature {sorted(unknown)}; it has {sorted(signatures)}")
         return {}
-    chosen = [signatures[n] for n in (options.signatures or signatures)]
     runner = TensorFlowRunner(saved_dir, options.tag)
+    chosen = [_with_graph_dtypes(where, runner, signatures[n], result)
+              for n in (options.signatures or signatures)]
     # tf2onnx cannot load a SavedModel one of whose signatures records shapes its graph
     # cannot have: each signature is then cut from the graph TF Serving runs.
     loadable = not any(records_other_shapes(runner, s) for s in signatures.values())
@@ -219,6 +220,32 @@ def _convert_signatures(
         elif shared is None:
             failed[computation] = signature.name
     return entries
+
+
+def _with_graph_dtypes(
+    where: str, runner: TensorFlowRunner, signature: SignatureSig, result: Result
+) -> SignatureSig:
+    """The signature with each tensor's dtype as the graph has it, noted where the
+    SignatureDef records another. TF Serving never checks a TensorInfo's dtype (its
+    saved_model_half_plus_three records the serialized tf.Example input of its regress
+    signature as DT_FLOAT): clients send what the graph takes, which the server checks."""
+    def graph_dtype(spec: TensorSig) -> TensorSig:
+        dtype = int(runner.graph.get_tensor_by_name(spec.name).dtype.as_datatype_enum)
+        if dtype == spec.dtype:
+            return spec
+        graph_spec = replace(spec, dtype=dtype)
+        result.notes.append(f"signature {signature.name}: {spec.alias} is recorded as "
+                            f"{spec.dtype_name}, but its tensor {spec.name} is "
+                            f"{graph_spec.dtype_name}: the converted signature says "
+                            f"{graph_spec.dtype_name}")
+        log(f"{where} {result.notes[-1]}")
+        return graph_spec
+
+    return replace(
+        signature,
+        inputs={a: graph_dtype(s) for a, s in signature.inputs.items()},
+        outputs={a: graph_dtype(s) for a, s in signature.outputs.items()},
+    )
 
 
 def _validated_entry(

@@ -307,7 +307,8 @@ def half_plus_three(path: Path) -> None:
     ``x`` parsed from tf.Example (a [-1, 1] tensor), whose SignatureDef records ``x`` and
     ``y`` as scalars (its TensorInfos carry no tensor_shape), and a regress signature keyed
     "tensorflow/serving/regress". ``placeholder`` records a scalar too over a placeholder
-    of shape [None]. TF Serving never checks the recorded shapes: its clients send [1]."""
+    of shape [None]. TF Serving never checks the recorded shapes (its clients send [1]),
+    nor dtypes: the regress signature records its tf.Example input as DT_FLOAT."""
     v1 = tf.compat.v1
     constants = v1.saved_model.signature_constants
 
@@ -324,13 +325,14 @@ def half_plus_three(path: Path) -> None:
         a, b = v1.Variable(0.5, name="a"), v1.Variable(3.0, name="b")
         y = tf.identity(a * x + b, name="y")
         z = v1.placeholder(tf.float32, shape=[None], name="z")
+        regress = _signature({"inputs": examples}, {"outputs": y}, constants.REGRESS_METHOD_NAME)
+        regress.inputs["inputs"].dtype = tf.float32.as_datatype_enum  # type: ignore[attr-defined]
         return {
             "serving_default": scalar(_signature({"x": x}, {"y": y},
                                                  constants.PREDICT_METHOD_NAME)),
             "placeholder": scalar(_signature({"z": z}, {"y": a * z + b},
                                              constants.PREDICT_METHOD_NAME)),
-            constants.REGRESS_METHOD_NAME: _signature({"inputs": examples}, {"outputs": y},
-                                                      constants.REGRESS_METHOD_NAME),
+            constants.REGRESS_METHOD_NAME: regress,
         }
 
     _tf1_export(path, build)

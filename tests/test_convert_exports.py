@@ -118,8 +118,11 @@ def test_half_plus_three_metadata_keeps_the_recorded_scalars(served, root) -> No
 
 
 def test_half_plus_three_regress(served) -> None:
-    """testRegress's request, on half_plus_three's regress signature: x = 2.0 → 4.0."""
-    stub, _ = served
+    """testRegress's request, on half_plus_three's regress signature: x = 2.0 → 4.0, though
+    the signature records its serialized tf.Example input as DT_FLOAT."""
+    stub, summary = served
+    assert ("signature tensorflow/serving/regress: inputs is recorded as DT_FLOAT, but its "
+            "tensor tf_example:0 is DT_STRING") in summary
     request = regression_pb2.RegressionRequest()
     request.model_spec.name = "half_plus_three"
     request.model_spec.signature_name = "tensorflow/serving/regress"
