@@ -5,7 +5,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 PORT ?= 8500
 
-.PHONY: serve test test-slow lint protos docker docker-gpu docker-base base-image clean FORCE
+.PHONY: serve test test-slow lint protos docker docker-gpu docker-base base-image clean FORCE \
+	device-check
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,7 +33,9 @@ test: $(VENV)/.test-installed lint
 test-slow: $(VENV)/.test-installed
 	$(BIN)/python -m pytest -m slow
 
-# mypy sees the installed names (onnx_serving.server, ...) through a tree of links.
+# mypy and import-linter see the installed names (onnx_serving.server, ...) through a tree
+# of links, with no install: lint-imports checks the contracts in pyproject.toml
+# (docs/architecture.md), import circles included.
 lint: $(VENV)/.test-installed
 	$(BIN)/ruff check .
 	mkdir -p $(VENV)/typecheck/onnx_serving
@@ -40,6 +43,16 @@ lint: $(VENV)/.test-installed
 	cd $(VENV)/typecheck && MYPYPATH=. ../bin/mypy --config-file ../../pyproject.toml \
 		-p onnx_serving.server -p onnx_serving.client -p onnx_serving.codec \
 		-p onnx_serving.migration -p onnx_serving.tune
+	cd $(VENV)/typecheck && ../bin/lint-imports --config ../../pyproject.toml
+
+# Every GPU and many-core check at once, for the device machine (docs/performance.md,
+# "Device check"): there, `make device-check PYTHON=python3 DEVICE_OUT=$OUT`. It uses
+# the wheels bench/device_wheels.sh put in .whl/device and onnxruntime-gpu's parts in
+# /tmp/ortgpu where they are.
+DEVICE_OUT ?= build/device-check
+device-check:
+	$(PYTHON) bench/device.py --out $(DEVICE_OUT) $(if $(wildcard .whl/device),--wheels .whl/device) \
+		$(if $(wildcard /tmp/ortgpu),--parts /tmp/ortgpu)
 
 # After editing a .proto file.
 protos: $(VENV)/.test-installed

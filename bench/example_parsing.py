@@ -18,7 +18,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from onnx_serving.server.runtime.examples import read_parse_spec
+from onnx_serving.server.runtime.example_parse import read_parse_spec
 
 
 def spec() -> tuple[dict[str, object], dict[str, object]]:

@@ -17,12 +17,12 @@ import grpc
 import numpy as np
 from google.protobuf.message import Message
 
+from onnx_serving.codec.model_spec import fill_spec
 from onnx_serving.codec.tensors import TensorProto, encode_into, make_ndarray
 from onnx_serving.protos.tensorflow.core.protobuf import meta_graph_pb2
 from onnx_serving.protos.tensorflow_serving.apis import (
     get_model_metadata_pb2,
     get_model_status_pb2,
-    model_pb2,
     model_service_pb2_grpc,
     predict_pb2,
     prediction_service_pb2_grpc,
@@ -138,7 +138,7 @@ class Client:
     ) -> predict_pb2.PredictResponse:
         """As :meth:`predict`, but the raw response: its model_spec says which version ran."""
         request = predict_pb2.PredictRequest(output_filter=output_filter)
-        _fill_spec(request.model_spec, model, version, label, signature)
+        fill_spec(request.model_spec, model, version=version, label=label, signature=signature)
         for alias, value in inputs.items():
             _fill_tensor(request.inputs[alias], value)
         return _call(self._predict.Predict, request, timeout)
@@ -153,7 +153,7 @@ class Client:
     ) -> dict[str, SignatureDef]:
         """The model's signatures by name, unpacked from the response's Any."""
         request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=[_SIGNATURE_DEF])
-        _fill_spec(request.model_spec, model, version, label)
+        fill_spec(request.model_spec, model, version=version, label=label)
         response = _call(self._predict.GetModelMetadata, request, timeout)
         signatures = get_model_metadata_pb2.SignatureDefMap()
         if not response.metadata[_SIGNATURE_DEF].Unpack(signatures):
@@ -167,7 +167,7 @@ class Client:
     ) -> list[VersionStatus]:
         """Every version's state, or one version's. No label: TF Serving ignores them here."""
         request = get_model_status_pb2.GetModelStatusRequest()
-        _fill_spec(request.model_spec, model, version, None)
+        fill_spec(request.model_spec, model, version=version)
         response = _call(self._models.GetModelStatus, request, timeout)
         return [
             VersionStatus(
@@ -178,23 +178,6 @@ class Client:
             )
             for entry in response.model_version_status
         ]
-
-
-def _fill_spec(
-    spec: model_pb2.ModelSpec,
-    model: str,
-    version: int | None,
-    label: str | None,
-    signature: str = "",
-) -> None:
-    if version is not None and label is not None:
-        raise ValueError("give a version or a label, not both")
-    spec.name = model
-    spec.signature_name = signature
-    if version is not None:
-        spec.version.value = version
-    elif label is not None:
-        spec.version_label = label
 
 
 def _fill_tensor(target: TensorProto, value: np.ndarray | TensorProto) -> None:

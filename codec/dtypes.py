@@ -1,6 +1,7 @@
-"""TensorFlow's element types by name, as numpy dtypes: the one table the codec, the
-server's signatures and its messages read. Plain numpy, no protobuf, so the server's
-runtime can use it too.
+"""Element types by name, as numpy dtypes: TensorFlow's (the one table the codec, the
+server's signatures and its messages read) and the Open Inference Protocol's (KServe v2),
+each OIP datatype as the TF type it is. Plain numpy, no protobuf, so the server's runtime
+can use it too.
 """
 
 from __future__ import annotations
@@ -43,3 +44,37 @@ def tf_name(dtype: np.dtype) -> str:
     if dtype.kind in "OSU":
         return "DT_STRING"
     return _TF_NAME_BY_NUMPY.get(dtype, dtype.name)
+
+
+# The Open Inference Protocol's datatypes (KServe v2, open_inference_grpc.proto) → TF's
+# names: the model's ONNX and TF types are those of its signature, so this one table maps
+# all three. OIP has no name for FP8 or complex types.
+TF_NAME_BY_OIP: Final[dict[str, str]] = {
+    "BOOL": "DT_BOOL",
+    "UINT8": "DT_UINT8",
+    "UINT16": "DT_UINT16",
+    "UINT32": "DT_UINT32",
+    "UINT64": "DT_UINT64",
+    "INT8": "DT_INT8",
+    "INT16": "DT_INT16",
+    "INT32": "DT_INT32",
+    "INT64": "DT_INT64",
+    "FP16": "DT_HALF",
+    "FP32": "DT_FLOAT",
+    "FP64": "DT_DOUBLE",
+    "BF16": "DT_BFLOAT16",
+    "BYTES": "DT_STRING",
+}
+
+_OIP_BY_TF_NAME: Final[dict[str, str]] = {v: k for k, v in TF_NAME_BY_OIP.items()}
+
+
+def oip_numpy(datatype: str) -> np.dtype | None:
+    """The numpy dtype of an OIP datatype (object for BYTES), or None for an unknown name."""
+    tf = TF_NAME_BY_OIP.get(datatype)
+    return None if tf is None else NUMPY_BY_TF_NAME[tf]
+
+
+def oip_name(dtype: np.dtype) -> str | None:
+    """``FP32`` for float32 (BYTES for str, bytes and object), or None where OIP has no name."""
+    return _OIP_BY_TF_NAME.get(tf_name(dtype))

@@ -267,14 +267,15 @@ def encode_into(proto: TensorProto, array: np.ndarray, *, tensor_content: bool =
         return
     kind = KINDS[proto.dtype]
     if kind.wire == "string":
-        proto.string_val.extend(_as_bytes(v) for v in array.reshape(-1))
+        proto.string_val.extend(element_bytes(v) for v in array.reshape(-1))
     elif tensor_content:
         proto.tensor_content = np.ascontiguousarray(array, dtype=kind.little).tobytes()
     else:
         proto.MergeFromString(_packed_field(kind, array.astype(kind.numpy, copy=False)))
 
 
-def _as_bytes(value: object) -> bytes:
+def element_bytes(value: object) -> bytes:
+    """One string element's bytes (str as UTF-8), as every wire format carries them."""
     if isinstance(value, bytes):
         return value
     if isinstance(value, str):

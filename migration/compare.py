@@ -23,6 +23,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+from onnx_serving.codec.served_model import DEFAULT_SIGNATURE
 from onnx_serving.migration.compare_agreement import Agreement, Tolerance, compare_outputs
 from onnx_serving.migration.compare_latency import (
     LatencyPlan,
@@ -72,8 +73,8 @@ def _parser() -> argparse.ArgumentParser:
     sides.add_argument("--candidate", metavar="HOST:PORT", required=True,
                        help="the endpoint on trial, e.g. onnx-serving")
     sides.add_argument("--model_name", metavar="NAME", help="the model on both sides")
-    sides.add_argument("--signature_name", metavar="NAME", default="serving_default",
-                       help="default: serving_default")
+    sides.add_argument("--signature_name", metavar="NAME", default=DEFAULT_SIGNATURE,
+                       help=f"default: {DEFAULT_SIGNATURE}")
     for side in SIDES:
         sides.add_argument(f"--{side}_model_name", metavar="NAME", help="default: --model_name")
         which = sides.add_mutually_exclusive_group()

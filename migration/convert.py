@@ -27,6 +27,7 @@ from pathlib import Path
 import onnx
 from google.protobuf import text_format
 
+from onnx_serving.codec.served_model import DEFAULT_SIGNATURE, SIGNATURES_FILE, WARMUP_FILE
 from onnx_serving.migration import transforms
 from onnx_serving.migration.graph_cut import (
     Cut,
@@ -61,12 +62,10 @@ from onnx_serving.server.errors import ServingError
 from onnx_serving.server.runtime.config import RuntimeConfig
 from onnx_serving.server.runtime.model import load as load_version
 from onnx_serving.server.runtime.ort_errors import ORT_ERRORS
-from onnx_serving.server.warmup import WARMUP_FILE, WarmupOptions, warm_up
+from onnx_serving.server.warmup import WarmupOptions, warm_up
 
-DEFAULT_SIGNATURE = "serving_default"
 # What loading or running a converted model may raise.
 _RUN_ERRORS: tuple[type[Exception], ...] = (*ORT_ERRORS, ServedModelError)
-SIGNATURES_FILE = "signatures.json"
 
 
 @dataclass(frozen=True)

@@ -15,12 +15,12 @@ from typing import Any
 import numpy as np
 
 from onnx_serving.codec.prediction_log import PredictionLogError, read_prediction_logs
+from onnx_serving.codec.served_model import WARMUP_FILE, signature_key
 from onnx_serving.codec.tensors import TensorCodecError, make_ndarray
 from onnx_serving.migration.example_spec import random_examples, tensorflow_parse
 from onnx_serving.migration.saved_model import SignatureSig, TensorFlowRunner, TensorSig
 from onnx_serving.migration.served_session import ServedSession
 from onnx_serving.migration.tolerance import differences
-from onnx_serving.server.warmup import WARMUP_FILE
 
 
 @dataclass
@@ -82,7 +82,7 @@ def _warmup_inputs(path: Path, signature: SignatureSig) -> Iterator[dict[str, np
             if record.WhichOneof("log_type") != "predict_log":
                 continue
             request = record.predict_log.request
-            if (request.model_spec.signature_name or "serving_default") != signature.name:
+            if signature_key(request.model_spec.signature_name) != signature.name:
                 continue
             if set(request.inputs) == set(signature.inputs):
                 yield {k: make_ndarray(v) for k, v in request.inputs.items()}

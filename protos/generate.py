@@ -18,7 +18,8 @@ from pathlib import Path
 
 PROTO_ROOT = Path(__file__).resolve().parent
 PACKAGE = "onnx_serving.protos"
-_TOP_LEVEL = ("tensorflow", "tensorflow_serving")
+# The proto packages we ship: TF Serving's, and the Open Inference Protocol's (KServe v2).
+_TOP_LEVEL = ("tensorflow", "tensorflow_serving", "inference")
 _IMPORT = re.compile(rf"^(from|import) ({'|'.join(_TOP_LEVEL)})([. ])", re.MULTILINE)
 _MODULE_NAME = re.compile(rf"\(DESCRIPTOR, '((?:{'|'.join(_TOP_LEVEL)})\.[\w.]+)'")
 _POOL_IMPORT = f"from {PACKAGE}._pool import POOL as _POOL\n"

@@ -16,6 +16,8 @@ import grpc
 from grpc_health.v1.health import HealthServicer
 
 from onnx_serving.server.api.grpc.server import build_server
+from onnx_serving.server.api.oip.grpc_service import grpc_service
+from onnx_serving.server.api.oip.inference import Inference
 from onnx_serving.server.batching import (
     Batcher,
     BatchingOptions,
@@ -25,6 +27,7 @@ from onnx_serving.server.batching import (
 from onnx_serving.server.config import (
     ModelConfig,
     read_config_file,
+    read_config_update,
     read_monitoring_config,
     single_model,
 )
@@ -32,14 +35,17 @@ from onnx_serving.server.errors import ConfigError, ModelLoadError, ServingError
 from onnx_serving.server.flags import ServerOptions
 from onnx_serving.server.metrics import Metrics, VersionCounts
 from onnx_serving.server.repository.core import RepositoryCore
-from onnx_serving.server.repository.manager import LoadOptions, ModelManager, Transition
+from onnx_serving.server.repository.manager import LoadOptions, ModelManager
 from onnx_serving.server.repository.poller import Poller
+from onnx_serving.server.repository.storage import Location, default_cache_dir, location, read_text
+from onnx_serving.server.repository.transitions import Transition
 from onnx_serving.server.request_log import RequestLogOptions, RequestLogs
 from onnx_serving.server.runtime import config as runtime_config
 from onnx_serving.server.runtime.model import Batching, LoadedModel, load
 from onnx_serving.server.runtime.session import describe_install
 from onnx_serving.server.runtime.signature import Signature
 from onnx_serving.server.runtime.threads import choose, share_cores, start_global_pools
+from onnx_serving.server.serving.core import ServingCore
 from onnx_serving.server.tls import ServerTls
 from onnx_serving.server.warmup import WarmupOptions, warm_up
 from onnx_serving.server.workers import WORKERS_COUNT_ENV, WORKERS_DIR_ENV, Peers
@@ -55,7 +61,7 @@ PER_MODEL_BATCHING_FILE = "batching_params.pbtxt"
 
 def model_configs(options: ServerOptions) -> list[ModelConfig]:
     if options.model_config_file:
-        return read_config_file(Path(options.model_config_file))
+        return read_config_file(location(options.model_config_file))
     return [single_model(options.model_name, options.model_base_path)]
 
 
@@ -76,7 +82,6 @@ class App:
             iterations=options.num_request_iterations_for_warmup,
             synthetic=options.enable_synthetic_warmup,
             synthetic_dim=options.synthetic_warmup_dim,
-            method_check=options.enable_signature_method_name_check,
         )
         self._metrics_path = (
             read_monitoring_config(Path(options.monitoring_config_file))
@@ -110,12 +115,21 @@ class App:
         self._scheduler = BatchScheduler(
             self._batching.num_batch_threads, self._batching.thread_pool_name
         ) if self._batching is not None else None
-        self._poller = Poller(self.manager, options.file_system_poll_wait_seconds)
+        self._poller = Poller(self.manager, options.file_system_poll_wait_seconds,
+                              Path(options.object_store_cache_dir or default_cache_dir()))
         self._request_log = RequestLogs(
             RequestLogOptions(options.request_log_max_file_bytes, options.request_log_max_files,
                               options.request_log_queue_size),
             self.metrics.request_log,
         )
+        # The one serving core: gRPC's services, REST and warmup all answer through it.
+        self.serving = ServingCore(
+            self.manager, self.metrics,
+            method_check=options.enable_signature_method_name_check,
+            request_log=self._request_log,
+        )
+        # The Open Inference Protocol (KServe v2) over the same core, on both ports.
+        self._oip = Inference(self.serving, self.readiness)
         self.core = RepositoryCore(
             self.manager, self._poller,
             allow_unavailable_labels=options.allow_version_labels_for_unavailable_models,
@@ -135,7 +149,7 @@ class App:
         model = load(version_dir, self._runtime, self._batching_for(version_dir))
         started = time.perf_counter()
         try:
-            warm_up(model, version_dir, self._warmup_options)
+            warm_up(model, version_dir, self._warmup_options, self.serving)
         except ModelLoadError:
             self.metrics.warmup(str(version_dir), False, time.perf_counter() - started)
             raise
@@ -181,6 +195,7 @@ class App:
     def start(self) -> None:
         """Loads the initial models, then opens the ports (as TF Serving does)."""
         log.info(describe_install())
+        self._log_features()
         try:
             self.core.apply(self._initial_configs)
         except ServingError as exc:
@@ -192,7 +207,7 @@ class App:
             self._peers.start(self._stopped)
         self.metrics.publish_live(self._stopped)
         server = build_server(
-            self.manager,
+            self.serving,
             reload=self._peers.reload if self._peers is not None else self.core.apply,
             reuse_port=self.options.reuse_port,
             metrics=self.metrics,
@@ -200,10 +215,9 @@ class App:
             max_streams=self.options.grpc_streams,
             channel_arguments=self.options.grpc_channel_arguments,
             tensor_content=self.options.enable_serialization_as_tensor_content,
-            method_check=self.options.enable_signature_method_name_check,
             access_log=self.options.enable_access_log,
             health_servicer=self._health,
-            request_log=self._request_log,
+            services=[grpc_service(self._oip)],
         )
         addresses = []
         if self.options.port:
@@ -226,16 +240,16 @@ class App:
             log.info("Running gRPC ModelServer at %s ...", address)
         if self.options.rest_api_port:
             # Imported here: a gRPC-only server never loads the HTTP stack.
+            from onnx_serving.server.api.oip.rest import OipRest
             from onnx_serving.server.api.rest.protocol import HttpLimits
             from onnx_serving.server.api.rest.server import RestServer
 
             self._rest = RestServer(
-                self.manager,
+                self.serving,
                 port=self.options.rest_api_port,
                 threads=self.options.rest_threads,
                 timeout_ms=self.options.rest_api_timeout_in_ms,
                 metrics=self.metrics,
-                method_check=self.options.enable_signature_method_name_check,
                 metrics_path=self._metrics_path,
                 access_log=self.options.enable_access_log,
                 reuse_port=self.options.reuse_port,
@@ -243,27 +257,47 @@ class App:
                 if self._tls is not None and self.options.rest_api_enable_ssl else None,
                 readiness=self.readiness,
                 cors=self.options.rest_api_enable_cors_support,
-                request_log=self._request_log,
                 limits=HttpLimits.from_options(self.options),
+                mounts=[OipRest(self._oip)],
             )
             self._rest.start()
             log.info("Exporting HTTP/REST API at:localhost:%d ...", self.options.rest_api_port)
+
+    def _log_features(self) -> None:
+        """Says at start-up whether batching and monitoring are on, and how."""
+        if self._batching is None:
+            log.info("Batching is off (--enable_batching)")
+        else:
+            b = self._batching
+            log.info("Batching is on: max_batch_size %d, batch_timeout_micros %d, "
+                     "max_enqueued_batches %d, %d batch thread(s)%s", b.max_batch_size,
+                     b.batch_timeout_micros, b.max_enqueued_batches, b.num_batch_threads,
+                     ", per-model parameters allowed"
+                     if self.options.enable_per_model_batching_parameters else "")
+        if self._metrics_path is None:
+            log.info("Monitoring is off (--monitoring_config_file)")
+        else:
+            log.info("Monitoring is on: Prometheus metrics at %s on the REST port %d",
+                     self._metrics_path, self.options.rest_api_port)
 
     def _start_config_polling(self) -> None:
         interval = self.options.model_config_file_poll_wait_seconds
         if not self.options.model_config_file or interval <= 0:
             return
-        path = Path(self.options.model_config_file)
+        path = location(self.options.model_config_file)
         threading.Thread(
             target=self._poll_config, args=(path, interval), name="config-poller", daemon=True
         ).start()
 
-    def _poll_config(self, path: Path, interval: float) -> None:
+    def _poll_config(self, path: Location, interval: float) -> None:
         """Re-reads the config file; a file that does not parse changes nothing."""
-        last = path.read_text() if path.exists() else ""
+        try:
+            last = read_text(path)
+        except OSError:
+            last = ""
         while not self._stopped.wait(interval):
             try:
-                text = path.read_text()
+                text = read_text(path)
             except OSError as exc:
                 log.error("Cannot re-read model config file %s: %s", path, exc)
                 continue
@@ -272,7 +306,11 @@ class App:
             last = text
             log.info("Model config file %s changed; reloading", path)
             try:
-                self.core.apply(read_config_file(path))
+                configs = read_config_update(path)
+                if configs is None:
+                    log.info("Taking no action for empty config %s", path)
+                    continue
+                self.core.apply(configs)
             except ServingError as exc:
                 log.error("Reloading %s: %s", path, exc.message)
 

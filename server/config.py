@@ -24,6 +24,7 @@ from onnx_serving.protos.tensorflow_serving.config.file_system_storage_path_sour
 )
 from onnx_serving.server.errors import ConfigError
 from onnx_serving.server.repository.policy import All, Latest, Specific, VersionPolicy
+from onnx_serving.server.repository.storage import Location, ObjectUrl, location, read_text
 
 PLATFORMS = ("", "onnx", "tensorflow")
 DEFAULT_METRICS_PATH = "/monitoring/prometheus/metrics"
@@ -39,14 +40,14 @@ class RequestLogConfig:
     """A model's ``logging_config``: sampled requests with their responses, as TFRecord
     PredictionLog files named from ``filename_prefix`` (server/request_log.py)."""
 
-    filename_prefix: Path
+    filename_prefix: Location
     sampling_rate: float
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     name: str
-    base_path: Path
+    base_path: Location  # a local folder, or one in an object store
     policy: VersionPolicy = field(default_factory=Latest)
     labels: Mapping[str, int] = field(default_factory=dict)
     request_log: RequestLogConfig | None = None
@@ -56,13 +57,13 @@ def single_model(name: str, base_path: str) -> ModelConfig:
     """The config ``--model_name`` and ``--model_base_path`` describe."""
     if not base_path:
         raise ConfigError("Both server_model_config_file and model_base_path are empty!")
-    return ModelConfig(name=name, base_path=Path(base_path).absolute())
+    return ModelConfig(name=name, base_path=location(base_path).absolute())
 
 
-def read_text_proto(path: Path, message: Message, what: str) -> None:
+def read_text_proto(path: Location, message: Message, what: str) -> None:
     """Fills ``message`` from a protobuf text file; errors name the file and the line."""
     try:
-        text = path.read_text()
+        text = read_text(path)
     except OSError as exc:
         raise ConfigError(f"Cannot read {what} file {path}: {exc}") from exc
     try:
@@ -75,15 +76,25 @@ def read_text_proto(path: Path, message: Message, what: str) -> None:
         ) from exc
 
 
-def read_config_file(path: Path) -> list[ModelConfig]:
+def read_config_file(path: Location) -> list[ModelConfig]:
     """Parses a ModelServerConfig text file; relative base paths are taken from its folder."""
+    return read_config_update(path) or []
+
+
+def read_config_update(path: Location) -> list[ModelConfig] | None:
+    """As ``read_config_file``, but None for a file that sets no config at all (empty, or
+    only comments): TF Serving's ServerCore::ReloadConfig takes no action for it, so a
+    writer that truncates the file before it rewrites it unloads nothing. An explicit
+    empty ``model_config_list {}`` is a config, and serves nothing."""
     message = model_server_config_pb2.ModelServerConfig()
     read_text_proto(path, message, "model config")
+    if message.WhichOneof("config") is None:
+        return None
     return from_proto(message, relative_to=path.parent.absolute())
 
 
 def from_proto(
-    message: model_server_config_pb2.ModelServerConfig, relative_to: Path | None = None
+    message: model_server_config_pb2.ModelServerConfig, relative_to: Location | None = None
 ) -> list[ModelConfig]:
     kind = message.WhichOneof("config")
     if kind == "custom_model_config":
@@ -114,7 +125,7 @@ def from_proto(
 
 
 def _request_log(
-    entry: model_server_config_pb2.ModelConfig, relative_to: Path | None
+    entry: model_server_config_pb2.ModelConfig, relative_to: Location | None
 ) -> RequestLogConfig | None:
     if not entry.HasField("logging_config"):
         return None
@@ -134,8 +145,8 @@ def _request_log(
     rate = config.sampling_config.sampling_rate
     if not 0 <= rate <= 1:
         raise ConfigError(f"Model {entry.name}: sampling_rate {rate} is not between 0 and 1")
-    prefix = Path(collector.filename_prefix)
-    if not prefix.is_absolute() and relative_to is not None:
+    prefix = location(collector.filename_prefix)
+    if isinstance(prefix, Path) and not prefix.is_absolute() and relative_to is not None:
         prefix = relative_to / prefix
     return RequestLogConfig(prefix, rate)
 
@@ -160,11 +171,13 @@ def to_text(configs: list[ModelConfig]) -> str:
     return text_format.MessageToString(message)
 
 
-def _base_path(name: str, raw: str, relative_to: Path | None) -> Path:
+def _base_path(name: str, raw: str, relative_to: Location | None) -> Location:
     if not raw:
         raise ConfigError(f"Model {name} has no base_path")
-    path = Path(raw)
-    if path.is_absolute():
+    if "\0" in raw:  # no file system takes it; refused here, not failed on later
+        raise ConfigError(f"Model {name} has a NUL character in its base_path")
+    path = location(raw)
+    if isinstance(path, ObjectUrl) or path.is_absolute():
         return path
     if relative_to is None:
         raise ConfigError(

@@ -1,13 +1,14 @@
 """Domain errors, each carrying the canonical status code TF Serving answers with.
 
 Every layer raises these; each front end translates them in one place
-(``api/grpc/status.py`` for gRPC). Messages follow TF Serving's wording where
+(``api/grpc/errors.py`` for gRPC). Messages follow TF Serving's wording where
 clients or tests may match on it.
 """
 
 from __future__ import annotations
 
 import enum
+import errno
 
 
 class Code(enum.IntEnum):
@@ -98,6 +99,38 @@ class ModelLoadError(ServingError):
     """A version could not be loaded; kept as that version's status."""
 
     code = Code.UNKNOWN
+
+
+_OS_ERROR_CODES = {
+    errno.ENOENT: Code.NOT_FOUND, errno.ENOTDIR: Code.NOT_FOUND,
+    errno.EACCES: Code.PERMISSION_DENIED, errno.EPERM: Code.PERMISSION_DENIED,
+    errno.EMFILE: Code.RESOURCE_EXHAUSTED, errno.ENFILE: Code.RESOURCE_EXHAUSTED,
+    errno.ENOMEM: Code.RESOURCE_EXHAUSTED,
+}
+
+
+class BasePathUnavailable(ServingError):
+    """A model's base path cannot be listed now; its served versions are kept."""
+
+    def __init__(self, model: str, base_path: object, error: OSError) -> None:
+        super().__init__(
+            f"Cannot list base path {base_path} of model {model}: {error.strerror or error}; "
+            "keeping the versions loaded",
+            _OS_ERROR_CODES.get(error.errno or 0, Code.UNAVAILABLE),
+        )
+
+
+class VersionNotCopied(BasePathUnavailable):
+    """A version in an object store could not be copied to the local cache; what serves
+    is kept, and the next poll tries again (server/repository/storage.py)."""
+
+    def __init__(self, model: str, version_path: object, error: OSError) -> None:
+        ServingError.__init__(
+            self,
+            f"Cannot copy {version_path} of model {model} to the local cache: "
+            f"{error.strerror or error}; keeping the versions loaded",
+            _OS_ERROR_CODES.get(error.errno or 0, Code.UNAVAILABLE),
+        )
 
 
 class ConfigError(ServingError):

@@ -3,9 +3,10 @@
 With ``<version>/assets.extra/tf_serving_warmup_requests`` (a TFRecord of
 PredictionLog, as TF Serving reads it), every record's request is replayed
 ``iterations`` times against the loading version, and any failure fails the
-load. Without one, an optional synthetic warmup runs each signature once on
-zeros shaped from the graph, so the first client does not pay for lazy
-initialization either.
+load. Requests replay through the serving core (``ServingCore.in_hand``), so they
+pass the checks a client's would. Without a file, an optional synthetic warmup
+runs each signature once on zeros shaped from the graph, so the first client
+does not pay for lazy initialization either.
 """
 
 from __future__ import annotations
@@ -19,25 +20,69 @@ from typing import Any
 import numpy as np
 
 from onnx_serving.codec.prediction_log import PredictionLogError, read_prediction_logs
-from onnx_serving.server.api.grpc.examples import (
-    classify_pinned,
-    multi_inference_pinned,
-    regress_pinned,
+from onnx_serving.codec.served_model import MAX_RECORDS, WARMUP_FILE
+from onnx_serving.protos.tensorflow_serving.apis import (
+    classification_pb2,
+    inference_pb2,
+    predict_pb2,
+    regression_pb2,
 )
-from onnx_serving.server.api.grpc.predict import predict_pinned
 from onnx_serving.server.errors import Code, ModelLoadError, ServingError
+from onnx_serving.server.messages.classify import (
+    classification_response,
+    multi_inference_response,
+    regression_response,
+    tasks,
+)
+from onnx_serving.server.messages.input import serialized_examples
+from onnx_serving.server.messages.predict import decoder, response_encoder
 from onnx_serving.server.runtime.model import LoadedModel
+from onnx_serving.server.serving.core import ModelRef, OneVersion, ServingCore
 
 log = logging.getLogger(__name__)
 
-WARMUP_FILE = Path("assets.extra") / "tf_serving_warmup_requests"
-MAX_RECORDS = 1000
-# Each record kind TF Serving replays, and how: the request on the loading version.
-_REPLAY: dict[str, Callable[[LoadedModel, Any, bool], object]] = {
-    "predict_log": lambda model, request, _method_check: predict_pinned(model, request),
-    "classify_log": classify_pinned,
-    "regress_log": regress_pinned,
-    "multi_inference_log": multi_inference_pinned,
+WARMUP = "warmup"  # the entrypoint warmup's requests name (nothing counts them)
+
+
+def _predict(core: ServingCore, request: predict_pb2.PredictRequest) -> object:
+    spec = request.model_spec
+    return core.predict(
+        ModelRef(spec.name), spec.signature_name, decoder(request),
+        response_encoder(tensor_content=False), entrypoint=WARMUP,
+        output_filter=request.output_filter,
+    )
+
+
+def _classify(core: ServingCore, request: classification_pb2.ClassificationRequest) -> object:
+    spec = request.model_spec
+    return core.classify(
+        ModelRef(spec.name), spec.signature_name, serialized_examples(request.input),
+        classification_response, entrypoint=WARMUP,
+    )
+
+
+def _regress(core: ServingCore, request: regression_pb2.RegressionRequest) -> object:
+    spec = request.model_spec
+    return core.regress(
+        ModelRef(spec.name), spec.signature_name, serialized_examples(request.input),
+        regression_response, entrypoint=WARMUP,
+    )
+
+
+def _multi_inference(core: ServingCore, request: inference_pb2.MultiInferenceRequest) -> object:
+    first = request.tasks[0].model_spec.name if request.tasks else ""
+    return core.multi_inference(
+        ModelRef(first), tasks(request), serialized_examples(request.input),
+        multi_inference_response, entrypoint=WARMUP,
+    )
+
+
+# Each record kind TF Serving replays, and how: its request, on the loading version.
+_REPLAY: dict[str, Callable[[ServingCore, Any], object]] = {
+    "predict_log": _predict,
+    "classify_log": _classify,
+    "regress_log": _regress,
+    "multi_inference_log": _multi_inference,
 }
 
 
@@ -47,20 +92,27 @@ class WarmupOptions:
     iterations: int = 1
     synthetic: bool = False
     synthetic_dim: int = 1
-    method_check: bool = False  # --enable_signature_method_name_check
 
 
-def warm_up(model: LoadedModel, version_dir: Path, options: WarmupOptions) -> None:
+def warm_up(
+    model: LoadedModel, version_dir: Path, options: WarmupOptions,
+    core: ServingCore | None = None,
+) -> None:
+    """``model``, loaded from ``version_dir`` and not yet served, warmed up through
+    ``core``'s pipeline (its checks, --enable_signature_method_name_check included), or
+    through a core of the server's defaults when none is given (``onnx-serving convert``
+    checks a converted version so)."""
     if not options.enabled:
         return
     path = version_dir / WARMUP_FILE
     if path.exists():
-        _replay(model, path, max(1, options.iterations), options.method_check)
+        replaying = core.in_hand(model) if core is not None else ServingCore(OneVersion(model))
+        _replay(replaying, path, max(1, options.iterations))
     elif options.synthetic:
         _synthetic(model, version_dir, options.synthetic_dim)
 
 
-def _replay(model: LoadedModel, path: Path, iterations: int, method_check: bool) -> None:
+def _replay(core: ServingCore, path: Path, iterations: int) -> None:
     try:
         records = list(read_prediction_logs(path))
     except (OSError, PredictionLogError) as exc:
@@ -79,7 +131,7 @@ def _replay(model: LoadedModel, path: Path, iterations: int, method_check: bool)
         request = getattr(record, kind).request  # type: ignore[arg-type]
         for _ in range(iterations):
             try:
-                replay(model, request, method_check)
+                replay(core, request)
             except ServingError as exc:
                 raise ModelLoadError(
                     f"warmup record {index} of {path} failed: {exc.message}", exc.code

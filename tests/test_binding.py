@@ -14,7 +14,7 @@ from onnx_serving.server.errors import InvalidArgument
 from onnx_serving.server.runtime.config import Provider
 from tests.concurrency import run_concurrently
 from tests.models import _model, add_constant, identity
-from tests.test_runtime_config import HAS_CUDA, session, write_model
+from tests.test_runtime_config import CUDA_RUNS, session, write_model
 
 
 def nonzero() -> object:
@@ -139,7 +139,7 @@ def test_an_input_left_out_takes_its_default_again(tmp_path: Path) -> None:
     assert outputs(bound, {"x": x}, ["y"])[0].tolist() == [101.0]
 
 
-@pytest.mark.skipif(not HAS_CUDA, reason="needs onnxruntime-gpu and a GPU")
+@pytest.mark.skipif(not CUDA_RUNS, reason="needs onnxruntime-gpu, a GPU and its libraries")
 def test_cuda_with_io_binding(tmp_path: Path) -> None:  # pragma: no cover - GPU machines
     path = write_model(tmp_path / "1")
     providers = (Provider("CUDAExecutionProvider"), Provider("CPUExecutionProvider"))

@@ -286,8 +286,8 @@ def test_an_input_kind_this_server_does_not_know_is_empty(prediction):
 
 
 def test_json_examples_become_tensorflows_examples():
-    from onnx_serving.server.api.grpc.examples import serialized_examples
     from onnx_serving.server.api.rest.classify_request import read_examples
+    from onnx_serving.server.messages.input import serialized_examples
 
     document = {
         "context": {"country": "pt", "weights": [0.5, 1e40]},

@@ -13,7 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnx_serving.server.errors import InvalidArgument
 from onnx_serving.server.runtime.config import RuntimeConfig
-from onnx_serving.server.runtime.examples import read_parse_spec
+from onnx_serving.server.runtime.example_parse import read_parse_spec
 from onnx_serving.server.runtime.model import load
 
 # feature key → (TensorFlow's feature config, its signatures.json entry)

@@ -1,8 +1,10 @@
-"""The manager's decisions with a fake loader: orders, retries, labels, pinning."""
+"""The manager's decisions: the transition table, then the manager with a fake loader
+(orders, retries, labels, pinning, holds, staged base paths)."""
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -12,20 +14,69 @@ import pytest
 
 from onnx_serving.server.config import ModelConfig
 from onnx_serving.server.errors import (
+    BasePathUnavailable,
     FailedPrecondition,
     InvalidArgument,
     ModelLoadError,
     ServableNotFound,
 )
-from onnx_serving.server.repository.manager import (
-    LoadOptions,
-    ModelManager,
+from onnx_serving.server.repository.manager import LoadOptions, ModelManager
+from onnx_serving.server.repository.source import SettleFilter, VersionDir
+from onnx_serving.server.repository.transitions import (
+    Action,
     State,
     Transition,
+    VersionView,
+    next_actions,
 )
-from onnx_serving.server.repository.source import SettleFilter, VersionDir
 
 NAME = "m"
+BASE = Path("/base")
+
+
+A, L, U, E = State.AVAILABLE, State.LOADING, State.UNLOADING, State.END
+KEEP, SAVE = Transition.AVAILABILITY_PRESERVING, Transition.RESOURCE_PRESERVING
+
+
+def view(version: int, state: State | None, aspired: bool, **flags: bool) -> VersionView:
+    return VersionView(version, state, aspired, **flags)
+
+
+@pytest.mark.parametrize(
+    ("snapshot", "transition", "actions"),
+    [
+        # A new version loads beside the old one, which goes once the new one is available.
+        ([view(1, A, False), view(2, None, True)], KEEP, [(Action.LOAD, 2)]),
+        ([view(1, A, False), view(2, L, True, busy=True)], KEEP, []),
+        ([view(1, A, False), view(2, A, True)], KEEP, [(Action.UNLOAD, 1)]),
+        # A failed new version never takes the old one down.
+        ([view(1, A, False), view(2, E, True, failed=True)], KEEP, []),
+        # A reload holds what serves until its labels moved: {1,2} canary 2 -> {1,3}.
+        ([view(1, A, True), view(2, A, False, held=True), view(3, None, True)], KEEP,
+         [(Action.LOAD, 3)]),
+        ([view(1, A, True), view(2, A, False, held=True), view(3, A, True)], KEEP, []),
+        ([view(1, A, True), view(2, A, False), view(3, A, True)], KEEP, [(Action.UNLOAD, 2)]),
+        # Resource preserving: unload first, load once the memory is free; holds do not count.
+        ([view(1, A, False, held=True), view(2, None, True)], SAVE, [(Action.UNLOAD, 1)]),
+        ([view(1, U, False, busy=True), view(2, None, True)], SAVE, []),
+        ([view(1, E, False), view(2, None, True)], SAVE, [(Action.LOAD, 2)]),
+        # Nothing wanted: everything goes, either way.
+        ([view(1, A, False), view(2, A, False)], KEEP, [(Action.UNLOAD, 1), (Action.UNLOAD, 2)]),
+        # Retries: due ones load again; one no longer wanted is abandoned.
+        ([view(1, L, True, retry_due=True)], KEEP, [(Action.LOAD, 1)]),
+        ([view(1, L, True)], KEEP, []),
+        ([view(1, L, False), view(2, A, True)], KEEP, [(Action.ABANDON, 1)]),
+        # Unloaded and wanted again (even while it was unloading): loads again; a failed
+        # one does not (a fixed copy starts afresh, in the manager).
+        ([view(1, A, True), view(2, E, True)], KEEP, [(Action.LOAD, 2)]),
+        ([view(1, A, True), view(2, E, True, failed=True)], KEEP, []),
+        # Highest first.
+        ([view(1, None, True), view(3, None, True), view(2, None, True)], KEEP,
+         [(Action.LOAD, 3), (Action.LOAD, 2), (Action.LOAD, 1)]),
+    ],
+)
+def test_transition_table(snapshot, transition, actions) -> None:
+    assert next_actions(snapshot, transition) == actions
 
 
 class FakeLoader:
@@ -55,8 +106,8 @@ class Servable:
         self._live.discard(self.name)
 
 
-def versions(*numbers: int, tag: str = "") -> dict[int, VersionDir]:
-    return {v: VersionDir(v, Path(str(v)), ((tag, 0, 0),)) for v in numbers}
+def versions(*numbers: int, tag: str = "", base: Path = BASE) -> dict[int, VersionDir]:
+    return {v: VersionDir(v, base / str(v), ((tag, 0, 0),)) for v in numbers}
 
 
 def wait_for(condition, timeout: float = 5.0) -> None:
@@ -86,7 +137,7 @@ def make(loader: FakeLoader, **options: object) -> Iterator[ModelManager[Servabl
     manager: ModelManager[Servable] = ModelManager(
         loader, LoadOptions(**{"retry_interval": 0.05, **options})  # type: ignore[arg-type]
     )
-    manager.set_models([ModelConfig(NAME, Path("/base"))])
+    manager.set_models([ModelConfig(NAME, BASE)])
     yield manager
     manager.close()
 
@@ -139,6 +190,17 @@ def test_a_fixed_copy_of_a_failed_version_is_picked_up(loader) -> None:
         assert loader.calls == ["1"]
         manager.aspire(NAME, versions(1, tag="fixed"))
         wait_for(lambda: states(manager) == {1: State.AVAILABLE})
+
+
+def test_a_version_wanted_back_while_it_unloads_loads_again(manager, loader) -> None:
+    manager.aspire(NAME, versions(1, 2))
+    wait_for(lambda: states(manager) == {1: State.AVAILABLE, 2: State.AVAILABLE})
+    with manager.acquire(NAME, version=2):  # keeps 2 UNLOADING
+        manager.aspire(NAME, versions(1))
+        wait_for(lambda: states(manager)[2] == State.UNLOADING)
+        manager.aspire(NAME, versions(1, 2))
+    assert manager.wait_settled([NAME], timeout=5) == {}
+    assert states(manager) == {1: State.AVAILABLE, 2: State.AVAILABLE}
 
 
 def test_rollback_reloads_an_unloaded_version(manager, loader) -> None:
@@ -223,13 +285,100 @@ def test_wait_settled_reports_what_did_not_load(loader) -> None:
 def test_settle_filter_waits_for_files_to_stop_changing() -> None:
     settle = SettleFilter()
     one = versions(1, tag="a")
-    assert settle.settled(NAME, one) == one  # a model's first scan is taken as it is
+    assert settle.settled(NAME, BASE, one) == one  # a model's first scan is taken as it is
     growing = {**one, **versions(2, tag="part")}
-    assert settle.settled(NAME, growing) == one
-    assert settle.settled(NAME, {**one, **versions(2, tag="more")}) == one
+    assert settle.settled(NAME, BASE, growing) == one
+    assert settle.settled(NAME, BASE, {**one, **versions(2, tag="more")}) == one
     done = {**one, **versions(2, tag="more")}
-    assert settle.settled(NAME, done) == done
+    assert settle.settled(NAME, BASE, done) == done
     # A served version being touched keeps its last settled files.
     touched = {**versions(1, tag="touched"), **versions(2, tag="more")}
-    assert settle.settled(NAME, touched) == done
-    assert settle.settled(NAME, touched) == touched
+    assert settle.settled(NAME, BASE, touched) == done
+    assert settle.settled(NAME, BASE, touched) == touched
+    # Moved to another base path: its first scan is taken as it is; moved back, the
+    # versions there are still known.
+    other = versions(1, tag="b", base=Path("/other"))
+    assert settle.settled(NAME, Path("/other"), other) == other
+    assert settle.settled(NAME, BASE, touched) == touched
+
+
+def test_a_reload_holds_what_serves_until_its_labels_moved(manager, loader) -> None:
+    """{1, 2} canary 2 -> {1, 3} canary 3: 2 answers (and "latest" stays 2) until 3 is
+    available and the label moved; only then does 2 go."""
+    manager.aspire(NAME, versions(1, 2))
+    wait_for(lambda: states(manager) == {1: State.AVAILABLE, 2: State.AVAILABLE})
+    manager.set_labels(NAME, {"canary": 2}, False)
+    loader.gate["3"] = threading.Event()
+    with manager.holding([NAME]):
+        manager.aspire(NAME, versions(1, 3))
+        wait_for(lambda: states(manager).get(3) == State.LOADING)
+        assert serving(manager) == "2"
+        loader.gate["3"].set()
+        wait_for(lambda: states(manager)[3] == State.AVAILABLE)
+        assert states(manager)[2] == State.AVAILABLE  # held
+        with manager.acquire(NAME, label="canary") as (version, _):
+            assert version == 2
+        assert manager.set_labels(NAME, {"canary": 3}, False) == []
+    wait_for(lambda: states(manager)[2] == State.END)
+    assert serving(manager) == "3"
+
+
+def test_a_base_path_that_cannot_be_listed_changes_nothing(manager) -> None:
+    manager.aspire(NAME, versions(1))
+    wait_for(lambda: serving(manager) == "1")
+    error = BasePathUnavailable(NAME, BASE, FileNotFoundError(2, "No such file or directory"))
+    manager.cannot_list(NAME, error)
+    [status] = manager.statuses(NAME)
+    assert (status.state, status.error) == (State.AVAILABLE, error)
+    assert serving(manager) == "1"
+    manager.aspire(NAME, versions(1))
+    assert manager.statuses(NAME)[0].error is None
+
+
+def test_a_changed_base_path_is_staged_then_promoted_or_dropped(manager, loader) -> None:
+    """The same version number from a new base path loads beside the one that serves."""
+    manager.aspire(NAME, versions(1))
+    wait_for(lambda: serving(manager) == "1")
+    moved = Path("/moved")
+    loader.fail.add("1")  # /moved/1 is corrupt
+    manager.set_models([ModelConfig(NAME, moved)])
+    manager.aspire(NAME, versions(1, base=moved))
+    assert "cannot load 1" in manager.wait_settled([NAME], timeout=5)[NAME]
+    assert serving(manager) == "1" and states(manager) == {1: State.AVAILABLE}
+    manager.set_models([ModelConfig(NAME, BASE)])  # refused: dropped
+    assert serving(manager) == "1"
+
+    loader.fail.clear()
+    manager.set_models([ModelConfig(NAME, moved)])
+    manager.aspire(NAME, versions(1, base=moved))
+    assert manager.wait_settled([NAME], timeout=5) == {}
+    with manager.acquire(NAME) as (_, before):
+        manager.promote(NAME, {"stable": 1})
+        with manager.acquire(NAME, label="stable") as (_, after):
+            assert after is not before  # new requests get the new copy at once
+    wait_for(lambda: len(loader.live) == 1)
+
+
+def test_a_model_removed_and_added_again_stays(manager, loader) -> None:
+    manager.aspire(NAME, versions(1))
+    wait_for(lambda: serving(manager) == "1")
+    with manager.acquire(NAME):
+        manager.set_models([])
+        manager.set_models([ModelConfig(NAME, BASE)])  # while the old one still unloads
+        manager.aspire(NAME, versions(1))
+    wait_for(lambda: serving(manager) == "1")
+    time.sleep(0.1)
+    assert manager.model_names() == [NAME] and serving(manager) == "1"
+
+
+def test_a_failed_version_no_longer_wanted_ends_with_a_log_line(loader, caplog) -> None:
+    with make(loader, max_retries=3, retry_interval=60.0) as manager:
+        loader.fail.add("1")
+        manager.aspire(NAME, versions(1))
+        manager.wait_settled([NAME], timeout=5)
+        assert states(manager) == {1: State.LOADING}
+        with caplog.at_level(logging.INFO):
+            manager.aspire(NAME, {})  # deleted from disk while waiting to retry
+        assert states(manager) == {1: State.END}
+        assert "Version {name: m version: 1} failed to load and is no longer wanted" \
+            in caplog.text

@@ -109,7 +109,8 @@ def test_manifest_is_valid(name: str, document: dict[str, Any]) -> None:
 def test_every_kind_is_there() -> None:
     kinds = sorted(document["kind"] for _, document in DOCUMENTS)
     assert kinds == ["ClusterServingRuntime", "ConfigMap", "Deployment",
-                     "HorizontalPodAutoscaler", "InferenceService", "Service", "ServingRuntime"]
+                     "HorizontalPodAutoscaler", "InferenceService", "InferenceService",
+                     "Service", "ServingRuntime"]
 
 
 def runtime(kind: str = "ServingRuntime") -> dict[str, Any]:
@@ -132,8 +133,9 @@ def test_a_mistake_is_caught() -> None:
 
 
 def test_protocols_are_kserves() -> None:
-    isvc = runtime("InferenceService")["spec"]["predictor"]["model"]
-    assert isvc["protocolVersion"] in KSERVE_PROTOCOLS
+    asked = {d["spec"]["predictor"]["model"]["protocolVersion"]
+             for _, d in DOCUMENTS if d["kind"] == "InferenceService"}
+    assert asked == {"grpc-v1", "v2"}  # TF Serving's protocol, and the Open Inference one
     for kind in ("ServingRuntime", "ClusterServingRuntime"):
         assert set(runtime(kind)["spec"]["protocolVersions"]) <= KSERVE_PROTOCOLS
 
@@ -142,7 +144,7 @@ def test_runtime_is_kserves_tf_serving_runtime_for_onnx() -> None:
     for kind in ("ServingRuntime", "ClusterServingRuntime"):
         spec = runtime(kind)["spec"]
         assert [f["name"] for f in spec["supportedModelFormats"]] == ["onnx"]
-        assert set(spec["protocolVersions"]) == {"grpc-v1", "v1"}
+        assert set(spec["protocolVersions"]) == {"grpc-v1", "v1", "grpc-v2", "v2"}
         container = spec["containers"][0]
         assert container["args"][:len(KSERVE_TF_ARGS)] == KSERVE_TF_ARGS
         security = container["securityContext"]
@@ -185,7 +187,7 @@ def test_grace_period_covers_the_shutdown_delay_and_the_drain() -> None:
             pods.append((runtime()["spec"]["containers"][0]["args"], grace))
         elif document["kind"].endswith("ServingRuntime"):
             pods.append((document["spec"]["containers"][0]["args"], DEFAULT_GRACE_S))
-    assert len(pods) == 4
+    assert len(pods) == 5
     for args, grace in pods:
         delay = int(flag(args, "shutdown_delay_seconds") or 0)
         assert delay > 0, args

@@ -13,8 +13,9 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor, FileDescript
 from onnx_serving.protos import generate
 from onnx_serving.protos._pool import POOL
 
-# Every message file we ship, paired with tensorflow-serving-api's module of the same file.
-OUR_FILES = [str(p) for p in generate.proto_files()]
+# Every TF Serving message file we ship, paired with tensorflow-serving-api's module of the
+# same file (the Open Inference Protocol's, under inference/, is vendored as published).
+OUR_FILES = [str(p) for p in generate.proto_files() if p.parts[0] != "inference"]
 
 # Fields TF declares that ours leave undeclared on purpose (they still parse as unknown fields).
 OMITTED = {

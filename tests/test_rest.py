@@ -33,10 +33,11 @@ from onnx_serving.server.api.rest.http_status import HTTP_STATUS
 from onnx_serving.server.api.rest.predict_response import columnar_json, row_json
 from onnx_serving.server.api.rest.rapidjson_compat import debug_string, double_text
 from onnx_serving.server.api.rest.server import RestServer
-from onnx_serving.server.api.rest.tensor_text import element_texts, tensor_json
+from onnx_serving.server.api.rest.tensor_to_json import element_texts, tensor_json
 from onnx_serving.server.errors import Code, ConfigError, InvalidArgument
 from onnx_serving.server.metrics import Metrics
 from onnx_serving.server.repository.manager import ModelManager
+from onnx_serving.server.serving.core import ServingCore
 from tests.models import EXAMPLES
 from tests.server_process import ServerProcess, free_port
 
@@ -317,7 +318,8 @@ def test_other_unsupported_calls(rest: str) -> None:
 
 
 def test_paths_outside_v1_are_plain_404s(rest: str) -> None:
-    for path in ("/", "/v2/models/half_plus_two", "/monitoring/prometheus/metrics", "/v1"):
+    """/v2/ is the Open Inference Protocol's (tests/test_oip.py); other paths are TF's 404."""
+    for path in ("/", "/v3/models/half_plus_two", "/monitoring/prometheus/metrics", "/v1"):
         response = call(rest, "GET", path)
         assert response.status_code == 404
         assert "404 Not Found" in response.text
@@ -759,7 +761,8 @@ def test_busy_port_is_a_config_error() -> None:
         holder.bind(("0.0.0.0", 0))
         holder.listen()
         port = holder.getsockname()[1]
-        server = RestServer(manager, port=port, threads=1, timeout_ms=0, metrics=Metrics())
+        server = RestServer(ServingCore(manager), port=port, threads=1, timeout_ms=0,
+                            metrics=Metrics())
         with pytest.raises(ConfigError, match=f"Cannot listen on 0.0.0.0:{port}"):
             server.start()
     manager.close()
@@ -768,7 +771,8 @@ def test_busy_port_is_a_config_error() -> None:
 def test_start_answers_and_stop_frees_the_port() -> None:
     manager: ModelManager[Any] = ModelManager(lambda path: path)
     port = free_port()
-    server = RestServer(manager, port=port, threads=2, timeout_ms=1000, metrics=Metrics())
+    server = RestServer(ServingCore(manager), port=port, threads=2, timeout_ms=1000,
+                        metrics=Metrics())
     server.start()
     try:
         response = requests.get(f"http://127.0.0.1:{port}/v1/models/x", timeout=TIMEOUT)

@@ -17,12 +17,32 @@ from onnx_serving.server.errors import ConfigError, ModelLoadError
 from onnx_serving.server.runtime import config as runtime_config
 from onnx_serving.server.runtime.config import Provider, RuntimeConfig
 from onnx_serving.server.runtime.graph import read_graph
+from onnx_serving.server.runtime.ort_errors import ORT_ERRORS
 from onnx_serving.server.runtime.session import OnnxSession, _provider_options, _session_options
 from onnx_serving.server.runtime.threads import choose
 from tests.models import add_constant
 from tests.server_process import ServerProcess
 
+# Compiled in: onnxruntime-gpu is installed (it lists CUDA with or without a device).
 HAS_CUDA = "CUDAExecutionProvider" in ort.get_available_providers()
+
+
+def cuda_runs() -> bool:
+    """A CUDA session really runs here: the build has it and a device and its libraries
+    load (ONNX Runtime otherwise falls back to the CPU with only a warning)."""
+    if not HAS_CUDA:
+        return False
+    model = add_constant(1.0).SerializeToString()
+    options = ort.SessionOptions()
+    options.log_severity_level = 4
+    try:
+        made = ort.InferenceSession(model, options, providers=["CUDAExecutionProvider"])
+    except ORT_ERRORS:  # refused: no usable CUDA here, which is all this asks
+        return False
+    return "CUDAExecutionProvider" in made.get_providers()
+
+
+CUDA_RUNS = cuda_runs()
 
 
 def write_model(version_dir: Path, model=None, runtime: dict | None = None) -> Path:

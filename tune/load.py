@@ -17,7 +17,9 @@ import grpc
 import numpy as np
 
 from onnx_serving.client import Client, make_tensor_proto
+from onnx_serving.codec.model_spec import fill_spec
 from onnx_serving.codec.prediction_log import read_prediction_logs
+from onnx_serving.codec.served_model import signature_key
 from onnx_serving.codec.tensors import numpy_dtype
 from onnx_serving.protos.tensorflow_serving.apis import predict_pb2
 
@@ -31,12 +33,11 @@ def generated(address: str, model: str, signature: str = "", batch: int = 1) -> 
     the batch dimension: ``batch``)."""
     with Client(address) as client:
         signatures = client.metadata(model)
-    name = signature or "serving_default"
+    name = signature_key(signature)
     if name not in signatures:
         raise ValueError(f"model {model} has no signature {name!r}; it has {sorted(signatures)}")
     request = predict_pb2.PredictRequest()
-    request.model_spec.name = model
-    request.model_spec.signature_name = signature
+    fill_spec(request.model_spec, model, signature=signature)
     rng = np.random.default_rng(0)
     for alias, info in signatures[name].inputs.items():
         dims = [d.size for d in info.tensor_shape.dim]

@@ -7,14 +7,18 @@ config that adds version 2 and labels it canary succeeds in one step when
 version 2 loads (TF Serving needs two reloads, or
 --allow_version_labels_for_unavailable_models, for that).
 
-A reload is atomic, unlike TF Serving's. The whole new config is checked
-before anything changes (every label names a version that serves now or that
-the new config loads; every new or changed model has a version on disk). Then
-the new versions load while removed models keep serving; only when every
-changed model is available and every label can be assigned are removed
-models dropped and labels set. A reload refused at any step leaves the
-previous config in force (versions it had started to replace keep serving,
-under availability_preserving) and names why.
+A reload is atomic, unlike TF Serving's (docs/lifecycle.md, "What a reload
+guarantees"). The whole new config is checked before anything changes (every
+label names a version the new config serves; every new or changed model has
+a listable base path with a version on disk). Then the new versions load
+while everything that serves keeps serving: removed models, and the versions
+of changed models (held, under availability_preserving, so that "latest"
+never steps back and no label names a version that is gone); a model moved
+to another base path loads there beside the old one. Only when every changed
+model has a wanted version available and every label can be assigned do
+moved models switch, labels move, and dropped versions and removed models
+unload. A reload refused at any step leaves the previous config in force and
+names why.
 """
 
 from __future__ import annotations
@@ -25,7 +29,12 @@ from collections.abc import Callable
 from typing import Any
 
 from onnx_serving.server.config import ModelConfig
-from onnx_serving.server.errors import Code, FailedPrecondition, ServingError
+from onnx_serving.server.errors import (
+    BasePathUnavailable,
+    Code,
+    FailedPrecondition,
+    ServingError,
+)
 from onnx_serving.server.repository.manager import ModelManager
 from onnx_serving.server.repository.poller import Poller
 from onnx_serving.server.repository.source import scan_versions
@@ -67,8 +76,7 @@ class RepositoryCore:
             label_errors += self._manager.set_labels(
                 config.name, config.labels, self._allow_unavailable_labels, skip_invalid=True
             )
-        self.configs = configs
-        self._on_applied(configs)
+        self._in_force(configs, configs)
         _raise_first(unavailable, label_errors)
 
     def _reload(self, configs: list[ModelConfig], timeout: float | None) -> None:
@@ -76,20 +84,36 @@ class RepositoryCore:
         changed = [c for c in configs if before.get(c.name) != c]
         self._check(configs, changed)
         kept = [c for name, c in before.items() if name not in {n.name for n in configs}]
-        self._set(configs + kept)  # removed models serve until the new config is in force
-        unavailable = self._manager.wait_settled([c.name for c in changed], timeout)
-        label_errors = [
-            e.error for c in configs
-            for e in self._manager.label_errors(c.name, c.labels, self._allow_unavailable_labels)
-        ]
-        if unavailable or label_errors:
-            log.error("Reload refused; the previous config stays in force")
-            self._set(self.configs)
-            _raise_first(unavailable, label_errors)
-        self._set(configs)
-        for config in configs:
-            self._manager.set_labels(config.name, config.labels, self._allow_unavailable_labels)
+        # Until the new config is in force, removed models serve, and so do the versions
+        # of changed models that serve now (their labels still name them).
+        with self._manager.holding(c.name for c in changed):
+            self._set(configs + kept)
+            unavailable = self._manager.wait_settled([c.name for c in changed], timeout)
+            label_errors = [
+                e.error for c in configs
+                for e in self._manager.label_errors(c.name, c.labels,
+                                                    self._allow_unavailable_labels)
+            ]
+            if unavailable or label_errors:
+                log.error("Reload refused; the previous config stays in force")
+                self._set(self.configs)
+                _raise_first(unavailable, label_errors)
+            for config in changed:
+                self._manager.promote(config.name, config.labels)
+            self._set(configs)
+            for config in configs:
+                self._manager.set_labels(config.name, config.labels,
+                                         self._allow_unavailable_labels)
+            self._in_force(configs, changed)
+
+    def _in_force(self, configs: list[ModelConfig], changed: list[ModelConfig]) -> None:
+        """Logs what the changed models now serve, and tells ``on_applied``."""
         self.configs = configs
+        for config in changed:
+            labels = ", ".join(f"{k}: {v}" for k, v in sorted(self._manager.labels(config.name)
+                                                              .items()))
+            log.info("Model %s now serves versions %s with labels {%s}", config.name,
+                     self._manager.serving_versions(config.name), labels)
         self._on_applied(configs)
 
     def _check(self, configs: list[ModelConfig], changed: list[ModelConfig]) -> None:
@@ -97,14 +121,18 @@ class RepositoryCore:
         coming: dict[str, set[int]] = {}
         missing: dict[str, str] = {}
         for config in changed:
-            coming[config.name] = config.policy.select(scan_versions(config.name,
-                                                                     config.base_path))
+            try:
+                found = scan_versions(config.name, config.base_path)
+            except BasePathUnavailable as exc:
+                missing[config.name] = exc.message
+                continue
+            coming[config.name] = config.policy.select(found)
             if not coming[config.name]:
                 missing[config.name] = f"no version found under {config.base_path}"
         errors = [
             e.error for c in configs
             for e in self._manager.label_errors(
-                c.name, c.labels, self._allow_unavailable_labels, coming.get(c.name, ())
+                c.name, c.labels, self._allow_unavailable_labels, coming.get(c.name)
             )
         ]
         _raise_first(missing, errors)

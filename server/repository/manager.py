@@ -5,14 +5,15 @@ version is loaded (that is the injected ``loader``) or where versions come
 from (a source calls ``aspire`` with the complete list it wants served, as
 TF Serving's sources do; omission means "unload").
 
-Loads and unloads run on worker threads, never on a request's. The
-transition policy decides their order:
+Loads and unloads run on worker threads, never on a request's; which are
+due is decided by ``transitions.next_actions`` (the transition policy) over a
+snapshot of a model's versions. A reload may hold the versions that serve now
+(``holding``) so that they go only once it has moved its labels.
 
-- availability preserving (the default, as TF Serving): a new version is
-  loaded, warmed and AVAILABLE before an old one goes, and an old version
-  keeps serving while no wanted version is available (a failed new version
-  never takes the model down);
-- resource preserving: old versions go first, so memory never holds two.
+A model whose base path a reload changes is staged: a second model of the
+same name, loaded from the new path while the old one answers every request,
+and swapped in by ``promote`` (or dropped when the reload is refused). Version
+numbers may repeat between the two paths.
 
 Requests hold a version through ``acquire``; an unload waits until the
 requests in flight on that version have finished, then drops it.
@@ -22,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import enum
 import gc
 import logging
 import threading
@@ -43,25 +43,17 @@ from onnx_serving.server.errors import (
     ServingError,
 )
 from onnx_serving.server.repository.source import Fingerprint, VersionDir
+from onnx_serving.server.repository.transitions import (
+    Action,
+    State,
+    Transition,
+    VersionView,
+    next_actions,
+)
 
 log = logging.getLogger(__name__)
 
 S = TypeVar("S")
-
-
-class State(enum.IntEnum):
-    """TF Serving's ModelVersionStatus.State, with its numbers."""
-
-    START = 10
-    LOADING = 20
-    AVAILABLE = 30
-    UNLOADING = 40
-    END = 50
-
-
-class Transition(enum.Enum):
-    AVAILABILITY_PRESERVING = "availability_preserving"
-    RESOURCE_PRESERVING = "resource_preserving"
 
 
 @dataclass(frozen=True)
@@ -105,9 +97,15 @@ class _Model(Generic[S]):
     aspired: dict[int, VersionDir] = field(default_factory=dict)
     versions: dict[int, _Version[S]] = field(default_factory=dict)
     removed: bool = False
+    held: frozenset[int] = frozenset()  # not unloaded until a reload is in force
+    source_error: ServingError | None = None  # why its base path cannot be listed now
 
     def available(self) -> list[int]:
         return [v for v, s in self.versions.items() if s.state is State.AVAILABLE]
+
+    def serving(self) -> list[int]:
+        """The available versions it is meant to serve (aspired), lowest first."""
+        return sorted(v for v in self.available() if v in self.aspired)
 
 
 @dataclass(frozen=True)
@@ -149,6 +147,7 @@ class ModelManager(Generic[S]):
         # not wake everything that waits on the lock (the retry ticker, start-up waits).
         self._drained = threading.Condition(lock)
         self._models: dict[str, _Model[S]] = {}
+        self._staged: dict[str, _Model[S]] = {}  # loading from a changed base path
         self._loads = ThreadPoolExecutor(max(1, self._options.load_threads), "load")
         self._unloads = ThreadPoolExecutor(max(1, self._options.unload_threads), "unload")
         self._closed = False
@@ -158,10 +157,16 @@ class ModelManager(Generic[S]):
     # -- what should be served ---------------------------------------------------
 
     def set_models(self, configs: Iterable[ModelConfig]) -> None:
-        """Replaces the model set: new models start empty, absent ones are unloaded."""
+        """Replaces the model set: new models start empty, absent ones are unloaded, and
+        one whose base path changed is staged beside the one that serves (``promote``)."""
         configs = list(configs)
         with self._lock:
-            wanted = {c.name for c in configs}
+            wanted = {c.name: c for c in configs}
+            for name, staged in list(self._staged.items()):
+                config = wanted.get(name)
+                if config is None or config.base_path != staged.config.base_path \
+                        or config.base_path == self._models[name].config.base_path:
+                    self._retire(self._staged.pop(name))
             for name, model in self._models.items():
                 if name not in wanted:
                     model.removed = True
@@ -171,23 +176,80 @@ class ModelManager(Generic[S]):
                 current = self._models.get(config.name)
                 if current is None or current.removed:
                     self._models[config.name] = _Model(replace(config, labels={}))
+                elif current.config.base_path != config.base_path:
+                    staged = self._staged.setdefault(config.name, _Model(config))
+                    staged.config = replace(config, labels={})
                 else:
                     current.config = replace(config, labels=current.config.labels)
             self._reconcile_all()
 
+    def promote(self, name: str, labels: Mapping[str, int]) -> None:
+        """A staged model (loaded from its new base path), with the labels given, replaces
+        the one that served: requests go to it from now, and the old one's versions unload
+        once done. Labels are not checked: ``label_errors`` was asked first."""
+        with self._lock:
+            staged = self._staged.pop(name, None)
+            if staged is not None:
+                staged.config = replace(staged.config, labels=labels)
+                self._retire(self._models[name])
+                self._models[name] = staged
+
+    def _retire(self, model: _Model[S]) -> None:
+        model.removed, model.aspired, model.held = True, {}, frozenset()
+        self._reconcile(model)
+
+    @contextlib.contextmanager
+    def holding(self, names: Iterable[str]) -> Iterator[None]:
+        """Keeps the versions of these models available now from unloading until the block
+        ends (availability preserving only): a reload's new versions load beside them, and
+        its labels move, before they go. Requests naming no version never see an older
+        version on the way, nor a label a version that is gone."""
+        names = list(names)
+        with self._lock:
+            for name in names:
+                if (model := self._models.get(name)) is not None:
+                    model.held = frozenset(model.available())
+        try:
+            yield
+        finally:
+            with self._lock:
+                for name in names:
+                    if (model := self._models.get(name)) is not None:
+                        model.held = frozenset()
+                        self._reconcile(model)
+
+    def _target(self, name: str) -> _Model[S] | None:
+        """The model a source and a reload work on: the staged one, if any."""
+        model = self._staged.get(name) or self._models.get(name)
+        return model if model is not None and not model.removed else None
+
+    def cannot_list(self, name: str, error: ServingError) -> None:
+        """The source could not list the model's base path: nothing changes (a base path
+        that is gone for a moment must not unload what serves, as TF Serving's
+        file_system_storage_path_source.cc ensures), and GetModelStatus says why."""
+        with self._lock:
+            model = self._target(name)
+            if model is None:
+                return
+            if model.source_error is None or model.source_error.message != error.message:
+                log.error("%s", error.message)
+            model.source_error = error
+
     def aspire(self, name: str, versions: Mapping[int, VersionDir]) -> None:
         """The complete set of versions the source wants served for one model."""
         with self._lock:
-            model = self._models.get(name)
-            if model is None or model.removed:
+            model = self._target(name)
+            if model is None:
                 return
+            if model.source_error is not None:
+                log.info("Base path %s of model %s can be listed again",
+                         model.config.base_path, name)
+                model.source_error = None
             for version, found in versions.items():
                 known = model.versions.get(version)
-                if known is None or known.state is not State.END or known.busy:
-                    continue
-                # An unloaded version wanted again (a rollback), or a failed one whose
-                # files changed (a fixed copy), starts afresh.
-                if known.error is None or known.fingerprint != found.fingerprint:
+                # A failed version whose files changed (a fixed copy) starts afresh.
+                if known is not None and known.state is State.END and not known.busy \
+                        and known.error is not None and known.fingerprint != found.fingerprint:
                     del model.versions[version]
             model.aspired = dict(versions)
             self._reconcile(model)
@@ -219,16 +281,18 @@ class ModelManager(Generic[S]):
 
     def label_errors(
         self, name: str, labels: Mapping[str, int], allow_unavailable: bool,
-        coming: Iterable[int] = (),
+        coming: Iterable[int] | None = None,
     ) -> list[LabelError]:
-        """The labels TF Serving's rule refuses, changing nothing; versions in ``coming``
-        count as available (a reload checks labels before loading what it adds)."""
+        """The labels TF Serving's rule refuses, changing nothing. A label must name a
+        version the model serves and means to keep (available and aspired), or one in
+        ``coming`` when given (a reload checks labels before loading what it adds)."""
         with self._lock:
             model = self._models.get(name)
             live = model is not None and not model.removed
-            available = set(model.available()) if model is not None and live else set()
             current = model.config.labels if model is not None and live else {}
-            available.update(coming)
+            target = self._target(name)
+            available = set(coming) if coming is not None else set(
+                target.serving() if target is not None else ())
             return [
                 LabelError(label, FailedPrecondition(
                     f"Request to assign label to version {version} of model {name}, "
@@ -281,6 +345,8 @@ class ModelManager(Generic[S]):
         with self._lock:
             model = self._models.get(name)
             statuses = {v: s.status() for v, s in model.versions.items()} if model else {}
+            if model is not None and (problem := model.source_error) is not None:
+                statuses = {v: replace(s, error=s.error or problem) for v, s in statuses.items()}
         if version is not None:
             if version not in statuses:
                 raise NotFound(f"Could not find version {version} of model {name}")
@@ -288,6 +354,17 @@ class ModelManager(Generic[S]):
         if not statuses:
             raise NotFound(f"Could not find any versions of model {name}")
         return [statuses[v] for v in sorted(statuses, reverse=True)]
+
+    def labels(self, name: str) -> dict[str, int]:
+        with self._lock:
+            model = self._models.get(name)
+            return dict(model.config.labels) if model is not None and not model.removed else {}
+
+    def serving_versions(self, name: str) -> list[int]:
+        """The versions a model serves and is meant to, lowest first (for the log)."""
+        with self._lock:
+            model = self._models.get(name)
+            return model.serving() if model is not None and not model.removed else []
 
     def model_names(self) -> list[str]:
         with self._lock:
@@ -332,7 +409,7 @@ class ModelManager(Generic[S]):
             return {n: reason for n in names if (reason := self._unavailable_reason(n))}
 
     def _settled(self, name: str) -> bool:
-        model = self._models.get(name)
+        model = self._target(name)
         if model is None:
             return True
         return all(
@@ -343,12 +420,17 @@ class ModelManager(Generic[S]):
         )
 
     def _unavailable_reason(self, name: str) -> str | None:
-        model = self._models.get(name)
-        if model is None or model.available():
+        """Why none of the versions a model is meant to serve is available (None: one is).
+        Versions a reload holds do not count: they are the old config's."""
+        model = self._target(name)
+        if model is None or model.serving():
             return None
-        errors = [s.error.message for s in model.versions.values() if s.error is not None]
+        errors = [s.error.message for v, s in model.versions.items()
+                  if v in model.aspired and s.error is not None]
         if errors:
             return errors[0]
+        if model.source_error is not None:
+            return model.source_error.message
         if not model.aspired:
             return f"no version found under {model.config.base_path}"
         return "still loading"
@@ -363,62 +445,45 @@ class ModelManager(Generic[S]):
     # -- deciding ----------------------------------------------------------------
 
     def _reconcile_all(self) -> None:
-        for model in list(self._models.values()):
+        for model in [*self._models.values(), *self._staged.values()]:
             self._reconcile(model)
 
     def _reconcile(self, model: _Model[S]) -> None:
         """Starts whatever loads and unloads the model's state calls for. Holds the lock."""
         if self._closed:
             return
-        for version, state in list(model.versions.items()):
-            if version in model.aspired or state.busy:
-                continue
-            if state.state is State.LOADING:  # waiting to retry, and no longer wanted
-                state.state = State.END
-            if state.state is State.END and model.removed:
-                del model.versions[version]
-        for version in self._to_unload(model):
-            state = model.versions[version]
-            state.state, state.busy = State.UNLOADING, True
-            self._unloads.submit(self._unload, model, state)
         now = self._clock()
-        for version, found in sorted(model.aspired.items(), reverse=True):
-            known = model.versions.get(version)
-            if known is None:
-                if self._must_wait_for_unloads(model):
-                    continue
-                known = model.versions[version] = _Version(version, found.path, found.fingerprint)
-            state = known
-            due = state.state is State.LOADING and 0 < state.retry_at <= now
-            if state.busy or (state.state is not State.START and not due):
-                continue
-            state.state, state.busy, state.retry_at = State.LOADING, True, 0.0
-            self._loads.submit(self._load, model, state)
-        if model.removed and not model.versions:
-            self._models.pop(model.config.name, None)
-
-    def _to_unload(self, model: _Model[S]) -> list[int]:
-        unwanted = [
-            v for v, s in model.versions.items()
-            if v not in model.aspired and s.state is State.AVAILABLE and not s.busy
-        ]
-        if not unwanted:
-            return []
-        wanted_available = any(
-            s.state is State.AVAILABLE for v, s in model.versions.items() if v in model.aspired
-        )
-        resource = self._options.transition is Transition.RESOURCE_PRESERVING
-        if wanted_available or not model.aspired or resource:
-            return unwanted
-        return []  # keep serving the old version until a wanted one is available
-
-    def _must_wait_for_unloads(self, model: _Model[S]) -> bool:
-        if self._options.transition is not Transition.RESOURCE_PRESERVING:
-            return False
-        return any(
-            s.state in (State.AVAILABLE, State.UNLOADING)
-            for v, s in model.versions.items() if v not in model.aspired
-        )
+        views = [
+            VersionView(
+                v, s.state, v in model.aspired, s.busy,
+                retry_due=s.state is State.LOADING and 0 < s.retry_at <= now,
+                held=v in model.held, failed=s.state is State.END and s.error is not None,
+            )
+            for v, s in model.versions.items()
+        ] + [VersionView(v, None, True) for v in model.aspired if v not in model.versions]
+        for action, version in next_actions(views, self._options.transition):
+            if action is Action.ABANDON:
+                model.versions[version].state = State.END
+                log.info("Version {name: %s version: %d} failed to load and is no longer "
+                         "wanted (gone from disk, out of the version policy, or its model "
+                         "removed): not retried", model.config.name, version)
+            elif action is Action.UNLOAD:
+                state = model.versions[version]
+                state.state, state.busy = State.UNLOADING, True
+                self._unloads.submit(self._unload, model, state)
+            else:
+                found = model.aspired[version]
+                known = model.versions.get(version)
+                if known is None or known.state is State.END:  # new, or unloaded before
+                    known = model.versions[version] = _Version(version, found.path,
+                                                               found.fingerprint)
+                known.state, known.busy, known.retry_at = State.LOADING, True, 0.0
+                self._loads.submit(self._load, model, known)
+        if model.removed:
+            for version in [v for v, s in model.versions.items() if s.state is State.END]:
+                del model.versions[version]
+            if not model.versions and self._models.get(model.config.name) is model:
+                del self._models[model.config.name]
 
     # -- doing (on worker threads) ------------------------------------------------
 
@@ -501,7 +566,7 @@ class ModelManager(Generic[S]):
                     return
                 self._lock.wait(0.1)
                 now = self._clock()
-                for model in list(self._models.values()):
+                for model in [*self._models.values(), *self._staged.values()]:
                     if any(s.state is State.LOADING and not s.busy and s.retry_at
                            and s.retry_at <= now for s in model.versions.values()):
                         self._reconcile(model)

@@ -4,7 +4,9 @@ A version is offered for loading only once it looks finished: its files
 (names, sizes, modification times) must be unchanged between two scans. A
 version copied in slowly therefore waits rather than loads half-written; the
 safe way to publish is still to write elsewhere and rename the finished
-directory into place (docs/lifecycle.md).
+directory into place (docs/lifecycle.md). A base path in an object store has no
+rename: there a version is listed once complete, always waits for two scans, and is
+copied to a local cache before it is offered (server/repository/storage.py).
 """
 
 from __future__ import annotations
@@ -13,19 +15,26 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+from onnx_serving.server.errors import BasePathUnavailable
+from onnx_serving.server.repository.storage import Files, Location, ObjectUrl, list_children
 
 log = logging.getLogger(__name__)
 
 _INT64_MAX = 2**63 - 1
 
-# (relative path, size, mtime in ns) of every file: what changes while a copy runs.
-Fingerprint = tuple[tuple[str, int, int], ...]
+# What changes while a copy runs: each file's relative path, size, and mtime (or tag).
+Fingerprint = Files
+P = TypeVar("P", Path, ObjectUrl)
 
 
 @dataclass(frozen=True)
-class VersionDir:
+class VersionDir(Generic[P]):
+    """A version's directory: local (what the manager loads), or in an object store."""
+
     version: int
-    path: Path
+    path: P
     fingerprint: Fingerprint
 
 
@@ -38,7 +47,7 @@ def parse_version(name: str) -> int | None:
 
 
 def fingerprint(path: Path) -> Fingerprint:
-    entries: list[tuple[str, int, int]] = []
+    entries: list[tuple[str, int, int | str]] = []
     for root, _dirs, files in os.walk(path):
         for name in files:
             full = os.path.join(root, name)
@@ -50,18 +59,28 @@ def fingerprint(path: Path) -> Fingerprint:
     return tuple(sorted(entries))
 
 
-def scan_versions(model_name: str, base_path: Path) -> dict[int, VersionDir]:
-    """Version → directory. A base path that holds no version is warned about, not fatal."""
-    try:
-        children = list(base_path.iterdir())
-    except OSError as exc:
-        log.error("Cannot list base path %s of model %s: %s", base_path, model_name, exc)
-        return {}
-    versions: dict[int, VersionDir] = {}
-    for child in children:
-        version = parse_version(child.name)
-        if version is not None and child.is_dir():
-            versions[version] = VersionDir(version, child, fingerprint(child))
+def scan_versions(model_name: str, base_path: Location) -> dict[int, VersionDir[Any]]:
+    """Version → directory. A base path that holds no version is warned about, not fatal.
+
+    Raises BasePathUnavailable when the base path cannot be listed (gone, not a
+    directory, no permission, out of file descriptors...): that is no answer about its
+    versions, and must not read as "none", which would unload them all.
+    """
+    versions: dict[int, VersionDir[Any]] = {}
+    if isinstance(base_path, ObjectUrl):
+        for name, files in list_children(model_name, base_path).items():
+            version = parse_version(name)
+            if version is not None:
+                versions[version] = VersionDir(version, base_path / name, files)
+    else:
+        try:
+            children = list(base_path.iterdir())
+        except OSError as exc:
+            raise BasePathUnavailable(model_name, base_path, exc) from exc
+        for child in children:
+            version = parse_version(child.name)
+            if version is not None and child.is_dir():
+                versions[version] = VersionDir(version, child, fingerprint(child))
     if not versions:
         log.warning(
             "No versions of servable %s found under base path %s. Did you forget to name "
@@ -75,28 +94,39 @@ class SettleFilter:
 
     A version keeps being passed on while its directory exists, with the files
     of its last settled scan, so touching a served version never unloads it;
-    a changed copy is passed on once it has settled again.
+    a changed copy is passed on once it has settled again. Versions are told
+    apart by directory, so a model moved to another base path (and back) keeps
+    what it knew of each.
     """
 
     def __init__(self) -> None:
-        self._models: set[str] = set()
-        self._seen: dict[tuple[str, int], Fingerprint] = {}
-        self._stable: dict[tuple[str, int], VersionDir] = {}
+        self._bases: set[tuple[str, Location]] = set()
+        self._seen: dict[tuple[str, Location], Fingerprint] = {}
+        self._stable: dict[tuple[str, Location], VersionDir[Any]] = {}
 
     def forget(self, model_name: str) -> None:
-        self._models.discard(model_name)
+        self._bases = {b for b in self._bases if b[0] != model_name}
+        for table in (self._seen, self._stable):
+            for key in [k for k in table if k[0] == model_name]:
+                del table[key]
 
-    def settled(self, model_name: str, scanned: dict[int, VersionDir]) -> dict[int, VersionDir]:
-        """A model's first scan (start-up, or just added) is taken as it is, as TF Serving does."""
-        initial = model_name not in self._models
-        self._models.add(model_name)
-        for version, found in scanned.items():
-            key = (model_name, version)
+    def settled(
+        self, model_name: str, base_path: Location, scanned: dict[int, VersionDir[Any]]
+    ) -> dict[int, VersionDir[Any]]:
+        """A model's first scan of a local base path (at start-up, or once a reload adds
+        the model or moves it there) is taken as it is, as TF Serving does; in an object
+        store, where no rename publishes a version whole, two scans must agree."""
+        initial = (model_name, base_path) not in self._bases and isinstance(base_path, Path)
+        self._bases.add((model_name, base_path))
+        for found in scanned.values():
+            key = (model_name, found.path)
             if found.fingerprint and (initial or self._seen.get(key) == found.fingerprint):
                 self._stable[key] = found
             self._seen[key] = found.fingerprint
+        paths = {found.path for found in scanned.values()}
         for table in (self._seen, self._stable):
-            for key in [k for k in table if k[0] == model_name and k[1] not in scanned]:
+            for key in [k for k in table
+                        if k[0] == model_name and k[1].parent == base_path and k[1] not in paths]:
                 del table[key]
-        stable = {v: self._stable.get((model_name, v)) for v in scanned}
+        stable = {v: self._stable.get((model_name, found.path)) for v, found in scanned.items()}
         return {v: found for v, found in stable.items() if found is not None}

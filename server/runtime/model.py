@@ -11,6 +11,7 @@ from typing import Protocol
 
 import numpy as np
 
+from onnx_serving.codec.served_model import SIGNATURES_FILE
 from onnx_serving.server.errors import ModelLoadError
 from onnx_serving.server.runtime.config import RuntimeConfig, for_version
 from onnx_serving.server.runtime.deadline import Deadline
@@ -18,7 +19,6 @@ from onnx_serving.server.runtime.graph import Graph, read_graph
 from onnx_serving.server.runtime.session import OnnxSession
 from onnx_serving.server.runtime.signature import (
     DEFAULT_MODEL_FILE,
-    SIGNATURES_FILE,
     Signature,
     build_signature,
     default_signatures,

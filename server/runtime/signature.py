@@ -15,7 +15,7 @@ graph can take before ONNX Runtime runs.
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,13 +23,20 @@ from typing import Any
 import numpy as np
 
 from onnx_serving.codec.dtypes import NUMPY_BY_TF_NAME, tf_name
-from onnx_serving.server.errors import FailedPrecondition, InvalidArgument, ModelLoadError
-from onnx_serving.server.runtime.examples import ExampleParse, read_parse_spec
+from onnx_serving.codec.served_model import (
+    DEFAULT_MODEL_FILE,
+    DEFAULT_SIGNATURE,
+    signature_key,
+)
+from onnx_serving.server.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    ModelLoadError,
+    ServingError,
+)
+from onnx_serving.server.runtime.example_parse import ExampleParse, read_parse_spec
 from onnx_serving.server.runtime.graph import Graph, Shape
 
-SIGNATURES_FILE = "signatures.json"
-DEFAULT_MODEL_FILE = "model.onnx"
-DEFAULT_SIGNATURE = "serving_default"
 PREDICT_METHOD = "tensorflow/serving/predict"
 
 
@@ -49,7 +56,7 @@ class Signature:
     model_file: str
     inputs: Mapping[str, TensorSpec]
     outputs: Mapping[str, TensorSpec]
-    # Set when one input carries serialized tf.Examples that the server parses (examples.py).
+    # Set when one input carries serialized tf.Examples that the server parses (example_parse.py).
     parse: ExampleParse | None = None
 
     def feeds(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -128,12 +135,24 @@ def format_shape(shape: Shape | tuple[int, ...]) -> str:
     return "[" + ",".join("-1" if d is None else str(d) for d in shape) + "]"
 
 
-def find_signature(signatures: Mapping[str, Signature], name: str) -> Signature:
-    key = name or DEFAULT_SIGNATURE
+def lookup_signature(
+    signatures: Mapping[str, Signature], requested: str, missing: Callable[[str], ServingError]
+) -> Signature:
+    """The signature a request names (the default one when it names none). TF Serving
+    words a missing one differently in each API: ``missing(key)`` is that API's error."""
+    key = signature_key(requested)
     signature = signatures.get(key)
     if signature is None:
-        raise FailedPrecondition(f'Serving signature key "{key}" not found.')
+        raise missing(key)
     return signature
+
+
+def find_signature(signatures: Mapping[str, Signature], name: str) -> Signature:
+    """Predict's lookup (TF Serving's predict_util.cc)."""
+    return lookup_signature(
+        signatures, name,
+        lambda key: FailedPrecondition(f'Serving signature key "{key}" not found.'),
+    )
 
 
 def default_signatures(graph: Graph) -> dict[str, Signature]:

@@ -21,7 +21,7 @@ from onnx_serving.server.errors import InvalidArgument
 from onnx_serving.server.metrics import StageClock
 from onnx_serving.server.runtime.deadline import Deadline
 from onnx_serving.server.runtime.model import LoadedModel, Outputs
-from onnx_serving.server.runtime.signature import DEFAULT_SIGNATURE, Signature, format_shape
+from onnx_serving.server.runtime.signature import Signature, format_shape, lookup_signature
 from onnx_serving.server.serving.predict import Served
 from onnx_serving.server.serving.signature_def import signature_def
 
@@ -111,11 +111,11 @@ def _run(
 
 
 def _find(signatures: Mapping[str, Signature], requested: str) -> Signature:
-    key = requested or DEFAULT_SIGNATURE
-    signature = signatures.get(key)
-    if signature is None:
-        raise InvalidArgument(f"No signature was found with the name: {key}")
-    return signature
+    """Classify's and Regress's lookup (TF Serving's classifier.cc and regressor.cc)."""
+    return lookup_signature(
+        signatures, requested,
+        lambda key: InvalidArgument(f"No signature was found with the name: {key}"),
+    )
 
 
 def check_examples(examples: np.ndarray) -> None:

@@ -1,5 +1,9 @@
 """ServingCore: the manager and metrics behind every front end's requests.
 
+``App`` builds one and hands it to each transport and to warmup (MLServer's
+DataPlane): metrics, the signature-method check and the request log are set
+here once, for every way a request arrives.
+
 Each request may carry a ``Deadline`` (runtime/deadline.py), a plain value the
 front end makes from its own transport: a request whose caller no longer waits
 is answered at once (DEADLINE_EXCEEDED or CANCELLED) instead of taking the
@@ -11,15 +15,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
 from onnx_serving.server.errors import Code, ResourceExhausted, ServingError
 from onnx_serving.server.metrics import Metrics
-from onnx_serving.server.repository.manager import ModelManager, VersionStatus
+from onnx_serving.server.repository.manager import VersionStatus
 from onnx_serving.server.runtime.config import RuntimeConfig
 from onnx_serving.server.runtime.deadline import Deadline
 from onnx_serving.server.runtime.model import LoadedModel
@@ -27,9 +31,7 @@ from onnx_serving.server.runtime.signature import Signature, find_signature
 from onnx_serving.server.serving.classify import Classifications, classify, regress
 from onnx_serving.server.serving.multi_inference import Task, TaskResult, multi_inference
 from onnx_serving.server.serving.predict import Decode, Encode, Served, predict
-
-if TYPE_CHECKING:  # request_log builds on the front ends' messages, which import this module
-    from onnx_serving.server.request_log import RequestLogs
+from onnx_serving.server.serving.request_log import RequestLogHook
 
 T = TypeVar("T")
 Observe = Callable[[str, float], None]
@@ -53,26 +55,42 @@ class ModelMetadata:
     runtime: RuntimeConfig
 
 
+class Versions(Protocol):
+    """Where the core finds the answering version: the repository's ModelManager."""
+
+    def acquire(
+        self, name: str, version: int | None = None, label: str | None = None
+    ) -> AbstractContextManager[tuple[int, LoadedModel]]: ...
+
+    def statuses(self, name: str, version: int | None = None) -> list[VersionStatus]: ...
+
+
 class ServingCore:
     def __init__(
         self,
-        manager: ModelManager[LoadedModel],
+        versions: Versions,
         metrics: Metrics | None = None,
         *,
         method_check: bool = False,
-        request_log: RequestLogs | None = None,
+        request_log: RequestLogHook | None = None,
     ) -> None:
-        """Without ``metrics``, stages go unobserved (ModelService has none to feed).
+        """Without ``metrics``, stages go unobserved.
         ``method_check``: --enable_signature_method_name_check, for Classify and Regress;
         ``request_log`` logs the sampled requests of models with a logging_config."""
-        self._manager = manager
+        self._versions = versions
         self._metrics = metrics
         self._method_check = method_check
         self._request_log = request_log
 
+    def in_hand(self, model: LoadedModel) -> ServingCore:
+        """The same pipeline and checks on a version not yet served (warmup's, while it
+        loads), as TF Serving's warmup runs requests on the servable it loads: version 0
+        is echoed, nothing is counted or logged."""
+        return ServingCore(OneVersion(model), method_check=self._method_check)
+
     def pin(self, ref: ModelRef) -> AbstractContextManager[tuple[int, LoadedModel]]:
         """The answering version, kept loaded until the block ends."""
-        return self._manager.acquire(ref.name, ref.version, ref.label)
+        return self._versions.acquire(ref.name, ref.version, ref.label)
 
     @contextmanager
     def _serving(
@@ -205,7 +223,23 @@ class ServingCore:
 
     def status(self, name: str, version: int | None = None) -> list[VersionStatus]:
         """Every version seen (or one), as GetModelStatus reports them; labels play no part."""
-        return self._manager.statuses(name, version)
+        return self._versions.statuses(name, version)
+
+
+class OneVersion:
+    """Versions of one loaded model, answering whatever a request names as version 0:
+    a version not (yet) served, as warmup runs it."""
+
+    def __init__(self, model: LoadedModel) -> None:
+        self._model = model
+
+    def acquire(
+        self, name: str, version: int | None = None, label: str | None = None
+    ) -> AbstractContextManager[tuple[int, LoadedModel]]:
+        return nullcontext((0, self._model))
+
+    def statuses(self, name: str, version: int | None = None) -> list[VersionStatus]:
+        return []
 
 
 def _logged(encode: Callable[..., T], log: Callable[..., None] | None) -> Callable[..., T]:

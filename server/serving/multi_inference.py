@@ -9,11 +9,12 @@ from typing import TypeVar
 
 import numpy as np
 
+from onnx_serving.codec.served_model import signature_key
 from onnx_serving.server.errors import InvalidArgument, Unimplemented
 from onnx_serving.server.metrics import StageClock
 from onnx_serving.server.runtime.deadline import Deadline
 from onnx_serving.server.runtime.model import LoadedModel
-from onnx_serving.server.runtime.signature import DEFAULT_SIGNATURE, Signature
+from onnx_serving.server.runtime.signature import Signature, lookup_signature
 from onnx_serving.server.serving.classify import (
     CLASSIFY_METHOD,
     INPUTS,
@@ -97,12 +98,13 @@ def _check_task(
         raise InvalidArgument(
             "All ModelSpecs in a MultiInferenceRequest must access the same model name."
         )
-    key = task.signature_name or DEFAULT_SIGNATURE
-    if any((t.signature_name or DEFAULT_SIGNATURE) == key for t in tasks[:index]):
+    key = signature_key(task.signature_name)
+    if any(signature_key(t.signature_name) == key for t in tasks[:index]):
         raise InvalidArgument(f"Duplicate evaluation of signature: {key}")
-    signature = model.signatures.get(key)
-    if signature is None:
-        raise InvalidArgument(f"Requested signature not found in model graph: {key}")
+    signature = lookup_signature(
+        model.signatures, task.signature_name,
+        lambda key: InvalidArgument(f"Requested signature not found in model graph: {key}"),
+    )
     if task.method_name == CLASSIFY_METHOD:
         check_classification(signature, method_check)
     elif task.method_name == REGRESS_METHOD:

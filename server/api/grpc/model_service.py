@@ -11,12 +11,11 @@ from onnx_serving.protos.tensorflow_serving.apis import (
     model_management_pb2,
     model_service_pb2_grpc,
 )
-from onnx_serving.server.api.grpc.model_spec import checked_spec
-from onnx_serving.server.api.grpc.status import translate_errors
+from onnx_serving.server.api.grpc.errors import translate_errors
 from onnx_serving.server.config import ModelConfig, from_proto
 from onnx_serving.server.errors import InvalidArgument
-from onnx_serving.server.repository.manager import ModelManager, VersionStatus
-from onnx_serving.server.runtime.model import LoadedModel
+from onnx_serving.server.messages.model_spec import checked_spec
+from onnx_serving.server.messages.status import status_response
 from onnx_serving.server.serving.core import ServingCore
 
 _Base = model_service_pb2_grpc.ModelServiceServicer
@@ -28,9 +27,9 @@ class Reload(Protocol):
 
 @translate_errors(_Base)
 class ModelService(_Base):
-    def __init__(self, manager: ModelManager[LoadedModel], reload: Reload) -> None:
+    def __init__(self, core: ServingCore, reload: Reload) -> None:
         """``reload`` applies a config (with --num_workers, in every worker)."""
-        self._core = ServingCore(manager)
+        self._core = core
         self._reload = reload
 
     def GetModelStatus(
@@ -60,17 +59,3 @@ class ModelService(_Base):
         response.status.SetInParent()
         return response
 
-
-def status_response(
-    statuses: list[VersionStatus],
-) -> get_model_status_pb2.GetModelStatusResponse:
-    """GetModelStatus's answer; REST prints the same message."""
-    response = get_model_status_pb2.GetModelStatusResponse()
-    for status in statuses:
-        entry = response.model_version_status.add(version=status.version)
-        entry.state = int(status.state)  # type: ignore[assignment]
-        entry.status.SetInParent()
-        if status.error is not None:
-            entry.status.error_code = int(status.error.code)  # type: ignore[assignment]
-            entry.status.error_message = status.error.message
-    return response

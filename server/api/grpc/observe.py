@@ -20,11 +20,17 @@ from onnx_serving.server.metrics import GRPC, Metrics
 
 access_log = logging.getLogger("onnx_serving.access")
 
-_PREFIX = "/tensorflow.serving.PredictionService/"
-_OBSERVED = ("Predict", "Classify", "Regress", "MultiInference")
+# The model RPCs observed, by method path, and the API each is counted as.
+_OBSERVED = {
+    **{f"/tensorflow.serving.PredictionService/{api}": api
+       for api in ("Predict", "Classify", "Regress", "MultiInference")},
+    "/inference.GRPCInferenceService/ModelInfer": "ModelInfer",  # api/oip/
+}
 
 
 def _model_name(request: Any) -> str:
+    if isinstance(getattr(request, "model_name", None), str):  # OIP's ModelInferRequest
+        return str(request.model_name)
     spec = getattr(request, "model_spec", None)
     if spec is not None:
         return str(spec.name)
@@ -56,8 +62,8 @@ class ObserveRequests(grpc.ServerInterceptor):
     def _wrap(
         self, method: str, handler: grpc.RpcMethodHandler | None
     ) -> grpc.RpcMethodHandler | None:
-        api = method.removeprefix(_PREFIX)
-        if handler is None or not method.startswith(_PREFIX) or api not in _OBSERVED:
+        api = _OBSERVED.get(method)
+        if handler is None or api is None:
             return handler
         behavior = handler.unary_unary
 
@@ -85,7 +91,8 @@ class ObserveRequests(grpc.ServerInterceptor):
         self._metrics.request(model, api, GRPC, status, seconds)
         if self._access_log:
             spec = getattr(response, "model_spec", None)
-            version = spec.version.value if spec is not None else ""
+            version = spec.version.value if spec is not None else \
+                getattr(response, "model_version", "")
             signature = getattr(getattr(request, "model_spec", None), "signature_name", "")
             access_log.info("grpc %s model=%s version=%s signature=%s status=%s ms=%.2f",
                             api, model, version, signature, status.name, seconds * 1000)

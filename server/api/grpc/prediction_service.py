@@ -9,6 +9,7 @@ from typing import Any
 import grpc
 from google.protobuf import json_format, message_factory
 
+from onnx_serving.codec.model_spec import fill_spec
 from onnx_serving.protos._pool import POOL
 from onnx_serving.protos.tensorflow_serving.apis import (
     classification_pb2,
@@ -20,21 +21,18 @@ from onnx_serving.protos.tensorflow_serving.apis import (
     regression_pb2,
 )
 from onnx_serving.server.api.grpc.deadline import call_deadline
-from onnx_serving.server.api.grpc.examples import (
+from onnx_serving.server.api.grpc.errors import translate_errors
+from onnx_serving.server.errors import InvalidArgument
+from onnx_serving.server.messages.classify import (
     classification_response,
     multi_inference_response,
     regression_response,
-    serialized_examples,
     tasks,
 )
-from onnx_serving.server.api.grpc.model_spec import checked_spec, fill_spec, model_ref
-from onnx_serving.server.api.grpc.predict import decoder, response_encoder
-from onnx_serving.server.api.grpc.status import translate_errors
-from onnx_serving.server.errors import InvalidArgument
-from onnx_serving.server.metrics import GRPC, Metrics
-from onnx_serving.server.repository.manager import ModelManager
-from onnx_serving.server.request_log import RequestLogs
-from onnx_serving.server.runtime.model import LoadedModel
+from onnx_serving.server.messages.input import serialized_examples
+from onnx_serving.server.messages.model_spec import checked_spec, model_ref
+from onnx_serving.server.messages.predict import decoder, response_encoder
+from onnx_serving.server.metrics import GRPC
 from onnx_serving.server.serving.core import ServingCore
 from onnx_serving.server.serving.signature_def import SIGNATURE_DEF, signature_def_map
 
@@ -47,19 +45,9 @@ _Base = prediction_service_pb2_grpc.PredictionServiceServicer
 
 @translate_errors(_Base)
 class PredictionService(_Base):
-    def __init__(
-        self,
-        manager: ModelManager[LoadedModel],
-        metrics: Metrics,
-        *,
-        tensor_content: bool = False,
-        method_check: bool = False,
-        request_log: RequestLogs | None = None,
-    ) -> None:
-        """``method_check``: --enable_signature_method_name_check."""
-        self._core = ServingCore(
-            manager, metrics, method_check=method_check, request_log=request_log
-        )
+    def __init__(self, core: ServingCore, *, tensor_content: bool = False) -> None:
+        """``tensor_content``: --enable_serialization_as_tensor_content."""
+        self._core = core
         self._encode = response_encoder(tensor_content=tensor_content)
 
     def Predict(
@@ -85,7 +73,7 @@ class PredictionService(_Base):
                 raise InvalidArgument(f"Metadata field {field} is not supported")
         metadata = self._core.metadata(model_ref(spec))
         response = get_model_metadata_pb2.GetModelMetadataResponse()
-        fill_spec(response.model_spec, metadata.name, metadata.version)
+        fill_spec(response.model_spec, metadata.name, version=metadata.version)
         if SIGNATURE_DEF in request.metadata_field:
             response.metadata[SIGNATURE_DEF].Pack(signature_def_map(metadata.signatures))
         if RUNTIME in request.metadata_field:

@@ -9,7 +9,9 @@ The standard health service is added with --enable_grpc_healthcheck_service.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Sequence
 from concurrent import futures
+from dataclasses import dataclass
 
 import grpc
 from google.protobuf import descriptor_pb2, text_format
@@ -30,9 +32,7 @@ from onnx_serving.server.api.grpc.prediction_service import PredictionService
 from onnx_serving.server.api.grpc.streams import StreamSlots
 from onnx_serving.server.errors import ConfigError
 from onnx_serving.server.metrics import Metrics
-from onnx_serving.server.repository.manager import ModelManager
-from onnx_serving.server.request_log import RequestLogs
-from onnx_serving.server.runtime.model import LoadedModel
+from onnx_serving.server.serving.core import ServingCore
 
 # What absl::SimpleAtoi takes for an int: optional spaces around an optional sign and digits.
 _INT32 = re.compile(r"\s*[+-]?[0-9]+\s*", re.ASCII)
@@ -48,6 +48,15 @@ SERVICES = tuple(
 HEALTH_NAMES = ("", "ModelService", "PredictionService", *SERVICES)
 REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
 _REFLECTION_V1_FILE = "grpc/reflection/v1/reflection.proto"
+
+
+@dataclass(frozen=True)
+class Service:
+    """Another protocol's service on this server (api/oip/): its full name, for health
+    and reflection, and how it adds itself."""
+
+    name: str
+    add: Callable[[grpc.Server], None]
 
 
 def parse_channel_arguments(raw: str) -> list[tuple[str, int | str]]:
@@ -69,7 +78,7 @@ def parse_channel_arguments(raw: str) -> list[tuple[str, int | str]]:
 
 
 def build_server(
-    manager: ModelManager[LoadedModel],
+    core: ServingCore,
     *,
     reload: Reload,
     metrics: Metrics,
@@ -78,15 +87,15 @@ def build_server(
     max_streams: int,
     channel_arguments: str = "",
     tensor_content: bool = False,
-    method_check: bool = False,
     access_log: bool = False,
     health_servicer: health.HealthServicer | None = None,
-    request_log: RequestLogs | None = None,
+    services: Sequence[Service] = (),
 ) -> grpc.Server:
-    """``max_threads`` threads answer unary calls and ``max_streams`` streaming calls, each
-    kind on threads the other cannot take (see ``streams``). ``health_servicer``, when
-    given, is served and its services are set SERVING: the server is built only once the
-    initial models have loaded."""
+    """Both services answer through ``core``; ``metrics`` count requests as gRPC sees
+    them (the interceptor). ``max_threads`` threads answer unary calls and ``max_streams``
+    streaming calls, each kind on threads the other cannot take (see ``streams``).
+    ``health_servicer``, when given, is served and its services are set SERVING: the server
+    is built only once the initial models have loaded. ``services`` are served too."""
     options: dict[str, int | str] = {
         "grpc.max_receive_message_length": MAX_MESSAGE_BYTES,
         "grpc.max_send_message_length": MAX_MESSAGE_BYTES,
@@ -103,18 +112,15 @@ def build_server(
         ],
     )
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-        PredictionService(
-            manager, metrics, tensor_content=tensor_content, method_check=method_check,
-            request_log=request_log,
-        ), server
+        PredictionService(core, tensor_content=tensor_content), server
     )
-    model_service_pb2_grpc.add_ModelServiceServicer_to_server(
-        ModelService(manager, reload), server
-    )
-    names = list(SERVICES)
+    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(core, reload), server)
+    for service in services:
+        service.add(server)
+    names = [*SERVICES, *(service.name for service in services)]
     if health_servicer is not None:
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-        for name in HEALTH_NAMES:
+        for name in [*HEALTH_NAMES, *(service.name for service in services)]:
             health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
         names.append(health_pb2.DESCRIPTOR.services_by_name["Health"].full_name)
     names += [reflection.SERVICE_NAME, REFLECTION_V1]

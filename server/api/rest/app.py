@@ -14,9 +14,9 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Executor
-from typing import Final
+from typing import Final, Protocol, TypeVar
 from urllib.parse import quote
 
 from starlette.requests import ClientDisconnect, Request
@@ -54,6 +54,30 @@ READY_PATH: Final = "/readyz"
 Readiness = Callable[[], "str | None"]
 """Why the server should get no traffic now, or None when it is ready."""
 
+R = TypeVar("R")
+
+
+class Host(Protocol):
+    """What a mount's requests share with TF Serving's: the RestApp."""
+
+    def run(self, work: Callable[[Deadline], R]) -> Awaitable[R]:
+        """Runs blocking work on the thread pool under --rest_api_timeout_in_ms."""
+        ...
+
+    def record(self, kind: str, model: str, api: str, version: int | str | None, code: Code,
+               seconds: float) -> None:
+        """Counts a finished request and writes its access log line."""
+        ...
+
+
+class Mount(Protocol):
+    """Another protocol's paths on the REST port (api/oip/rest.py). Its requests get
+    the same thread pool, timeout, CORS headers, metrics and access log (``Host``)."""
+
+    def owns(self, path: str) -> bool: ...
+
+    async def answer(self, request: Request, host: Host) -> Response: ...
+
 
 class RestApp:
     def __init__(
@@ -67,9 +91,11 @@ class RestApp:
         access_log: bool = False,
         readiness: Readiness | None = None,
         cors: bool = False,
+        mounts: Sequence[Mount] = (),
     ) -> None:
         """``metrics_path``: where Prometheus scrapes (--monitoring_config_file), if anywhere;
         ``cors``: TF's CORS headers on every API answer (--rest_api_enable_cors_support)."""
+        self._mounts = mounts
         self._readiness = readiness
         self._cors = cors
         self._handler = handler
@@ -91,11 +117,16 @@ class RestApp:
             reason = self._readiness() if self._readiness is not None else None
             response = Response(b"ready\n", 200, media_type="text/plain") if reason is None \
                 else Response(f"not ready: {reason}\n".encode(), 503, media_type="text/plain")
-        elif not V1_PATH.fullmatch(path):
+        elif not V1_PATH.fullmatch(path) and not any(m.owns(scope["path"]) for m in self._mounts):
             response = Response(_NOT_FOUND, 404, media_type="text/html")
         else:
+            mount = next((m for m in self._mounts if m.owns(scope["path"])), None)
+            request = Request(scope, receive)
             try:
-                response = await self._answer(Request(scope, receive), path)
+                # A CORS preflight is answered here for every path, a mount's included.
+                response = await self._answer(request, path) \
+                    if mount is None or request.method == "OPTIONS" \
+                    else await mount.answer(request, self)
             except ClientDisconnect:
                 return  # nobody is left to answer
             if self._cors:
@@ -112,39 +143,37 @@ class RestApp:
             if method == "OPTIONS":
                 return _preflight(request)
             route = parse_route(method, path)
-            body = await _read_body(request)
+            body = await read_body(request)
             gzipped = is_gzip(request.headers.get("content-encoding", ""))
             asked = route
-            deadline = Deadline(self._timeout_ms / 1000 if self._timeout_ms > 0 else None)
 
-            def work() -> Answer:
+            def work(deadline: Deadline) -> Answer:
                 return self._handler.handle(asked, body, gzipped, deadline)
 
-            answer = await self._run(work, deadline)
+            answer = await self.run(work)
             version = answer.version
             return Response(answer.body.encode("utf-8"), 200, media_type=JSON)
-        except ServingError as exc:
-            code = exc.code
-            return Response(error_body(exc.message), http_status(exc), media_type=JSON)
         except Exception as exc:
-            code = Code.INTERNAL
-            log.exception("Unexpected error answering %s %s", method, path)
-            return Response(error_body(f"internal error: {exc}"), 500, media_type=JSON)
+            response, code = error_response(exc, f"{method} {path}")
+            return response
         finally:
             if route is not None:
-                self._record(route, version, code, time.perf_counter() - started)
+                self.record(route.kind, route.name, API_LABELS[route.kind], version, code,
+                            time.perf_counter() - started)
 
-    def _record(self, route: Route, version: int | None, code: Code, seconds: float) -> None:
+    def record(self, kind: str, model: str, api: str, version: int | str | None, code: Code,
+               seconds: float) -> None:
         """The access line names the version that answered (empty when none did), as
         gRPC's does: a label or no version at all shows which one served it."""
-        self._metrics.request(route.name, API_LABELS[route.kind], REST, code, seconds)
+        self._metrics.request(model, api, REST, code, seconds)
         if self._access_log:
             access_log.info("rest %s model=%s version=%s status=%s ms=%.2f",
-                            route.kind, route.name, "" if version is None else version,
+                            kind, model, "" if version is None else version,
                             code.name, seconds * 1000)
 
-    async def _run(self, work: Callable[[], Answer], deadline: Deadline) -> Answer:
-        future = asyncio.get_running_loop().run_in_executor(self._executor, work)
+    async def run(self, work: Callable[[Deadline], R]) -> R:
+        deadline = Deadline(self._timeout_ms / 1000 if self._timeout_ms > 0 else None)
+        future = asyncio.get_running_loop().run_in_executor(self._executor, work, deadline)
         if self._timeout_ms <= 0:
             return await future
         try:
@@ -157,6 +186,15 @@ class RestApp:
             ) from None
 
 
+def error_response(exc: Exception, what: str) -> tuple[Response, Code]:
+    """A failed request's answer, ``{"error": ...}`` with the status of ``HTTP_STATUS``,
+    and its code; anything but a ServingError is INTERNAL, logged with ``what`` was asked."""
+    if isinstance(exc, ServingError):
+        return Response(error_body(exc.message), http_status(exc), media_type=JSON), exc.code
+    log.error("Unexpected error answering %s", what, exc_info=exc)
+    return Response(error_body(f"internal error: {exc}"), 500, media_type=JSON), Code.INTERNAL
+
+
 def request_path(scope: Scope) -> str:
     """The path as TF Serving matches it: raw, with the query string (its ``uri_path()``)."""
     raw = scope.get("raw_path")
@@ -165,7 +203,7 @@ def request_path(scope: Scope) -> str:
     return f"{path}?{query.decode('latin-1')}" if query else path
 
 
-async def _read_body(request: Request) -> bytes:
+async def read_body(request: Request) -> bytes:
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
         raise too_large()

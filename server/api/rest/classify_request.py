@@ -14,7 +14,7 @@ from typing import Any, Final
 
 from onnx_serving.protos.tensorflow.core.example import example_pb2, feature_pb2
 from onnx_serving.protos.tensorflow_serving.apis import input_pb2
-from onnx_serving.server.api.rest.json_tensor import decode_base64, is_base64_object, utf8
+from onnx_serving.server.api.rest.json_to_tensor import decode_base64, is_base64_object, utf8
 from onnx_serving.server.api.rest.rapidjson_compat import debug_string, type_name
 from onnx_serving.server.errors import InvalidArgument
 

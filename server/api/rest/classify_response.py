@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from onnx_serving.server.api.rest.tensor_text import element_texts
+from onnx_serving.server.api.rest.tensor_to_json import element_texts
 from onnx_serving.server.serving.classify import Classifications
 from onnx_serving.server.serving.predict import Served
 

@@ -14,7 +14,6 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from onnx_serving.server.api.grpc.examples import serialized_examples
 from onnx_serving.server.api.rest.body import gunzip
 from onnx_serving.server.api.rest.classify_request import read_examples
 from onnx_serving.server.api.rest.classify_response import classification_json, regression_json
@@ -24,12 +23,11 @@ from onnx_serving.server.api.rest.predict_response import columnar_json, row_jso
 from onnx_serving.server.api.rest.rapidjson_compat import parse_object
 from onnx_serving.server.api.rest.routes import Route
 from onnx_serving.server.errors import InvalidArgument
-from onnx_serving.server.metrics import REST, Metrics
-from onnx_serving.server.repository.manager import ModelManager
-from onnx_serving.server.request_log import RequestLogs
+from onnx_serving.server.messages.input import serialized_examples
+from onnx_serving.server.metrics import REST
 from onnx_serving.server.runtime.deadline import Deadline
-from onnx_serving.server.runtime.model import LoadedModel, Outputs
-from onnx_serving.server.runtime.signature import DEFAULT_SIGNATURE, Signature
+from onnx_serving.server.runtime.model import Outputs
+from onnx_serving.server.runtime.signature import Signature, lookup_signature
 from onnx_serving.server.serving.core import ModelRef, ServingCore
 from onnx_serving.server.serving.predict import Served
 
@@ -43,15 +41,9 @@ class Answer:
 
 
 class RestHandler:
-    def __init__(
-        self, manager: ModelManager[LoadedModel], metrics: Metrics, *, method_check: bool = False,
-        request_log: RequestLogs | None = None, max_gzip_bytes: int,
-    ) -> None:
-        """``method_check``: --enable_signature_method_name_check; ``max_gzip_bytes``: what
-        a gzip body may inflate to (--rest_api_max_gzip_bytes)."""
-        self._core = ServingCore(
-            manager, metrics, method_check=method_check, request_log=request_log
-        )
+    def __init__(self, core: ServingCore, *, max_gzip_bytes: int) -> None:
+        """``max_gzip_bytes``: what a gzip body may inflate to (--rest_api_max_gzip_bytes)."""
+        self._core = core
         self._max_gzip_bytes = max_gzip_bytes
 
     def handle(
@@ -123,10 +115,10 @@ class _JsonPredict:
 
 def _rest_signature(signatures: Mapping[str, Signature], requested: str) -> Signature:
     """TF's REST handler looks the signature up itself, in its own words."""
-    key = requested or DEFAULT_SIGNATURE
-    signature = signatures.get(key)
-    if signature is None:
-        raise InvalidArgument(f'Serving signature name: "{key}" not found in signature def')
+    signature = lookup_signature(
+        signatures, requested,
+        lambda key: InvalidArgument(f'Serving signature name: "{key}" not found in signature def'),
+    )
     if not signature.inputs:
         raise InvalidArgument(f"Failed to get input map for signature: {requested or 'DEFAULT'}")
     return signature

@@ -14,9 +14,9 @@ from typing import Any
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
+from onnx_serving.codec.model_spec import fill_spec
 from onnx_serving.protos.tensorflow_serving.apis import model_pb2
-from onnx_serving.server.api.grpc.model_service import status_response
-from onnx_serving.server.api.grpc.model_spec import fill_spec
+from onnx_serving.server.messages.status import status_response
 from onnx_serving.server.repository.manager import VersionStatus
 from onnx_serving.server.serving.core import ModelMetadata
 from onnx_serving.server.serving.signature_def import SIGNATURE_DEF, signature_def_map
@@ -28,7 +28,7 @@ def status_json(statuses: list[VersionStatus]) -> str:
 
 def metadata_json(metadata: ModelMetadata) -> str:
     spec = model_pb2.ModelSpec()
-    fill_spec(spec, metadata.name, metadata.version)
+    fill_spec(spec, metadata.name, version=metadata.version)
     document = {
         "model_spec": _as_dict(spec),
         "metadata": {SIGNATURE_DEF: _as_dict(signature_def_map(metadata.signatures))},

@@ -14,7 +14,7 @@ from typing import Any, Final
 
 import numpy as np
 
-from onnx_serving.server.api.rest.json_tensor import (
+from onnx_serving.server.api.rest.json_to_tensor import (
     Shape,
     build,
     dense_shape,

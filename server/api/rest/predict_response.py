@@ -12,7 +12,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from onnx_serving.server.api.rest.tensor_text import (
+from onnx_serving.server.api.rest.tensor_to_json import (
     as_objects,
     brackets,
     element_texts,

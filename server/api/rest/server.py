@@ -14,20 +14,19 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Final
 
 import uvicorn
 
-from onnx_serving.server.api.rest.app import Readiness, RestApp
+from onnx_serving.server.api.rest.app import Mount, Readiness, RestApp
 from onnx_serving.server.api.rest.handlers import RestHandler
 from onnx_serving.server.api.rest.protocol import HttpLimits, bounded_protocol
 from onnx_serving.server.errors import ConfigError
 from onnx_serving.server.flags import ServerOptions
 from onnx_serving.server.metrics import Metrics
-from onnx_serving.server.repository.manager import ModelManager
-from onnx_serving.server.request_log import RequestLogs
-from onnx_serving.server.runtime.model import LoadedModel
+from onnx_serving.server.serving.core import ServingCore
 
 _HOST: Final = "0.0.0.0"
 # uvloop is not built for Windows; asyncio's own loop serves there.
@@ -40,31 +39,32 @@ _GRACE_S: Final = 5
 class RestServer:
     def __init__(
         self,
-        manager: ModelManager[LoadedModel],
+        core: ServingCore,
         *,
         port: int,
         threads: int,
         timeout_ms: int,
         metrics: Metrics,
-        method_check: bool = False,
         metrics_path: str | None = None,
         access_log: bool = False,
         reuse_port: bool = False,
         ssl_context: ssl.SSLContext | None = None,
         readiness: Readiness | None = None,
         cors: bool = False,
-        request_log: RequestLogs | None = None,
         limits: HttpLimits | None = None,
+        mounts: Sequence[Mount] = (),
     ) -> None:
-        """``ssl_context``: serve HTTPS with it (its certificates may change while serving);
-        ``limits``: the flags' bounds on connections and bodies (their defaults if None)."""
+        """Requests are answered through ``core``; ``metrics`` count them as REST sees them
+        and are served at ``metrics_path``. ``ssl_context``: serve HTTPS with it (its
+        certificates may change while serving); ``limits``: the flags' bounds on
+        connections and bodies (their defaults if None); ``mounts``: other protocols' paths
+        (the Open Inference Protocol's /v2/)."""
+        self._mounts = mounts
         self._limits = limits or HttpLimits.from_options(ServerOptions())
-        self._manager = manager
+        self._core = core
         self._cors = cors
-        self._request_log = request_log
         self._readiness = readiness
         self._metrics = metrics
-        self._method_check = method_check
         self._metrics_path = metrics_path
         self._access_log = access_log
         self._reuse_port = reuse_port
@@ -80,14 +80,11 @@ class RestServer:
         """Returns once the port listens and the loop serves it."""
         sock = _listen(self._port, self._reuse_port)
         self._executor = ThreadPoolExecutor(max(1, self._threads), thread_name_prefix="rest")
-        handler = RestHandler(
-            self._manager, self._metrics, method_check=self._method_check,
-            request_log=self._request_log, max_gzip_bytes=self._limits.max_gzip_bytes,
-        )
+        handler = RestHandler(self._core, max_gzip_bytes=self._limits.max_gzip_bytes)
         app = RestApp(
             handler, self._executor, self._timeout_ms, self._metrics,
             metrics_path=self._metrics_path, access_log=self._access_log,
-            readiness=self._readiness, cors=self._cors,
+            readiness=self._readiness, cors=self._cors, mounts=self._mounts,
         )
         context = self._ssl_context
         config = uvicorn.Config(

@@ -1,4 +1,5 @@
-"""PredictRequest → the core's inputs, outputs → PredictResponse: for gRPC and warmup."""
+"""PredictRequest → the core's inputs, outputs → PredictResponse: for gRPC, warmup and the
+request log."""
 
 from __future__ import annotations
 
@@ -14,10 +15,10 @@ from onnx_serving.codec.tensors import (
     make_ndarray,
 )
 from onnx_serving.protos.tensorflow_serving.apis import predict_pb2
-from onnx_serving.server.api.grpc.model_spec import fill_spec
 from onnx_serving.server.errors import InvalidArgument, ResourceExhausted
-from onnx_serving.server.runtime.model import LoadedModel, Outputs
-from onnx_serving.server.serving.predict import Decode, Encode, Served, predict
+from onnx_serving.server.messages.model_spec import fill_served
+from onnx_serving.server.runtime.model import Outputs
+from onnx_serving.server.serving.predict import Decode, Encode, Served
 
 
 class ProtoInputs(Mapping[str, np.ndarray]):
@@ -47,24 +48,19 @@ def decoder(request: predict_pb2.PredictRequest) -> Decode:
     return lambda _signature: inputs
 
 
+def fill_response(
+    response: predict_pb2.PredictResponse, served: Served, outputs: Outputs, *,
+    tensor_content: bool = False,
+) -> None:
+    fill_served(response.model_spec, served)
+    for alias, array in outputs.items():
+        encode_into(response.outputs[alias], array, tensor_content=tensor_content)
+
+
 def response_encoder(*, tensor_content: bool) -> Encode[predict_pb2.PredictResponse]:
     def encode(served: Served, outputs: Outputs) -> predict_pb2.PredictResponse:
         response = predict_pb2.PredictResponse()
-        fill_spec(response.model_spec, served.name, served.version, served.signature)
-        for alias, array in outputs.items():
-            encode_into(response.outputs[alias], array, tensor_content=tensor_content)
+        fill_response(response, served, outputs, tensor_content=tensor_content)
         return response
 
     return encode
-
-
-def predict_pinned(
-    model: LoadedModel, request: predict_pb2.PredictRequest
-) -> predict_pb2.PredictResponse:
-    """On a version already in hand (warmup's, while it loads); version 0 is echoed."""
-    return predict(
-        model, request.model_spec.name, 0, request.model_spec.signature_name,
-        decoder(request), response_encoder(tensor_content=False),
-        output_filter=request.output_filter,
-    )
-

@@ -1,12 +1,17 @@
-"""ModelSpec ⇄ the core's ModelRef."""
+"""ModelSpec ⇄ the core: a request's ModelRef, and the spec of what answered.
+
+The filling itself is ``codec.model_spec.fill_spec``, which the client shares.
+"""
 
 from __future__ import annotations
 
 from typing import Protocol
 
+from onnx_serving.codec.model_spec import fill_spec
 from onnx_serving.protos.tensorflow_serving.apis import model_pb2
 from onnx_serving.server.errors import InvalidArgument
 from onnx_serving.server.serving.core import ModelRef
+from onnx_serving.server.serving.predict import Served
 
 
 class HasModelSpec(Protocol):
@@ -34,10 +39,6 @@ def model_ref(spec: model_pb2.ModelSpec) -> ModelRef:
     return ModelRef(spec.name)
 
 
-def fill_spec(
-    spec: model_pb2.ModelSpec, name: str, version: int, signature_name: str | None = None
-) -> None:
-    spec.name = name
-    spec.version.value = version
-    if signature_name is not None:
-        spec.signature_name = signature_name
+def fill_served(spec: model_pb2.ModelSpec, served: Served) -> None:
+    """The version and signature that answered, as every response and log record names them."""
+    fill_spec(spec, served.name, version=served.version, signature=served.signature)

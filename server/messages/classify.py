@@ -1,10 +1,5 @@
-"""Classify, Regress and MultiInference messages ⇄ the core: for gRPC, warmup and REST.
-
-An ``Input`` becomes one DT_STRING vector of serialized tf.Example, as TF
-Serving's InputToSerializedExampleTensor builds it: with a context, each
-element is the context's bytes followed by the example's, so parsing merges
-the two and the example's features win.
-"""
+"""The core's classifications and regressions → Classify, Regress and MultiInference
+responses, and a MultiInferenceRequest's tasks."""
 
 from __future__ import annotations
 
@@ -13,29 +8,12 @@ import numpy as np
 from onnx_serving.protos.tensorflow_serving.apis import (
     classification_pb2,
     inference_pb2,
-    input_pb2,
     regression_pb2,
 )
-from onnx_serving.server.api.grpc.model_spec import fill_spec
-from onnx_serving.server.runtime.model import LoadedModel
-from onnx_serving.server.serving.classify import Classifications, classify, regress
-from onnx_serving.server.serving.multi_inference import Task, TaskResult, multi_inference
+from onnx_serving.server.messages.model_spec import fill_served
+from onnx_serving.server.serving.classify import Classifications
+from onnx_serving.server.serving.multi_inference import Task, TaskResult
 from onnx_serving.server.serving.predict import Served
-
-
-def serialized_examples(request_input: input_pb2.Input) -> np.ndarray:
-    kind = request_input.WhichOneof("kind")
-    if kind == "example_list":
-        serialized = [e.SerializeToString() for e in request_input.example_list.examples]
-    elif kind == "example_list_with_context":
-        listed = request_input.example_list_with_context
-        context = listed.context.SerializeToString()
-        serialized = [context + e.SerializeToString() for e in listed.examples]
-    else:
-        serialized = []
-    examples = np.empty(len(serialized), dtype=object)
-    examples[:] = serialized
-    return examples
 
 
 def fill_classifications(
@@ -67,14 +45,14 @@ def classification_response(
     served: Served, classifications: Classifications
 ) -> classification_pb2.ClassificationResponse:
     response = classification_pb2.ClassificationResponse()
-    fill_spec(response.model_spec, served.name, served.version, served.signature)
+    fill_served(response.model_spec, served)
     fill_classifications(response.result, classifications)
     return response
 
 
 def regression_response(served: Served, values: np.ndarray) -> regression_pb2.RegressionResponse:
     response = regression_pb2.RegressionResponse()
-    fill_spec(response.model_spec, served.name, served.version, served.signature)
+    fill_served(response.model_spec, served)
     _fill_regressions(response.result, values)
     return response
 
@@ -95,39 +73,9 @@ def multi_inference_response(results: list[TaskResult]) -> inference_pb2.MultiIn
     response = inference_pb2.MultiInferenceResponse()
     for task in results:
         entry = response.results.add()
-        fill_spec(entry.model_spec, task.served.name, task.served.version, task.served.signature)
+        fill_served(entry.model_spec, task.served)
         if isinstance(task.result, Classifications):
             fill_classifications(entry.classification_result, task.result)
         else:
             _fill_regressions(entry.regression_result, task.result)
     return response
-
-
-# On a version already in hand (warmup's, while it loads); version 0 is echoed.
-
-
-def classify_pinned(
-    model: LoadedModel, request: classification_pb2.ClassificationRequest, method_check: bool
-) -> classification_pb2.ClassificationResponse:
-    return classify(
-        model, request.model_spec.name, 0, request.model_spec.signature_name,
-        serialized_examples(request.input), classification_response, method_check=method_check,
-    )
-
-
-def regress_pinned(
-    model: LoadedModel, request: regression_pb2.RegressionRequest, method_check: bool
-) -> regression_pb2.RegressionResponse:
-    return regress(
-        model, request.model_spec.name, 0, request.model_spec.signature_name,
-        serialized_examples(request.input), regression_response, method_check=method_check,
-    )
-
-
-def multi_inference_pinned(
-    model: LoadedModel, request: inference_pb2.MultiInferenceRequest, method_check: bool
-) -> inference_pb2.MultiInferenceResponse:
-    return multi_inference(
-        model, 0, tasks(request), serialized_examples(request.input), multi_inference_response,
-        method_check=method_check,
-    )
