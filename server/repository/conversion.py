@@ -79,8 +79,8 @@ def how_to_convert(version_dir: Path) -> str:
 class Conversions:
     """The loader's view of SavedModel versions: ``prepare`` gives the directory to load."""
 
-    def __init__(self, options: ConversionOptions) -> None:
-        self.options = options
+    def __init__(self, options: ConversionOptions | None = None) -> None:
+        self.options = options = options or ConversionOptions()
         self._slots = threading.Semaphore(max(1, options.concurrent))
         self._lock = threading.Lock()
         self._converting: dict[str, threading.Lock] = {}  # one conversion per content
