@@ -65,7 +65,7 @@ def run(module: Any, client: Any, binary: bool, cases: dict[str, Any]) -> dict[s
     as_json = {"as_json": True} if is_grpc else {}
 
     def infer(model: str, inputs: list[tuple[str, str, np.ndarray]], *, version: str = "",
-              outputs: list[str] | None = None) -> dict[str, Any]:
+              outputs: list[str] | None = None, gzip: bool = False) -> dict[str, Any]:
         made = []
         for name, datatype, data in inputs:
             tensor = module.InferInput(name, list(data.shape), datatype)
@@ -77,8 +77,10 @@ def run(module: Any, client: Any, binary: bool, cases: dict[str, Any]) -> dict[s
         requested = None if outputs is None else [
             module.InferRequestedOutput(n) if is_grpc
             else module.InferRequestedOutput(n, binary_data=binary) for n in outputs]
+        compress = {} if not gzip else {"compression_algorithm": "gzip"} if is_grpc else {
+            "request_compression_algorithm": "gzip"}
         result = client.infer(model, made, model_version=version, outputs=requested,
-                              request_id="req-1")
+                              request_id="req-1", **compress)
         response = result.get_response(**as_json)
         answered = {}
         for output in response["outputs"]:
@@ -127,6 +129,7 @@ def run(module: Any, client: Any, binary: bool, cases: dict[str, Any]) -> dict[s
             for case in cases["datatypes"]
         },
         "half_plus_two": caught(lambda: infer("half_plus_two", [("x", "FP32", x)])),
+        "gzip": caught(lambda: infer("half_plus_two", [("x", "FP32", x)], gzip=True)),
         "versions": {version: caught(lambda version=version: infer(
             "versions", [("x", "FP32", x)], version=version)) for version in ["", "1", "canary"]},
         "requested": caught(lambda: infer(

@@ -9,6 +9,7 @@ older protobuf than the server's, runs in its own environment: tests/test_oip_tr
 
 from __future__ import annotations
 
+import gzip
 import json
 import shutil
 import struct
@@ -468,6 +469,29 @@ def test_rest_bad_binary_header(oip_server: ServerProcess) -> None:
                              headers)
     assert status == 400
     assert "named by no input" in json.loads(answer)["error"]
+
+
+def test_rest_gzip_bodies_as_for_v1(oip_server: ServerProcess) -> None:
+    """Content-Encoding gzip is inflated as on /v1 (tritonclient's
+    request_compression_algorithm); the header length counts the inflated header."""
+    x = np.array([[1.0], [2.0]], np.float32)
+    body, headers = binary_infer([("x", "FP32", x)], binary_output=False)
+    status, _, data = http(oip_server, "POST", "/v2/models/versions/versions/1/infer",
+                           gzip.compress(body), {**headers, "Content-Encoding": "gzip"})
+    assert status == 200, data
+    assert json.loads(data)["outputs"][0]["data"] == [2.0, 3.0]
+    document = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [2, 1],
+                            "data": x.tolist()}]}
+    status, _, data = http(oip_server, "POST", "/v2/models/versions/versions/2/infer",
+                           gzip.compress(json.dumps(document).encode()),
+                           {"Content-Encoding": "gzip"})
+    assert status == 200, data
+    assert json.loads(data)["outputs"][0]["data"] == [3.0, 4.0]
+    status, _, data = http(oip_server, "POST", "/v2/models/versions/infer",
+                           gzip.compress(json.dumps(document).encode())[:-6],
+                           {"Content-Encoding": "gzip"})
+    assert status == 400
+    assert "Cannot inflate the gzip request body" in json.loads(data)["error"]
 
 
 def test_counted_in_the_request_metrics(oip_server: ServerProcess,

@@ -117,6 +117,8 @@ def test_infer_versions_labels_and_requested_outputs(answers: dict[str, Any],
     got = answers[client]
     assert got["half_plus_two"]["outputs"]["y"]["values"] == [2.5, 3.0]
     assert got["half_plus_two"]["model_version"] == "123"
+    # The request body gzipped: Content-Encoding on HTTP, gRPC's own compression.
+    assert got["gzip"] == got["half_plus_two"]
     for version, added in (("", 3), ("1", 1), ("canary", 2)):
         answer = got["versions"][version]
         assert answer["model_version"] == str(added)
