@@ -16,7 +16,6 @@ once its warmup requests pass the server's own checks. Names are kept
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 import time
@@ -61,6 +60,7 @@ from onnx_serving.server.errors import ServingError
 from onnx_serving.server.runtime.config import RuntimeConfig
 from onnx_serving.server.runtime.model import load as load_version
 from onnx_serving.server.runtime.ort_errors import ORT_ERRORS
+from onnx_serving.server.runtime.signature import write_signature_file
 from onnx_serving.server.warmup import WarmupOptions, warm_up
 
 # What loading or running a converted model may raise.
@@ -402,7 +402,7 @@ def _signature_entry(
 
 
 def _stage(saved_dir: Path, staging: Path, entries: dict[str, dict[str, object]]) -> None:
-    (staging / SIGNATURES_FILE).write_text(json.dumps({"signature_def": entries}, indent=2))
+    write_signature_file(staging / SIGNATURES_FILE, entries)
     warmup = saved_dir / WARMUP_FILE
     if warmup.exists():
         (staging / WARMUP_FILE).parent.mkdir(parents=True, exist_ok=True)

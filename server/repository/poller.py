@@ -10,9 +10,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from onnx_serving.server.config import ModelConfig
 from onnx_serving.server.errors import BasePathUnavailable
 from onnx_serving.server.repository.manager import ModelManager
+from onnx_serving.server.repository.model_config import ModelConfig
 from onnx_serving.server.repository.source import SettleFilter, VersionDir, scan_versions
 from onnx_serving.server.repository.storage import Backoff, Mirror, ObjectUrl
 

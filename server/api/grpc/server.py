@@ -8,6 +8,7 @@ The standard health service is added with --enable_grpc_healthcheck_service.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable, Sequence
 from concurrent import futures
@@ -33,6 +34,8 @@ from onnx_serving.server.api.grpc.streams import StreamSlots
 from onnx_serving.server.errors import ConfigError
 from onnx_serving.server.metrics import Metrics
 from onnx_serving.server.serving.core import ServingCore
+
+log = logging.getLogger(__name__)
 
 # What absl::SimpleAtoi takes for an int: optional spaces around an optional sign and digits.
 _INT32 = re.compile(r"\s*[+-]?[0-9]+\s*", re.ASCII)
@@ -134,6 +137,32 @@ def build_server(
     _add_reflection_v1_to_pool()
     _serve_reflection(server, reflection.ReflectionServicer(names, pool=POOL))
     return server
+
+
+def start(
+    server: grpc.Server, *, port: int, socket_path: str = "",
+    credentials: Callable[[], grpc.ServerCredentials] | None = None,
+) -> None:
+    """Binds ``server`` to ``port`` on every interface (--port, 0: none) and to the Unix
+    socket ``socket_path`` (--grpc_socket_path), with TLS when ``credentials`` are given
+    (called once per address: gRPC takes each one), then starts it. ConfigError names an
+    address that cannot be had."""
+    addresses = []
+    if port:
+        addresses.append(f"0.0.0.0:{port}")
+    if socket_path:
+        addresses.append(f"unix:{socket_path}")
+    for address in addresses:
+        try:
+            bound = server.add_secure_port(address, credentials()) \
+                if credentials is not None else server.add_insecure_port(address)
+        except RuntimeError as exc:
+            raise ConfigError(f"Cannot listen on {address}: {exc}") from exc
+        if not bound and not address.startswith("unix:"):
+            raise ConfigError(f"Cannot listen on {address}: the port is in use or unavailable")
+    server.start()
+    for address in addresses:
+        log.info("Running gRPC ModelServer at %s ...", address)
 
 
 def _serve_reflection(server: grpc.Server, servicer: reflection.ReflectionServicer) -> None:

@@ -32,8 +32,8 @@ import grpc
 
 from onnx_serving.protos.tensorflow_serving.config import ssl_config_pb2
 from onnx_serving.server.api.grpc.server import MAX_MESSAGE_BYTES, parse_channel_arguments
-from onnx_serving.server.config import read_text_proto
 from onnx_serving.server.errors import ConfigError
+from onnx_serving.server.repository.model_config import read_text_proto
 
 Mode = Literal["shadow", "candidate", "off"]
 MODES: tuple[Mode, ...] = ("shadow", "candidate", "off")

@@ -15,10 +15,7 @@ from pathlib import Path
 from google.protobuf import text_format
 from google.protobuf.message import Message
 
-from onnx_serving.protos.tensorflow_serving.config import (
-    model_server_config_pb2,
-    monitoring_config_pb2,
-)
+from onnx_serving.protos.tensorflow_serving.config import model_server_config_pb2
 from onnx_serving.protos.tensorflow_serving.config.file_system_storage_path_source_pb2 import (
     FileSystemStoragePathSourceConfig,
 )
@@ -27,7 +24,6 @@ from onnx_serving.server.repository.policy import All, Latest, Specific, Version
 from onnx_serving.server.repository.storage import Location, ObjectUrl, location, read_text
 
 PLATFORMS = ("", "onnx", "tensorflow")
-DEFAULT_METRICS_PATH = "/monitoring/prometheus/metrics"
 ServableVersionPolicy = FileSystemStoragePathSourceConfig.ServableVersionPolicy
 
 
@@ -38,7 +34,7 @@ REQUEST_LOG_TYPES = ("", "tfrecord")
 @dataclass(frozen=True)
 class RequestLogConfig:
     """A model's ``logging_config``: sampled requests with their responses, as TFRecord
-    PredictionLog files named from ``filename_prefix`` (server/request_log.py)."""
+    PredictionLog files named from ``filename_prefix`` (server/request_log/)."""
 
     filename_prefix: Location
     sampling_rate: float
@@ -195,13 +191,3 @@ def _policy(message: ServableVersionPolicy) -> VersionPolicy:
             raise ConfigError("A specific version policy must list at least one version")
         return Specific(frozenset(message.specific.versions))
     return Latest(message.latest.num_versions or 1)
-
-
-def read_monitoring_config(path: Path) -> str | None:
-    """The path metrics are served at on the REST port, or None when Prometheus is off."""
-    message = monitoring_config_pb2.MonitoringConfig()
-    read_text_proto(path, message, "monitoring config")
-    prometheus = message.prometheus_config
-    if not prometheus.enable:
-        return None
-    return prometheus.path or DEFAULT_METRICS_PATH
