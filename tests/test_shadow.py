@@ -1,14 +1,15 @@
 """Live shadowing (--shadow_config_file) between two real servers on loopback.
 
 The baseline is a second onnx-serving process, which speaks TF Serving's gRPC API:
-it serves half_plus_three as "hp" (a deliberately different model) and
-half_plus_two as "agree"; the front server serves half_plus_two under every name
-and shadows the baseline. Clients are tensorflow-serving-api's.
+it serves half_plus_three as "hp" (a deliberately different model), half_plus_two
+as "agree" and a slow half_plus_two as "slow"; the front server serves half_plus_two
+under every name and shadows the baseline. Clients are tensorflow-serving-api's.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import socket
 import threading
@@ -55,6 +56,32 @@ def half_plus_three(base: Path) -> Path:
     return base
 
 
+def slow_half_plus_two(base: Path) -> Path:
+    """half_plus_two with the same answers, and a chain of 512x512 MatMuls fed by x and
+    added as zero: tens of ms where ours takes well under one, so our p99 is the better
+    one by a wide margin even on a loaded machine (the switch's latency check)."""
+    shutil.copytree(HALF_PLUS_TWO, base)
+    model = onnx.load(base / "123" / "model.onnx")
+    graph = model.graph
+    (last,) = [n for n in graph.node if "y:0" in n.output]
+    last.output[list(last.output).index("y:0")] = "y_fast"
+    weights = np.random.default_rng(0).uniform(-0.1, 0.1, (512, 512)).astype(np.float32)
+    graph.initializer.extend([numpy_helper.from_array(weights, "slow_w"),
+                              numpy_helper.from_array(np.array(0.0, np.float32), "slow_zero")])
+    h = onnx.helper
+    nodes = [h.make_node("ReduceSum", ["x:0"], ["slow_s"], keepdims=0),
+             h.make_node("Mul", ["slow_w", "slow_s"], ["slow_0"])]
+    for i in range(12):  # tanh keeps it finite, so times zero is zero
+        nodes += [h.make_node("MatMul", [f"slow_{i}", "slow_w"], [f"slow_m{i}"]),
+                  h.make_node("Tanh", [f"slow_m{i}"], [f"slow_{i + 1}"])]
+    nodes += [h.make_node("ReduceMean", ["slow_12"], ["slow_mean"], keepdims=0),
+              h.make_node("Mul", ["slow_mean", "slow_zero"], ["slow_nothing"]),
+              h.make_node("Add", ["y_fast", "slow_nothing"], ["y:0"])]
+    graph.node.extend(nodes)
+    onnx.save(model, base / "123" / "model.onnx")
+    return base
+
+
 def wait_for(condition: Callable[[], bool], timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -78,6 +105,7 @@ class Setup:
     logs: Path
     hung: str
     dead: str
+    slow: Path  # the baseline's "slow" model: a version added here is served next
 
     def configure(self, **models: dict[str, Any]) -> None:
         """Rewrites the shadow config (atomically) and waits until the front applied it."""
@@ -104,7 +132,8 @@ class Setup:
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
     tmp = tmp_path_factory.mktemp("shadow")
-    served = {"hp": half_plus_three(tmp / "hp"), "agree": HALF_PLUS_TWO}
+    served = {"hp": half_plus_three(tmp / "hp"), "agree": HALF_PLUS_TWO,
+              "slow": slow_half_plus_two(tmp / "slow")}
     baseline = ServerProcess(
         [f"--model_config_file={models_config(tmp / 'baseline.config', served)}"],
         tmp / "baseline.log",
@@ -121,7 +150,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
     monitoring = tmp / "monitoring.config"
     monitoring.write_text("prometheus_config { enable: true }")
     rest_port = free_port()
-    names = ("hp", "agree", "hung", "dead")
+    names = ("hp", "agree", "hung", "dead", "slow")
     front_config = models_config(tmp / "front.config", dict.fromkeys(names, HALF_PLUS_TWO))
     front = ServerProcess(
         [f"--model_config_file={front_config}",
@@ -130,7 +159,8 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
         tmp / "front.log",
     ).start()
     yield Setup(baseline, front, rest_port, shadow_file, tmp / "logs",
-                f"127.0.0.1:{hung.getsockname()[1]}", f"127.0.0.1:{free_port()}")
+                f"127.0.0.1:{hung.getsockname()[1]}", f"127.0.0.1:{free_port()}",
+                served["slow"])
     front.stop()
     baseline.stop()
     hung.close()
@@ -308,6 +338,52 @@ def test_the_automatic_switch_reverses_when_agreement_falls(setup: Setup) -> Non
     assert "switched to shadow by the automatic rule: 3 of the last 3 compared requests " \
         "disagreed" in setup.front.logs()
     assert setup.page("hp")["configured_mode"] == "candidate"
+
+
+def test_the_automatic_switch_fires_then_reverses(setup: Setup) -> None:
+    """shadow -> candidate on agreement and a clearly slower baseline; back to shadow
+    once the baseline serves a version that answers differently."""
+    setup.configure(slow={"mode": "shadow", "timeout_ms": 20000,
+                          "switch": {"after": 10, "min_agreement": 0.9, "revert_below": 0.8}})
+
+    def predict(stub: Any, x: float) -> float:
+        request = predict_pb2.PredictRequest.FromString(predict_request("slow", [x]))
+        return float(make_ndarray(stub.Predict(request, timeout=TIMEOUT).outputs["y"])[0])
+
+    def judged() -> int:
+        page = setup.page("slow")
+        return int(page["compared"]) + sum(page["drops"].values())
+
+    def serve_until(stub: Any, mode: str) -> None:
+        """Requests, each judged before the next, until the rule moved to ``mode``."""
+        for i in range(100):
+            if setup.page("slow")["mode"] == mode:
+                return
+            before = judged()
+            predict(stub, float(i))
+            wait_for(lambda before=before: judged() > before)
+        raise AssertionError(f"never switched to {mode}: {setup.page('slow')}")
+
+    with setup.front.channel() as channel, setup.baseline.channel() as direct:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        serve_until(stub, "candidate")
+        page = setup.page("slow")
+        assert page["configured_mode"] == "shadow" and page["disagreed"] == 0
+        assert "Shadowing model slow: switched to candidate by the automatic rule: 10 of the " \
+            "last 10 compared requests agreed" in setup.front.logs()
+        assert ':onnx_serving:shadow_mode{model_name="slow",mode="candidate"} 1.0' \
+            in setup.metrics()
+        assert predict(stub, 4.0) == 4.0  # ours now, and the same answer
+
+        # The baseline's repository gets a version that answers differently: it serves it.
+        shutil.copytree(half_plus_three(setup.logs.parent / "hp3") / "123", setup.slow / "124")
+        baseline = prediction_service_pb2_grpc.PredictionServiceStub(direct)
+        wait_for(lambda: predict(baseline, 4.0) == 5.0)
+        serve_until(stub, "shadow")
+        assert re.search(r"Shadowing model slow: switched to shadow by the automatic rule: 3 of "
+                         r"the last \d+ compared requests disagreed", setup.front.logs())
+        assert predict(stub, 4.0) == 5.0  # the baseline's answer again
+    assert setup.page("slow")["configured_mode"] == "shadow"
 
 
 RULE = SwitchRule(after=4, min_agreement=0.75, revert_below=0.5)
