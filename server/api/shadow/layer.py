@@ -10,6 +10,10 @@ Per model, by the config in force when the request arrives:
   config's timeout: ours can neither slow nor fail the client.
 - ``candidate``: the client gets our answer; a sampled share also goes to the
   baseline as an asynchronous call under the config's timeout, never waited for.
+  While the channel to the baseline is down (TRANSIENT_FAILURE: refused, reset),
+  no call is made and the request is dropped as ``baseline_unavailable``: a call
+  that fails costs the server's CPU, which its clients share, as much as one that
+  answers.
 - ``off`` (or not in the file): our servicer alone, as without the flag.
 
 The two answers meet on this layer's threads and are judged there (``judge``).
@@ -130,6 +134,18 @@ class _OffPath:
             callback()
 
 
+class _Link:
+    """A channel to a baseline, and whether gRPC last saw it down."""
+
+    def __init__(self, endpoint: Endpoint) -> None:
+        self.channel = endpoint.channel()
+        self.down = False
+        self.channel.subscribe(self._seen, try_to_connect=True)
+
+    def _seen(self, state: grpc.ChannelConnectivity) -> None:
+        self.down = state == grpc.ChannelConnectivity.TRANSIENT_FAILURE
+
+
 class _Budget:
     """Comparisons under way and the bytes they hold."""
 
@@ -166,6 +182,7 @@ class _Route:
     name: str
     config: ShadowConfig
     figures: Figures
+    link: _Link
     calls: dict[str, grpc.UnaryUnaryMultiCallable]
     mode: Mode = "off"
     budget: _Budget = field(init=False)
@@ -221,7 +238,7 @@ class Shadowing:
         self._path = path
         self._metrics = ShadowMetrics(registry)
         self._figures: dict[str, Figures] = {}
-        self._channels: dict[Endpoint, grpc.Channel] = {}
+        self._links: dict[Endpoint, _Link] = {}
         self._routes: dict[str, _Route] = {}
         self._text = path.read_text() if path.exists() else ""
         self.apply(read_shadow_config(path))  # a bad file stops start-up
@@ -243,13 +260,13 @@ class Shadowing:
             if old is not None and old.config == config:
                 routes[name] = old
                 continue
-            channel = self._channels.get(config.endpoint)
-            if channel is None:  # old channels stay open for the calls still on them
-                channel = self._channels[config.endpoint] = config.endpoint.channel()
-            calls = {api.method: channel.unary_unary(f"/{SERVICE}/{api.method}")
+            link = self._links.get(config.endpoint)
+            if link is None:  # old channels stay open for the calls still on them
+                link = self._links[config.endpoint] = _Link(config.endpoint)
+            calls = {api.method: link.channel.unary_unary(f"/{SERVICE}/{api.method}")
                      for api in APIS}
             figures = self._figures.setdefault(name, Figures(name, self._metrics))
-            routes[name] = _Route(name, config, figures, calls)
+            routes[name] = _Route(name, config, figures, link, calls)
             self._metrics.set_mode(name, config.mode)
             log.info("Shadowing model %s: %s against %s, sampling %g%s", name, config.mode,
                      config.endpoint.address, config.sampling_rate,
@@ -337,7 +354,7 @@ class Shadowing:
 
     def _candidate(self, route: _Route, api: Api, ours: Ours, request: Message,
                    context: grpc.ServicerContext) -> bytes:
-        pair = self._admit(route, api, request, request.ByteSize())
+        pair = self._admit(route, api, request, request.ByteSize(), route.link.down)
         if pair is not None:
             asked = time.perf_counter()
             future = route.calls[api.method].future(
@@ -364,10 +381,11 @@ class Shadowing:
             pair.set("onnx", response, time.perf_counter() - started)
         return response.SerializeToString()
 
-    def _admit(self, route: _Route, api: Api, request: Message, size: int) -> _Pair | None:
+    def _admit(self, route: _Route, api: Api, request: Message, size: int,
+               baseline_down: bool = False) -> _Pair | None:
         if not route.sampled():
             return None
-        refused = route.budget.admit(size)
+        refused = "baseline_unavailable" if baseline_down else route.budget.admit(size)
         if refused is not None:
             route.figures.drop(refused)
             return None
@@ -454,8 +472,8 @@ class Shadowing:
         self._stopped.set()
         self._executor.shutdown(wait=True, cancel_futures=True)
         self._disagreements.close()
-        for channel in self._channels.values():
-            channel.close()
+        for link in self._links.values():
+            link.channel.close()
 
 
 def _model_name(request: Any) -> str:
