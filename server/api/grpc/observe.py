@@ -1,4 +1,4 @@
-"""Request metrics and the access log for every model RPC, as one server interceptor.
+"""Request metrics and the access log for every model RPC, wrapped around its handler.
 
 TF Serving counts Predict, Classify, Regress and MultiInference by model and
 status, and times the successful ones; the access log (off unless asked for)
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -38,32 +37,16 @@ def _model_name(request: Any) -> str:
     return str(tasks[0].model_spec.name) if tasks else ""
 
 
-class ObserveRequests(grpc.ServerInterceptor):
+class ObserveRequests:
+    """Wraps the model RPCs' handlers (api/grpc/wrapping.py); others pass unchanged."""
+
     def __init__(self, metrics: Metrics, *, access_log_enabled: bool = False) -> None:
         self._metrics = metrics
         self._access_log = access_log_enabled
-        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler | None, Any]] = {}
 
-    def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
-        handler = continuation(handler_call_details)
-        method = handler_call_details.method  # type: ignore[attr-defined]
-        # gRPC asks on every call; a registered method's handler is the same each time.
-        cached = self._wrapped.get(method)
-        if cached is not None and cached[0] is handler:
-            return cached[1]
-        wrapped = self._wrap(method, handler)
-        self._wrapped[method] = (handler, wrapped)
-        return wrapped
-
-    def _wrap(
-        self, method: str, handler: grpc.RpcMethodHandler | None
-    ) -> grpc.RpcMethodHandler | None:
+    def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         api = _OBSERVED.get(method)
-        if handler is None or api is None:
+        if api is None or handler.unary_unary is None:
             return handler
         behavior = handler.unary_unary
 

@@ -30,6 +30,7 @@ from onnx_serving.server.api.grpc.model_service import ModelService, Reload
 from onnx_serving.server.api.grpc.observe import ObserveRequests
 from onnx_serving.server.api.grpc.prediction_service import PredictionService
 from onnx_serving.server.api.grpc.streams import StreamSlots
+from onnx_serving.server.api.grpc.wrapping import WrappingServer
 from onnx_serving.server.errors import ConfigError
 from onnx_serving.server.metrics import Metrics
 from onnx_serving.server.serving.core import ServingCore
@@ -104,13 +105,14 @@ def build_server(
         "grpc.so_reuseport": int(reuse_port),
     }
     options.update(parse_channel_arguments(channel_arguments))
-    server = grpc.server(
+    real = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_threads + max_streams),
         options=list(options.items()),
-        interceptors=[
-            ObserveRequests(metrics, access_log_enabled=access_log), StreamSlots(max_streams)
-        ],
     )
+    # Handlers wrapped once as they register, not by interceptors on every call.
+    server = WrappingServer(real, [
+        ObserveRequests(metrics, access_log_enabled=access_log).wrap, StreamSlots(max_streams).wrap
+    ])
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
         PredictionService(core, tensor_content=tensor_content), server
     )
@@ -128,7 +130,7 @@ def build_server(
         _add_to_pool(file)
     _add_reflection_v1_to_pool()
     _serve_reflection(server, reflection.ReflectionServicer(names, pool=POOL))
-    return server
+    return real
 
 
 def _serve_reflection(server: grpc.Server, servicer: reflection.ReflectionServicer) -> None:
