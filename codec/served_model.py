@@ -14,6 +14,7 @@ from pathlib import Path
 WARMUP_FILE = Path("assets.extra") / "tf_serving_warmup_requests"
 MAX_RECORDS = 1000  # records in a warmup file; a request log file holds as many
 SIGNATURES_FILE = "signatures.json"
+DEFAULT_MODEL_FILE = "model.onnx"  # the graph a version without signatures.json serves
 DEFAULT_SIGNATURE = "serving_default"
 
 

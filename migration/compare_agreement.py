@@ -9,8 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from onnx_serving.codec.tolerance import differences, how_to_check, same_top_k, top_k
 from onnx_serving.migration.compare_requests import SIDES, Request, Side, SideError
-from onnx_serving.migration.tolerance import differences
 
 # Problems listed per output; the rest are counted.
 MAX_PROBLEMS = 5
@@ -212,11 +212,8 @@ def _compare(
 
 
 def _how_to_check(alias: str, b: np.ndarray, tolerance: Tolerance) -> str:
-    if b.dtype.kind in "OSUbiu":
-        return "exact"
     named = not tolerance.top_k_outputs or alias in tolerance.top_k_outputs
-    scores = _is_float(b.dtype) and b.ndim == 2 and b.shape[1] > tolerance.top_k
-    return "top_k" if tolerance.top_k and named and scores else "tolerance"
+    return how_to_check(b, tolerance.top_k, named)
 
 
 def _count_exact(check: OutputCheck, index: int, b: np.ndarray, c: np.ndarray) -> None:
@@ -251,11 +248,8 @@ def _measure_errors(
 def _check_top_k(check: OutputCheck, index: int, b: np.ndarray, c: np.ndarray, k: int) -> None:
     """Counts rows whose k highest scores sit at the same indices, in any order."""
 
-    def top(scores: np.ndarray) -> np.ndarray:
-        return np.argsort(-scores.astype(np.float64), axis=1, kind="stable")[:, :k]
-
-    top_b, top_c = top(b), top(c)
-    agree = np.all(np.sort(top_b, axis=1) == np.sort(top_c, axis=1), axis=1)
+    top_b, top_c = top_k(b, k), top_k(c, k)
+    agree = same_top_k(top_b, top_c)
     check.top_k_rows += b.shape[0]
     check.top_k_agreeing += int(agree.sum())
     if check.top_k_first_difference is None and not agree.all():
@@ -287,11 +281,6 @@ def _merge_shape(
 
 def _dtype_name(array: np.ndarray) -> str:
     return "string" if array.dtype.kind in "OSU" else array.dtype.name
-
-
-def _is_float(dtype: np.dtype) -> bool:
-    # ml_dtypes' bfloat16 and float8 types are numpy kind "V".
-    return dtype.kind == "f" or dtype.name.startswith(("bfloat", "float8"))
 
 
 def _scalar(value: Any) -> Any:

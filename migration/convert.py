@@ -16,7 +16,6 @@ once its warmup requests pass the server's own checks. Names are kept
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 import time
@@ -37,6 +36,7 @@ from onnx_serving.migration.graph_cut import (
     freeze_function,
     needs_cut,
     parses_in_functions,
+    records_other_shapes,
 )
 from onnx_serving.migration.image_decoding import with_sample_images
 from onnx_serving.migration.saved_model import (
@@ -61,6 +61,7 @@ from onnx_serving.server.errors import ServingError
 from onnx_serving.server.runtime.config import RuntimeConfig
 from onnx_serving.server.runtime.model import load as load_version
 from onnx_serving.server.runtime.ort_errors import ORT_ERRORS
+from onnx_serving.server.runtime.signature import write_signature_file
 from onnx_serving.server.warmup import WarmupOptions, warm_up
 
 # What loading or running a converted model may raise.
@@ -173,8 +174,12 @@ def _convert_signatures(
     if unknown:
         result.problems.append(f"no signature {sorted(unknown)}; it has {sorted(signatures)}")
         return {}
-    chosen = [signatures[n] for n in (options.signatures or signatures)]
     runner = TensorFlowRunner(saved_dir, options.tag)
+    chosen = [_with_graph_dtypes(where, runner, signatures[n], result)
+              for n in (options.signatures or signatures)]
+    # tf2onnx cannot load a SavedModel one of whose signatures records shapes its graph
+    # cannot have: each signature is then cut from the graph TF Serving runs.
+    loadable = not any(records_other_shapes(runner, s) for s in signatures.values())
     entries: dict[str, dict[str, object]] = {}
     # Computation → the signature converted for it, its file and graph cut; or the
     # signature that failed it (converting it again would fail alike, minutes later).
@@ -196,7 +201,8 @@ def _convert_signatures(
             log(f"{where} converting signature {signature.name} with tf2onnx "
                 f"(opset {options.opset})")
             try:
-                cut_graph = _tf2onnx(runner, saved_dir, signature, staging / file, options)
+                cut_graph = _tf2onnx(runner, saved_dir, signature, staging / file, options,
+                                     loadable=loadable)
             except (CutError, ConversionError) as exc:
                 ops = f"; unsupported ops: {', '.join(exc.unsupported_ops)}" \
                     if isinstance(exc, ConversionError) and exc.unsupported_ops else ""
@@ -213,6 +219,32 @@ def _convert_signatures(
         elif shared is None:
             failed[computation] = signature.name
     return entries
+
+
+def _with_graph_dtypes(
+    where: str, runner: TensorFlowRunner, signature: SignatureSig, result: Result
+) -> SignatureSig:
+    """The signature with each tensor's dtype as the graph has it, noted where the
+    SignatureDef records another. TF Serving never checks a TensorInfo's dtype (its
+    saved_model_half_plus_three records the serialized tf.Example input of its regress
+    signature as DT_FLOAT): clients send what the graph takes, which the server checks."""
+    def graph_dtype(spec: TensorSig) -> TensorSig:
+        dtype = int(runner.graph.get_tensor_by_name(spec.name).dtype.as_datatype_enum)
+        if dtype == spec.dtype:
+            return spec
+        graph_spec = replace(spec, dtype=dtype)
+        result.notes.append(f"signature {signature.name}: {spec.alias} is recorded as "
+                            f"{spec.dtype_name}, but its tensor {spec.name} is "
+                            f"{graph_spec.dtype_name}: the converted signature says "
+                            f"{graph_spec.dtype_name}")
+        log(f"{where} {result.notes[-1]}")
+        return graph_spec
+
+    return replace(
+        signature,
+        inputs={a: graph_dtype(s) for a, s in signature.inputs.items()},
+        outputs={a: graph_dtype(s) for a, s in signature.outputs.items()},
+    )
 
 
 def _validated_entry(
@@ -242,7 +274,7 @@ def _validated_entry(
     if checked is None:
         result.problems.append(f"signature {signature.name}: its ONNX names do not match")
         return None
-    validation, names = checked
+    validation, names, shaped = checked
     result.max_abs = max(result.max_abs, validation.max_abs)
     result.max_rel = max(result.max_rel, validation.max_rel)
     log(f"{where} signature {signature.name}: {validation.samples} {validation.source} "
@@ -267,7 +299,7 @@ def _validated_entry(
     if new:
         parse = cut_graph.parse if cut_graph else None
         widened = widen_inputs(
-            staging / file, runner, signature, names, atol=options.atol, rtol=options.rtol,
+            staging / file, runner, shaped, names, atol=options.atol, rtol=options.rtol,
             skip=frozenset([parse["input"]] if parse else []),
         )
         for alias, how in widened.items():
@@ -288,14 +320,15 @@ def _file_name(signature: SignatureSig, chosen: Sequence[SignatureSig]) -> str:
 
 def _tf2onnx(
     runner: TensorFlowRunner, saved_dir: Path, signature: SignatureSig, target: Path,
-    options: Options,
+    options: Options, *, loadable: bool,
 ) -> Cut | None:
     """tf2onnx on the signature, or on its graph cut after tf.Example parsing and at
-    intermediate inputs (graph_cut.py) when it needs one; returns the cut."""
+    intermediate inputs (graph_cut.py) when it needs one, or when tf2onnx cannot load the
+    SavedModel (not ``loadable``); returns the cut."""
     source: GraphSession = runner
-    if not needs_cut(runner, signature) and parses_in_functions(runner):
+    if loadable and not needs_cut(runner, signature) and parses_in_functions(runner):
         source, signature = freeze_function(saved_dir, options.tag, signature)
-    if not needs_cut(source, signature):
+    if loadable and not needs_cut(source, signature):
         convert_signature(saved_dir, signature.name, target, tag=options.tag,
                           opset=options.opset, large_model=options.large_model)
         return None
@@ -323,7 +356,9 @@ def _apply_transforms(model: Path, options: Options) -> None:
 def _check(
     runner: TensorFlowRunner, saved_dir: Path, model: Path, signature: SignatureSig,
     options: Options, cut_graph: Cut | None,
-) -> tuple[Validation, dict[str, str]] | None:
+) -> tuple[Validation, dict[str, str], SignatureSig] | None:
+    """The validation, alias → ONNX name, and the signature with the shapes its inputs
+    were validated at (``_with_graph_shapes``); None if the ONNX names do not match."""
     graph = onnx.load(str(model), load_external_data=False).graph
     initialized = {i.name for i in graph.initializer}
     inputs = {v.name for v in graph.input if v.name not in initialized}
@@ -348,25 +383,38 @@ def _check(
         source, samples = "generated image", with_sample_images(samples, images, options.seed)
     validation = validate(runner, session, signature, names, samples, source,
                           atol=options.atol, rtol=options.rtol, parse=parse)
-    return validation, names
+    return validation, names, shaped
 
 
 def _with_graph_shapes(
     signature: SignatureSig, names: Mapping[str, str], graph: onnx.GraphProto
 ) -> SignatureSig:
-    """Inputs of unknown rank in the signature (TF1 exports often leave them so) take the
-    ONNX graph's shape, so random validation inputs fit the graph."""
+    """The signature with its inputs shaped as the graph takes them, where the signature
+    says nothing (unknown rank, as TF1 exports often leave it) or something the graph
+    cannot take: a SignatureDef's TensorInfo shape is a record, never checked by TF
+    Serving (its Predict feeds the request's tensor to the graph as it is). TF Serving's
+    saved_model_half_plus_three records ``x`` as a scalar over a tensor of shape [-1, 1]
+    (its TensorInfo has no tensor_shape), and its clients send [1]. Random validation
+    inputs, and the shape probes after, then fit the graph."""
     shapes = {
         v.name: tuple(d.dim_value if d.HasField("dim_value") else -1
                       for d in v.type.tensor_type.shape.dim)
         for v in graph.input if v.type.tensor_type.HasField("shape")
     }
     inputs = {
-        alias: spec if spec.shape is not None or names.get(alias) not in shapes
+        alias: spec if names.get(alias) not in shapes
+        or _fits(spec.shape, shapes[names[alias]])
         else replace(spec, shape=shapes[names[alias]])
         for alias, spec in signature.inputs.items()
     }
     return replace(signature, inputs=inputs)
+
+
+def _fits(declared: tuple[int, ...] | None, graph: tuple[int, ...]) -> bool:
+    """Whether every tensor of the declared shape (-1: any size) fits the graph's."""
+    return declared is not None and len(declared) == len(graph) and all(
+        g < 0 or d == g for d, g in zip(declared, graph, strict=True)
+    )
 
 
 def _candidates(alias: str, spec: TensorSig, cut_graph: Cut | None) -> list[str]:
@@ -402,7 +450,7 @@ def _signature_entry(
 
 
 def _stage(saved_dir: Path, staging: Path, entries: dict[str, dict[str, object]]) -> None:
-    (staging / SIGNATURES_FILE).write_text(json.dumps({"signature_def": entries}, indent=2))
+    write_signature_file(staging / SIGNATURES_FILE, entries)
     warmup = saved_dir / WARMUP_FILE
     if warmup.exists():
         (staging / WARMUP_FILE).parent.mkdir(parents=True, exist_ok=True)

@@ -30,6 +30,7 @@ from onnx_serving.migration.saved_model import SignatureSig, run_in_session
 
 PARSE_OPS = ("ParseExample", "ParseExampleV2")
 _PARSED_PREFIX = "onnx_serving_parsed"
+_OUTPUT_PREFIX = "onnx_serving_output"
 
 
 class CutError(Exception):
@@ -126,6 +127,18 @@ def needs_cut(runner: GraphSession, signature: SignatureSig) -> bool:
     return False
 
 
+def records_other_shapes(runner: GraphSession, signature: SignatureSig) -> bool:
+    """Whether the signature records a shape its graph tensor cannot have (TF Serving's
+    saved_model_half_plus_three records scalars over [-1, 1]). TF Serving never checks
+    them, but ``tf.saved_model.load``, by which tf2onnx reads a SavedModel, sets every
+    signature's recorded shapes on its graph and refuses the whole SavedModel."""
+    return any(
+        spec.shape is not None and not runner.graph.get_tensor_by_name(spec.name).shape
+        .is_compatible_with([None if d < 0 else d for d in spec.shape])
+        for spec in (*signature.inputs.values(), *signature.outputs.values())
+    )
+
+
 def _readers(tensor: Any) -> list[Any]:
     """The ops reading a tensor, looking through Identity ops (an inlined function's
     arguments pass through one)."""
@@ -169,6 +182,7 @@ def cut(runner: GraphSession, signature: SignatureSig) -> Cut:
         )
         result.parse = _parse_spec(runner, alias, op, needed, replaced)
     graph_def = graph.as_graph_def()
+    result.outputs = _identity_outputs(graph_def, graph, result.outputs)
     shapes = _shapes_for_vector_examples(graph_def, graph)
     _replace_with_placeholders(graph_def, replaced, shapes)
     output_ops = sorted({name.split(":")[0] for name in result.outputs.values()})
@@ -178,6 +192,28 @@ def cut(runner: GraphSession, signature: SignatureSig) -> Cut:
     result.tables = _tables(runner, frozen)
     result.graph_def = frozen.SerializeToString()
     return result
+
+
+def _identity_outputs(graph_def: Any, graph: Any, outputs: dict[str, str]) -> dict[str, str]:
+    """Each signature output read through an Identity of its own (alias → its tensor), as
+    a TF2 function's outputs are. tf2onnx renames the tensor a graph output is made by
+    (``AsString_raw_output___9:0``) before its handlers run, and a handler that rebuilds
+    its node under the node's name (AsString, StringToNumber and others in tf2onnx 1.17)
+    then loses it: "Cannot find node with output ...". Through an Identity, the node
+    tf2onnx renames is one its Identity handler keeps."""
+    renamed: dict[str, str] = {}
+    for alias, tensor_name in outputs.items():
+        safe = "".join(c if c.isalnum() or c in "_.-" else "_" for c in alias)
+        name = f"{_OUTPUT_PREFIX}/{safe}"
+        if f"{name}:0" in renamed.values():  # aliases alike once made safe
+            name = f"{name}_{len(renamed)}"
+        node = graph_def.node.add()
+        node.name, node.op = name, "Identity"
+        op_name, _, index = tensor_name.partition(":")
+        node.input.append(op_name if index in ("", "0") else tensor_name)
+        node.attr["T"].type = graph.get_tensor_by_name(tensor_name).dtype.as_datatype_enum
+        renamed[alias] = f"{name}:0"
+    return renamed
 
 
 def _shapes_for_vector_examples(graph_def: Any, graph: Any) -> Any:

@@ -181,6 +181,7 @@ class TensorFlowRunner:
         self.session = tf.compat.v1.Session(graph=self.graph, config=config)
         with self.graph.as_default():
             meta_graph = SavedModelLoader(str(saved_model_dir)).load(self.session, [tag])
+            _restore_unbound_captures(self.session, meta_graph, saved_model_dir)
         self.signature_defs = dict(meta_graph.signature_def)
         # What a run raises when the graph refuses its inputs.
         self.errors: tuple[type[Exception], ...] = (tf.errors.OpError,)
@@ -197,6 +198,62 @@ class TensorFlowRunner:
 
     def run_tensors(self, feeds: Mapping[Any, np.ndarray], fetches: list[Any]) -> list[np.ndarray]:
         return run_in_session(self.session, feeds, fetches)
+
+
+def _restore_unbound_captures(session: Any, meta_graph: Any, saved_model_dir: Path) -> None:
+    """Gives the variables a TF2 signature captures their saved values where the
+    SavedModel's restore op leaves them out.
+
+    ``tf.saved_model.save`` of a ``tf.Module`` holding Keras 3 layers (a
+    ``keras.Sequential`` as an attribute, called by the serving function) writes a
+    graph whose signature calls read the layers' variables through handles of their
+    own (``sequential/conv2d/bias``), while the restore op fills copies of them
+    (``Variable_3``): run as a graph (a TF1 session, TF Serving's C++ loader) the call
+    answers "Could not find variable" (keras-team/keras#20095, #20096). Eager
+    ``tf.saved_model.load`` is right, as it binds each function's captures to the
+    restored variables by the object graph (``SavedConcreteFunction.bound_inputs``):
+    here the same binding is followed, each uninitialized captured handle assigned
+    its variable's value from the checkpoint, so validation sees TensorFlow's answers.
+    A SavedModel whose captures are all restored is left as it is.
+    """
+    import tensorflow as tf
+    from tensorflow.core.protobuf import trackable_object_graph_pb2
+
+    functions = meta_graph.object_graph_def.concrete_functions
+    graph = session.graph
+    captured: dict[str, tuple[Any, int]] = {}  # handle op → (handle, object node id)
+    for op in graph.get_operations():
+        if op.type not in _CALL_OPS or op.get_attr("f").name not in functions:
+            continue
+        bound = functions[op.get_attr("f").name].bound_inputs
+        if len(bound) > len(op.inputs):
+            continue  # not a call of the function as saved: its captures are not these
+        for handle, node_id in zip(list(op.inputs)[len(op.inputs) - len(bound):], bound,
+                                   strict=True):
+            if handle.op.type == "VarHandleOp":
+                captured.setdefault(handle.op.name, (handle, node_id))
+    if not captured:
+        return
+    handles = list(captured.values())
+    initialized = session.run([tf.raw_ops.VarIsInitializedOp(resource=h) for h, _ in handles])
+    unbound = [(h, n) for (h, n), done in zip(handles, initialized, strict=True) if not done]
+    if not unbound:
+        return
+    reader = tf.train.load_checkpoint(str(saved_model_dir / "variables" / "variables"))
+    objects = trackable_object_graph_pb2.TrackableObjectGraph.FromString(
+        reader.get_tensor("_CHECKPOINTABLE_OBJECT_GRAPH")
+    )
+    feeds: dict[Any, np.ndarray] = {}
+    assigns = []
+    for handle, node_id in unbound:
+        key = next((a.checkpoint_key for a in objects.nodes[node_id].attributes
+                    if a.name == "VARIABLE_VALUE"), None)
+        if key is None:
+            continue  # not a saved variable: left as TensorFlow left it
+        value = tf.compat.v1.placeholder(handle.op.get_attr("dtype"))
+        assigns.append(tf.raw_ops.AssignVariableOp(resource=handle, value=value))
+        feeds[value] = reader.get_tensor(key)
+    session.run(assigns, feeds)
 
 
 def run_in_session(

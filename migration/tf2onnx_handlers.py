@@ -6,6 +6,10 @@
   interpolates in float32 and answers float32; tf2onnx 1.17 hands the uint8 to ONNX's
   Resize, which answers rounded uint8 (and the graph then fails to load). A Cast to
   float32 first gives TensorFlow's values.
+- AsString of integers: ONNX's Cast to string, in place (tf2onnx 1.17 rebuilds the node
+  and loses its output when it is a graph output); other dtypes and formats are refused
+  by name, as Cast writes them otherwise (``0.5`` for TensorFlow's ``0.500000``, ``1``
+  for ``true``).
 """
 
 from __future__ import annotations
@@ -28,6 +32,28 @@ class ResizeInFloat:
             ctx.set_dtype(cast.output[0], TensorProto.FLOAT)
             ctx.copy_shape(cast.input[0], cast.output[0])
         Resize.version_11(ctx, node, **kwargs)
+
+
+# Integer dtypes Cast writes as TensorFlow's AsString does (decimal, no padding).
+_INTEGERS = frozenset({TensorProto.INT8, TensorProto.INT16, TensorProto.INT32, TensorProto.INT64,
+                       TensorProto.UINT8, TensorProto.UINT16, TensorProto.UINT32,
+                       TensorProto.UINT64})
+
+
+@tf_op("AsString")
+class AsString:
+    @classmethod
+    def version_9(cls, ctx: Any, node: Any, **kwargs: Any) -> None:
+        dtype = ctx.get_dtype(node.input[0])
+        utils.make_sure(dtype in _INTEGERS, "AsString of %s: ONNX's Cast writes it unlike "
+                        "TensorFlow", TensorProto.DataType.Name(dtype))
+        width, fill = node.get_attr_value("width", -1), node.get_attr_value("fill", b"")
+        utils.make_sure(width <= 0 and fill in (b"", ""),
+                        "AsString with width %s and fill %r: ONNX's Cast does not pad", width, fill)
+        node.type = "Cast"
+        for name in list(node.attr):
+            del node.attr[name]
+        node.set_attr("to", TensorProto.STRING)
 
 
 @tf_op(["StringLower", "StringUpper"])

@@ -89,6 +89,8 @@ def convert_graph_def(
     from tf2onnx import convert as tf2onnx_convert
     from tf2onnx import tf_loader
 
+    import onnx_serving.migration.tf2onnx_handlers  # noqa: F401  (registers ours, as the child)
+
     frozen = tf.compat.v1.GraphDef.FromString(graph_def.read_bytes())
     try:
         # tf2onnx's from_graph_def, which cannot take lookup tables' contents.

@@ -17,10 +17,10 @@ import numpy as np
 from onnx_serving.codec.prediction_log import PredictionLogError, read_prediction_logs
 from onnx_serving.codec.served_model import WARMUP_FILE, signature_key
 from onnx_serving.codec.tensors import TensorCodecError, make_ndarray
+from onnx_serving.codec.tolerance import differences
 from onnx_serving.migration.example_spec import random_examples, tensorflow_parse
 from onnx_serving.migration.saved_model import SignatureSig, TensorFlowRunner, TensorSig
 from onnx_serving.migration.served_session import ServedSession
-from onnx_serving.migration.tolerance import differences
 
 
 @dataclass

@@ -2,51 +2,46 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1.health import HealthServicer
 
 from onnx_serving.server.api.grpc.server import build_server
+from onnx_serving.server.api.grpc.server import start as start_grpc
 from onnx_serving.server.api.oip.grpc_service import grpc_service
 from onnx_serving.server.api.oip.inference import Inference
-from onnx_serving.server.batching import (
-    Batcher,
-    BatchingOptions,
-    BatchScheduler,
-    read_batching_parameters,
-)
-from onnx_serving.server.config import (
+from onnx_serving.server.api.shadow import Shadowing
+from onnx_serving.server.batching import BatchingOptions, read_batching_parameters
+from onnx_serving.server.errors import ConfigError, ServingError
+from onnx_serving.server.flags import ServerOptions
+from onnx_serving.server.loading import ModelLoader
+from onnx_serving.server.metrics import Metrics, VersionCounts, read_monitoring_config
+from onnx_serving.server.repository.applier import ConfigApplier
+from onnx_serving.server.repository.config_poller import ConfigFilePoller
+from onnx_serving.server.repository.manager import LoadOptions, ModelManager
+from onnx_serving.server.repository.model_config import (
     ModelConfig,
     read_config_file,
-    read_config_update,
-    read_monitoring_config,
     single_model,
 )
-from onnx_serving.server.errors import ConfigError, ModelLoadError, ServingError
-from onnx_serving.server.flags import ServerOptions
-from onnx_serving.server.metrics import Metrics, VersionCounts
-from onnx_serving.server.repository.core import RepositoryCore
-from onnx_serving.server.repository.manager import LoadOptions, ModelManager
 from onnx_serving.server.repository.poller import Poller
+from onnx_serving.server.repository.storage import default_cache_dir, location
 from onnx_serving.server.repository.transitions import Transition
 from onnx_serving.server.request_log import RequestLogOptions, RequestLogs
 from onnx_serving.server.runtime import config as runtime_config
-from onnx_serving.server.runtime.model import Batching, LoadedModel, load
+from onnx_serving.server.runtime.model import LoadedModel
 from onnx_serving.server.runtime.session import describe_install
-from onnx_serving.server.runtime.signature import Signature
 from onnx_serving.server.runtime.threads import choose, share_cores, start_global_pools
 from onnx_serving.server.serving.core import ServingCore
 from onnx_serving.server.tls import ServerTls
-from onnx_serving.server.warmup import WarmupOptions, warm_up
+from onnx_serving.server.warmup import WarmupOptions
 from onnx_serving.server.workers import WORKERS_COUNT_ENV, WORKERS_DIR_ENV, Peers
 
 if TYPE_CHECKING:
@@ -54,34 +49,27 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# TF Serving's per-model batching file, read with --enable_per_model_batching_parameters.
-PER_MODEL_BATCHING_FILE = "batching_params.pbtxt"
-
 
 def model_configs(options: ServerOptions) -> list[ModelConfig]:
     if options.model_config_file:
-        return read_config_file(Path(options.model_config_file))
+        return read_config_file(location(options.model_config_file))
     return [single_model(options.model_name, options.model_base_path)]
 
 
 class App:
+    """Builds each part once, hands it on, and orders start-up and shutdown."""
+
     def __init__(self, options: ServerOptions) -> None:
         self.options = options
         self._initial_configs = model_configs(options)
-        self._runtime = runtime_config.server_default(
+        runtime = runtime_config.server_default(
             options.runtime_config_file, options.intra_op_threads, options.inter_op_threads,
             options.per_process_gpu_memory_fraction,
         )
         if os.environ.get(WORKERS_DIR_ENV):  # one of --num_workers processes
             share_cores(int(os.environ.get(WORKERS_COUNT_ENV, "1")))
-        if self._runtime.thread_pool == "global":  # before any session: sized once
-            start_global_pools(choose(self._runtime))
-        self._warmup_options = WarmupOptions(
-            enabled=options.enable_model_warmup,
-            iterations=options.num_request_iterations_for_warmup,
-            synthetic=options.enable_synthetic_warmup,
-            synthetic_dim=options.synthetic_warmup_dim,
-        )
+        if runtime.thread_pool == "global":  # before any session: sized once
+            start_global_pools(choose(runtime))
         self._metrics_path = (
             read_monitoring_config(Path(options.monitoring_config_file))
             if options.monitoring_config_file else None
@@ -92,8 +80,10 @@ class App:
                 "port: set --rest_api_port too"
             )
         self.metrics = Metrics(versions=self._version_counts)
+        # The manager loads through the loader, which warms up through the serving core,
+        # which answers from the manager: built in that order, the loader called last.
         self.manager: ModelManager[LoadedModel] = ModelManager(
-            self._load,
+            lambda name, version_dir: self._loader.load(name, version_dir),
             LoadOptions(
                 max_retries=options.max_num_load_retries,
                 retry_interval=options.load_retry_interval_micros / 1e6,
@@ -102,19 +92,9 @@ class App:
                 transition=Transition(options.version_transition_policy),
             ),
             observer=self.metrics,
-            describe=lambda model: f" on {', '.join(model.providers)} ({model.threads})",
-            close=LoadedModel.close,
+            describe=ModelLoader.describe,
+            close=ModelLoader.unload,
         )
-        self._batching = (
-            read_batching_parameters(options.batching_parameters_file)
-            if options.batching_parameters_file else BatchingOptions(
-                thread_pool_name="model_server_batch_threads"
-            )
-        ) if options.enable_batching else None
-        self._scheduler = BatchScheduler(
-            self._batching.num_batch_threads, self._batching.thread_pool_name
-        ) if self._batching is not None else None
-        self._poller = Poller(self.manager, options.file_system_poll_wait_seconds)
         self._request_log = RequestLogs(
             RequestLogOptions(options.request_log_max_file_bytes, options.request_log_max_files,
                               options.request_log_queue_size),
@@ -126,13 +106,36 @@ class App:
             method_check=options.enable_signature_method_name_check,
             request_log=self._request_log,
         )
+        self._loader = ModelLoader(
+            runtime,
+            WarmupOptions(
+                enabled=options.enable_model_warmup,
+                iterations=options.num_request_iterations_for_warmup,
+                synthetic=options.enable_synthetic_warmup,
+                synthetic_dim=options.synthetic_warmup_dim,
+            ),
+            self.serving, self.metrics,
+            batching=(
+                read_batching_parameters(options.batching_parameters_file)
+                if options.batching_parameters_file else BatchingOptions(
+                    thread_pool_name="model_server_batch_threads"
+                )
+            ) if options.enable_batching else None,
+            per_model_batching=options.enable_per_model_batching_parameters,
+        )
+        self._poller = Poller(self.manager, options.file_system_poll_wait_seconds,
+                              Path(options.object_store_cache_dir or default_cache_dir()))
         # The Open Inference Protocol (KServe v2) over the same core, on both ports.
         self._oip = Inference(self.serving, self.readiness)
-        self.core = RepositoryCore(
+        self.applier = ConfigApplier(
             self.manager, self._poller,
             allow_unavailable_labels=options.allow_version_labels_for_unavailable_models,
             on_applied=self._request_log.set_configs,
         )
+        self._config_poller = ConfigFilePoller(
+            location(options.model_config_file), options.model_config_file_poll_wait_seconds,
+            self.applier.apply,
+        ) if options.model_config_file else None
         self._tls = ServerTls(
             Path(options.ssl_config_file), options.ssl_config_file_poll_wait_seconds
         ) if options.ssl_config_file else None
@@ -141,42 +144,12 @@ class App:
         self._rest: RestServer | None = None
         self._stop_requested = threading.Event()
         self._stopped = threading.Event()
-        self._peers = Peers.from_environment(self.core.apply)
-
-    def _load(self, version_dir: Path) -> LoadedModel:
-        model = load(version_dir, self._runtime, self._batching_for(version_dir))
-        started = time.perf_counter()
-        try:
-            warm_up(model, version_dir, self._warmup_options, self.serving)
-        except ModelLoadError:
-            self.metrics.warmup(str(version_dir), False, time.perf_counter() - started)
-            raise
-        self.metrics.warmup(str(version_dir), True, time.perf_counter() - started)
-        return model
-
-    def _batching_for(self, version_dir: Path) -> Batching | None:
-        """One Batcher per signature on the shared threads, or None without --enable_batching.
-
-        With --enable_per_model_batching_parameters a version's own batching_params.pbtxt
-        replaces the server's parameters (the threads stay shared, as in TF Serving).
-        """
-        if self._batching is None or self._scheduler is None:
-            return None
-        options, scheduler = self._batching, self._scheduler
-        own = version_dir / PER_MODEL_BATCHING_FILE
-        if self.options.enable_per_model_batching_parameters and own.is_file():
-            try:
-                options = read_batching_parameters(own)
-            except ConfigError as exc:
-                raise ModelLoadError(exc.message) from exc
-        name = next((c.name for c in self.core.configs if c.base_path == version_dir.parent),
-                    version_dir.parent.name)
-        observe = functools.partial(self.metrics.batch, name, options.thread_pool_name)
-
-        def batcher(_signature: Signature, run: Callable[[dict[str, Any]], Any]) -> Batcher:
-            return Batcher(run, options, observe, scheduler)
-
-        return batcher
+        self._peers = Peers.from_environment(self.applier.apply)
+        self._shadow = Shadowing(
+            Path(options.shadow_config_file), options.shadow_config_file_poll_wait_seconds,
+            self.metrics.registry, RequestLogOptions(options.request_log_max_file_bytes,
+                                                     options.request_log_max_files),
+        ) if options.shadow_config_file else None
 
     def _version_counts(self) -> list[VersionCounts]:
         counts = []
@@ -193,20 +166,26 @@ class App:
     def start(self) -> None:
         """Loads the initial models, then opens the ports (as TF Serving does)."""
         log.info(describe_install())
-        self._log_features()
+        self._loader.log_batching()
+        if self._metrics_path is None:
+            log.info("Monitoring is off (--monitoring_config_file)")
+        else:
+            log.info("Monitoring is on: Prometheus metrics at %s on the REST port %d",
+                     self._metrics_path, self.options.rest_api_port)
         try:
-            self.core.apply(self._initial_configs)
+            self.applier.apply(self._initial_configs)
         except ServingError as exc:
             # Unlike TF Serving, one bad model does not stop the others from serving.
             log.error("Not every model is available at start-up: %s", exc.message)
         self._poller.start()
-        self._start_config_polling()
+        if self._config_poller is not None:
+            self._config_poller.start()
         if self._peers is not None:
             self._peers.start(self._stopped)
         self.metrics.publish_live(self._stopped)
         server = build_server(
             self.serving,
-            reload=self._peers.reload if self._peers is not None else self.core.apply,
+            reload=self._peers.reload if self._peers is not None else self.applier.apply,
             reuse_port=self.options.reuse_port,
             metrics=self.metrics,
             max_threads=self.options.grpc_threads,
@@ -216,26 +195,15 @@ class App:
             access_log=self.options.enable_access_log,
             health_servicer=self._health,
             services=[grpc_service(self._oip)],
+            install_prediction=self._shadow.install if self._shadow is not None else None,
         )
-        addresses = []
-        if self.options.port:
-            addresses.append(f"0.0.0.0:{self.options.port}")
-        if self.options.grpc_socket_path:
-            addresses.append(f"unix:{self.options.grpc_socket_path}")
-        for address in addresses:
-            try:
-                bound = server.add_secure_port(address, self._tls.grpc_credentials()) \
-                    if self._tls is not None else server.add_insecure_port(address)
-            except RuntimeError as exc:
-                raise ConfigError(f"Cannot listen on {address}: {exc}") from exc
-            if not bound and not address.startswith("unix:"):
-                raise ConfigError(f"Cannot listen on {address}: the port is in use or unavailable")
-        server.start()
+        start_grpc(
+            server, port=self.options.port, socket_path=self.options.grpc_socket_path,
+            credentials=self._tls.grpc_credentials if self._tls is not None else None,
+        )
         self._server = server
         if self._tls is not None:
             self._tls.start()
-        for address in addresses:
-            log.info("Running gRPC ModelServer at %s ...", address)
         if self.options.rest_api_port:
             # Imported here: a gRPC-only server never loads the HTTP stack.
             from onnx_serving.server.api.oip.rest import OipRest
@@ -256,58 +224,12 @@ class App:
                 readiness=self.readiness,
                 cors=self.options.rest_api_enable_cors_support,
                 limits=HttpLimits.from_options(self.options),
-                mounts=[OipRest(self._oip)],
+                mounts=[OipRest(self._oip),
+                        *((self._shadow.page,) if self._shadow is not None else ())],
             )
             self._rest.start()
             log.info("Exporting HTTP/REST API at:localhost:%d ...", self.options.rest_api_port)
 
-    def _log_features(self) -> None:
-        """Says at start-up whether batching and monitoring are on, and how."""
-        if self._batching is None:
-            log.info("Batching is off (--enable_batching)")
-        else:
-            b = self._batching
-            log.info("Batching is on: max_batch_size %d, batch_timeout_micros %d, "
-                     "max_enqueued_batches %d, %d batch thread(s)%s", b.max_batch_size,
-                     b.batch_timeout_micros, b.max_enqueued_batches, b.num_batch_threads,
-                     ", per-model parameters allowed"
-                     if self.options.enable_per_model_batching_parameters else "")
-        if self._metrics_path is None:
-            log.info("Monitoring is off (--monitoring_config_file)")
-        else:
-            log.info("Monitoring is on: Prometheus metrics at %s on the REST port %d",
-                     self._metrics_path, self.options.rest_api_port)
-
-    def _start_config_polling(self) -> None:
-        interval = self.options.model_config_file_poll_wait_seconds
-        if not self.options.model_config_file or interval <= 0:
-            return
-        path = Path(self.options.model_config_file)
-        threading.Thread(
-            target=self._poll_config, args=(path, interval), name="config-poller", daemon=True
-        ).start()
-
-    def _poll_config(self, path: Path, interval: float) -> None:
-        """Re-reads the config file; a file that does not parse changes nothing."""
-        last = path.read_text() if path.exists() else ""
-        while not self._stopped.wait(interval):
-            try:
-                text = path.read_text()
-            except OSError as exc:
-                log.error("Cannot re-read model config file %s: %s", path, exc)
-                continue
-            if text == last:
-                continue
-            last = text
-            log.info("Model config file %s changed; reloading", path)
-            try:
-                configs = read_config_update(path)
-                if configs is None:
-                    log.info("Taking no action for empty config %s", path)
-                    continue
-                self.core.apply(configs)
-            except ServingError as exc:
-                log.error("Reloading %s: %s", path, exc.message)
 
     def readiness(self) -> str | None:
         """Why this server should not get traffic now, or None when every model can answer."""
@@ -336,13 +258,16 @@ class App:
             time.sleep(delay)
         self._stopped.set()
         self._poller.stop()
+        if self._config_poller is not None:
+            self._config_poller.stop()
         if self._tls is not None:
             self._tls.stop()
         if self._rest is not None:
             self._rest.stop()
         if self._server is not None:
             self._server.stop(grace).wait()
+        if self._shadow is not None:
+            self._shadow.close()
         self.manager.close()
-        if self._scheduler is not None:
-            self._scheduler.close()
+        self._loader.close()
         self._request_log.close()

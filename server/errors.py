@@ -120,6 +120,19 @@ class BasePathUnavailable(ServingError):
         )
 
 
+class VersionNotCopied(BasePathUnavailable):
+    """A version in an object store could not be copied to the local cache; what serves
+    is kept, and the next poll tries again (server/repository/storage.py)."""
+
+    def __init__(self, model: str, version_path: object, error: OSError) -> None:
+        ServingError.__init__(
+            self,
+            f"Cannot copy {version_path} of model {model} to the local cache: "
+            f"{error.strerror or error}; keeping the versions loaded",
+            _OS_ERROR_CODES.get(error.errno or 0, Code.UNAVAILABLE),
+        )
+
+
 class ConfigError(ServingError):
     """A bad flag or config file; the server refuses to start."""
 

@@ -36,10 +36,11 @@ class ServerOptions:
     grpc_socket_path: str = flag("", "also serve gRPC on this UNIX socket")
     model_name: str = flag("default", "the model's name, without --model_config_file")
     model_base_path: str = flag(
-        "", "the model's folder of numbered versions, without --model_config_file"
+        "", "the model's folder of numbered versions (or gs://, s3://), without "
+        "--model_config_file"
     )
     model_config_file: str = flag(
-        "", "ModelServerConfig text file: models, version policies and labels"
+        "", "ModelServerConfig text file (or gs://, s3://): models, version policies and labels"
     )
     grpc_max_threads: int = flag(0, "threads answering unary gRPC calls; 0: four per CPU")
     grpc_channel_arguments: str = flag(
@@ -158,6 +159,16 @@ class ServerOptions:
     )
     request_log_queue_size: int = flag(
         1024, "request log records waiting to be written; more are dropped", own=True
+    )
+    shadow_config_file: str = flag(
+        "", "JSON file: per model, a TF Serving endpoint to shadow (docs/shadow.md)", own=True
+    )
+    shadow_config_file_poll_wait_seconds: int = flag(
+        1, "seconds between re-reads of --shadow_config_file; 0: read once", own=True
+    )
+    object_store_cache_dir: str = flag(
+        "", "where versions in gs:// and s3:// base paths are copied to be loaded; "
+        "empty: <temp dir>/onnx-serving-object-store-<uid>", own=True,
     )
 
     @property

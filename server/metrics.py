@@ -29,6 +29,7 @@ import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
@@ -36,7 +37,9 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from onnx_serving.protos.tensorflow_serving.config import monitoring_config_pb2
 from onnx_serving.server.errors import Code
+from onnx_serving.server.repository.model_config import read_text_proto
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -52,6 +55,18 @@ VersionRecorder = Callable[[Code, float], None]
 # Where prometheus-client keeps every process's values in multiprocess mode.
 MULTIPROCESS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 LIVE_PUBLISH_SECONDS = 1.0
+DEFAULT_METRICS_PATH = "/monitoring/prometheus/metrics"
+
+
+def read_monitoring_config(path: Path) -> str | None:
+    """The path metrics are served at on the REST port (--monitoring_config_file), or None
+    when Prometheus is off."""
+    message = monitoring_config_pb2.MonitoringConfig()
+    read_text_proto(path, message, "monitoring config")
+    prometheus = message.prometheus_config
+    if not prometheus.enable:
+        return None
+    return prometheus.path or DEFAULT_METRICS_PATH
 
 
 @dataclass(frozen=True)

@@ -24,8 +24,8 @@ from pathlib import Path
 import grpc
 
 from onnx_serving.protos.tensorflow_serving.config import ssl_config_pb2
-from onnx_serving.server.config import read_text_proto
 from onnx_serving.server.errors import ConfigError
+from onnx_serving.server.repository.model_config import read_text_proto
 
 log = logging.getLogger(__name__)
 

@@ -38,9 +38,9 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from onnx_serving.server.config import ModelConfig, read_config_file, to_text
 from onnx_serving.server.errors import Code, ServingError
 from onnx_serving.server.metrics import MULTIPROCESS_DIR_ENV
+from onnx_serving.server.repository.model_config import ModelConfig, read_config_file, to_text
 
 if TYPE_CHECKING:
     from onnx_serving.server.api.grpc.model_service import Reload

@@ -300,3 +300,58 @@ def tf2_parsing_regressor(path: Path) -> None:
     module = _ParsingRegressor()
     signature = module.regress.get_concrete_function()
     tf.saved_model.save(module, str(path), signatures={"serving_default": signature})
+
+
+def half_plus_three(path: Path) -> None:
+    """TF Serving's checked-in saved_model_half_plus_three in its shape: y = 0.5 x + 3 with
+    ``x`` parsed from tf.Example (a [-1, 1] tensor), whose SignatureDef records ``x`` and
+    ``y`` as scalars (its TensorInfos carry no tensor_shape), and a regress signature keyed
+    "tensorflow/serving/regress". ``placeholder`` records a scalar too over a placeholder
+    of shape [None]. TF Serving never checks the recorded shapes (its clients send [1]),
+    nor dtypes: the regress signature records its tf.Example input as DT_FLOAT."""
+    v1 = tf.compat.v1
+    constants = v1.saved_model.signature_constants
+
+    def scalar(signature: object) -> object:
+        for side in (signature.inputs, signature.outputs):  # type: ignore[attr-defined]
+            for info in side.values():
+                info.tensor_shape.Clear()
+        return signature
+
+    def build(session: object) -> dict:
+        examples = v1.placeholder(tf.string, shape=[None], name="tf_example")
+        parsed = v1.parse_example(examples, {"x": v1.FixedLenFeature([1], tf.float32)})
+        x = tf.identity(parsed["x"], name="x")
+        a, b = v1.Variable(0.5, name="a"), v1.Variable(3.0, name="b")
+        y = tf.identity(a * x + b, name="y")
+        z = v1.placeholder(tf.float32, shape=[None], name="z")
+        regress = _signature({"inputs": examples}, {"outputs": y}, constants.REGRESS_METHOD_NAME)
+        regress.inputs["inputs"].dtype = tf.float32.as_datatype_enum  # type: ignore[attr-defined]
+        return {
+            "serving_default": scalar(_signature({"x": x}, {"y": y},
+                                                 constants.PREDICT_METHOD_NAME)),
+            "placeholder": scalar(_signature({"z": z}, {"y": a * z + b},
+                                             constants.PREDICT_METHOD_NAME)),
+            constants.REGRESS_METHOD_NAME: regress,
+        }
+
+    _tf1_export(path, build)
+
+
+def classify_as_string(path: Path) -> None:
+    """A TF1 classify signature whose ``classes`` are ``tf.strings.as_string`` of the
+    ``top_k`` indices (the mnist tutorial's shape, without its lookup table)."""
+    v1 = tf.compat.v1
+    constants = v1.saved_model.signature_constants
+
+    def build(session: object) -> dict:
+        examples = v1.placeholder(tf.string, shape=[None], name="tf_example")
+        x = v1.parse_example(examples, {"x": v1.FixedLenFeature([4], tf.float32)})["x"]
+        w = v1.Variable(np.random.default_rng(7).standard_normal((4, 5)).astype(np.float32))
+        scores, indices = tf.nn.top_k(tf.nn.softmax(tf.matmul(x, w)), 3)
+        classify = _signature({"inputs": examples},
+                              {"classes": tf.strings.as_string(indices), "scores": scores},
+                              constants.CLASSIFY_METHOD_NAME)
+        return {"serving_default": classify}
+
+    _tf1_export(path, build)

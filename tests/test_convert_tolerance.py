@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from onnx_serving.codec.tolerance import differences
 from onnx_serving.migration.compare_agreement import Agreement, Tolerance
-from onnx_serving.migration.tolerance import differences
 from onnx_serving.migration.validate import OutputError, accumulate
 
 NAN, INF = float("nan"), float("inf")

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from onnx_serving.server.api.grpc.server import parse_channel_arguments
-from onnx_serving.server.config import read_config_file
 from onnx_serving.server.errors import ConfigError, ModelLoadError
 from onnx_serving.server.flags import NO_EFFECT, REFUSED, ServerOptions, parse_flags, usage
+from onnx_serving.server.repository.model_config import read_config_file
 from onnx_serving.server.repository.policy import All, Latest, Specific
 from onnx_serving.server.runtime import config as runtime_config
 from onnx_serving.server.runtime import gpu_memory, session

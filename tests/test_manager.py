@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from onnx_serving.server.config import ModelConfig
 from onnx_serving.server.errors import (
     BasePathUnavailable,
     FailedPrecondition,
@@ -21,6 +20,7 @@ from onnx_serving.server.errors import (
     ServableNotFound,
 )
 from onnx_serving.server.repository.manager import LoadOptions, ModelManager
+from onnx_serving.server.repository.model_config import ModelConfig
 from onnx_serving.server.repository.source import SettleFilter, VersionDir
 from onnx_serving.server.repository.transitions import (
     Action,
@@ -88,7 +88,7 @@ class FakeLoader:
         self.calls: list[str] = []
         self.live: set[str] = set()  # loaded and not yet garbage
 
-    def __call__(self, path: Path) -> Servable:
+    def __call__(self, _name: str, path: Path) -> Servable:
         self.calls.append(path.name)
         if path.name in self.gate:
             self.gate[path.name].wait(10)

@@ -19,7 +19,7 @@ import yaml
 from kubernetes_validate.utils import schema_contents
 from referencing import Registry, Resource
 
-from onnx_serving.server.config import read_monitoring_config
+from onnx_serving.server.metrics import read_monitoring_config
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"

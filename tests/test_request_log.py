@@ -32,7 +32,7 @@ from tensorflow_serving.apis import (
 
 from onnx_serving.codec.prediction_log import read_prediction_logs
 from onnx_serving.codec.tensors import make_ndarray
-from onnx_serving.server.config import ModelConfig, RequestLogConfig
+from onnx_serving.server.repository.model_config import ModelConfig, RequestLogConfig
 from onnx_serving.server.request_log import RequestLogOptions, RequestLogs
 from tests.models import EXAMPLES
 from tests.server_process import ServerProcess, free_port

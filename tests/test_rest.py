@@ -756,7 +756,7 @@ def test_deadline_exceeded_is_504(custom: str) -> None:
 
 
 def test_busy_port_is_a_config_error() -> None:
-    manager: ModelManager[Any] = ModelManager(lambda path: path)
+    manager: ModelManager[Any] = ModelManager(lambda _name, path: path)
     with socket.socket() as holder:
         holder.bind(("0.0.0.0", 0))
         holder.listen()
@@ -769,7 +769,7 @@ def test_busy_port_is_a_config_error() -> None:
 
 
 def test_start_answers_and_stop_frees_the_port() -> None:
-    manager: ModelManager[Any] = ModelManager(lambda path: path)
+    manager: ModelManager[Any] = ModelManager(lambda _name, path: path)
     port = free_port()
     server = RestServer(ServingCore(manager), port=port, threads=2, timeout_ms=1000,
                         metrics=Metrics())

@@ -17,7 +17,7 @@ import requests
 from tensorflow_serving.apis import model_management_pb2, model_service_pb2_grpc
 
 from onnx_serving.client import Client, ServingError
-from onnx_serving.server.config import ModelConfig, read_config_file, to_text
+from onnx_serving.server.repository.model_config import ModelConfig, read_config_file, to_text
 from onnx_serving.server.repository.policy import All, Latest, Specific
 from tests.models import EXAMPLES
 from tests.server_process import ServerProcess, free_port

@@ -17,8 +17,8 @@ from pathlib import Path
 from onnx_serving.protos.tensorflow_serving.servables.tensorflow.session_bundle_config_pb2 import (
     BatchingParameters,
 )
-from onnx_serving.server.config import read_text_proto
 from onnx_serving.server.errors import ConfigError, InvalidArgument
+from onnx_serving.server.repository.model_config import read_text_proto
 
 DEFAULT_MAX_BATCH_SIZE = 1000
 DEFAULT_BATCH_TIMEOUT_MICROS = 0

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from onnx_serving.protos.tensorflow_serving.apis import get_model_status_pb2
-from onnx_serving.server.repository.manager import VersionStatus
+from onnx_serving.server.repository.versions import VersionStatus
 
 
 def status_response(

@@ -22,27 +22,27 @@ requests in flight on that version have finished, then drops it.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import gc
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Generic, Protocol, TypeVar
 
-from onnx_serving.server.config import ModelConfig
 from onnx_serving.server.errors import (
     FailedPrecondition,
-    InvalidArgument,
     ModelLoadError,
     NotFound,
-    ServableNotFound,
     ServingError,
 )
-from onnx_serving.server.repository.source import Fingerprint, VersionDir
+from onnx_serving.server.repository.labels import LabelError, refused_labels
+from onnx_serving.server.repository.memory import release_unloaded
+from onnx_serving.server.repository.model_config import ModelConfig
+from onnx_serving.server.repository.pinning import pin
+from onnx_serving.server.repository.retries import RetryTicker
+from onnx_serving.server.repository.source import VersionDir
 from onnx_serving.server.repository.transitions import (
     Action,
     State,
@@ -50,17 +50,11 @@ from onnx_serving.server.repository.transitions import (
     VersionView,
     next_actions,
 )
+from onnx_serving.server.repository.versions import ModelEntry, VersionEntry, VersionStatus
 
 log = logging.getLogger(__name__)
 
 S = TypeVar("S")
-
-
-@dataclass(frozen=True)
-class VersionStatus:
-    version: int
-    state: State
-    error: ServingError | None = None
 
 
 @dataclass(frozen=True)
@@ -74,46 +68,6 @@ class LoadOptions:
     transition: Transition = Transition.AVAILABILITY_PRESERVING
 
 
-@dataclass
-class _Version(Generic[S]):
-    version: int
-    path: Path
-    fingerprint: Fingerprint
-    state: State = State.START
-    error: ServingError | None = None
-    servable: S | None = None
-    in_flight: int = 0
-    attempts: int = 0
-    retry_at: float = 0.0
-    busy: bool = False  # a load or unload of it is running
-
-    def status(self) -> VersionStatus:
-        return VersionStatus(self.version, self.state, self.error)
-
-
-@dataclass
-class _Model(Generic[S]):
-    config: ModelConfig
-    aspired: dict[int, VersionDir] = field(default_factory=dict)
-    versions: dict[int, _Version[S]] = field(default_factory=dict)
-    removed: bool = False
-    held: frozenset[int] = frozenset()  # not unloaded until a reload is in force
-    source_error: ServingError | None = None  # why its base path cannot be listed now
-
-    def available(self) -> list[int]:
-        return [v for v, s in self.versions.items() if s.state is State.AVAILABLE]
-
-    def serving(self) -> list[int]:
-        """The available versions it is meant to serve (aspired), lowest first."""
-        return sorted(v for v in self.available() if v in self.aspired)
-
-
-@dataclass(frozen=True)
-class LabelError:
-    label: str
-    error: FailedPrecondition
-
-
 class LifecycleObserver(Protocol):
     """Told of every load and unload (the metrics are one)."""
 
@@ -125,7 +79,7 @@ class LifecycleObserver(Protocol):
 class ModelManager(Generic[S]):
     def __init__(
         self,
-        loader: Callable[[Path], S],
+        loader: Callable[[str, Path], S],
         options: LoadOptions | None = None,
         *,
         observer: LifecycleObserver | None = None,
@@ -133,8 +87,10 @@ class ModelManager(Generic[S]):
         close: Callable[[S], None] = lambda servable: None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        """``describe`` adds to the log line of a load (the providers in use, say);
-        ``close`` runs on an unload once its requests are done, before the servable goes."""
+        """``loader`` loads one version, given its model's name and folder (TF Serving's
+        Loader: server/loading.py's ModelLoader); ``describe`` adds to the log line of a
+        load (the providers in use, say); ``close`` runs on an unload once its requests are
+        done, before the servable goes."""
         self._loader = loader
         self._options = options or LoadOptions()
         self._observer = observer
@@ -146,13 +102,12 @@ class ModelManager(Generic[S]):
         # Told when a version's last request ends, on its own: a request's release must
         # not wake everything that waits on the lock (the retry ticker, start-up waits).
         self._drained = threading.Condition(lock)
-        self._models: dict[str, _Model[S]] = {}
-        self._staged: dict[str, _Model[S]] = {}  # loading from a changed base path
+        self._models: dict[str, ModelEntry[S]] = {}
+        self._staged: dict[str, ModelEntry[S]] = {}  # loading from a changed base path
         self._loads = ThreadPoolExecutor(max(1, self._options.load_threads), "load")
         self._unloads = ThreadPoolExecutor(max(1, self._options.unload_threads), "unload")
         self._closed = False
-        self._ticker = threading.Thread(target=self._tick_retries, name="retries", daemon=True)
-        self._ticker.start()
+        RetryTicker(self._lock, self._start_due_retries, lambda: self._closed).start()
 
     # -- what should be served ---------------------------------------------------
 
@@ -175,9 +130,9 @@ class ModelManager(Generic[S]):
                 # Labels change only through set_labels, once versions have loaded.
                 current = self._models.get(config.name)
                 if current is None or current.removed:
-                    self._models[config.name] = _Model(replace(config, labels={}))
+                    self._models[config.name] = ModelEntry(replace(config, labels={}))
                 elif current.config.base_path != config.base_path:
-                    staged = self._staged.setdefault(config.name, _Model(config))
+                    staged = self._staged.setdefault(config.name, ModelEntry(config))
                     staged.config = replace(config, labels={})
                 else:
                     current.config = replace(config, labels=current.config.labels)
@@ -194,7 +149,7 @@ class ModelManager(Generic[S]):
                 self._retire(self._models[name])
                 self._models[name] = staged
 
-    def _retire(self, model: _Model[S]) -> None:
+    def _retire(self, model: ModelEntry[S]) -> None:
         model.removed, model.aspired, model.held = True, {}, frozenset()
         self._reconcile(model)
 
@@ -218,7 +173,7 @@ class ModelManager(Generic[S]):
                         model.held = frozenset()
                         self._reconcile(model)
 
-    def _target(self, name: str) -> _Model[S] | None:
+    def _target(self, name: str) -> ModelEntry[S] | None:
         """The model a source and a reload work on: the staged one, if any."""
         model = self._staged.get(name) or self._models.get(name)
         return model if model is not None and not model.removed else None
@@ -289,19 +244,13 @@ class ModelManager(Generic[S]):
         with self._lock:
             model = self._models.get(name)
             live = model is not None and not model.removed
-            current = model.config.labels if model is not None and live else {}
             target = self._target(name)
-            available = set(coming) if coming is not None else set(
-                target.serving() if target is not None else ())
-            return [
-                LabelError(label, FailedPrecondition(
-                    f"Request to assign label to version {version} of model {name}, "
-                    "which is not currently available for inference"
-                ))
-                for label, version in labels.items()
-                if version not in available
-                and not (allow_unavailable and current.get(label) in (None, version))
-            ]
+            return refused_labels(
+                name, labels, allow_unavailable=allow_unavailable,
+                current=model.config.labels if model is not None and live else {},
+                available=coming if coming is not None
+                else target.serving() if target is not None else (),
+            )
 
     # -- how it is served -----------------------------------------------------
 
@@ -310,7 +259,8 @@ class ModelManager(Generic[S]):
         self, name: str, version: int | None = None, label: str | None = None
     ) -> Iterator[tuple[int, S]]:
         """Pins the answering version for one request: by label, number, or the highest."""
-        held = self._pin(name, version, label)
+        with self._lock:
+            held = pin(self._models.get(name), name, version, label)
         try:
             assert held.servable is not None
             yield held.version, held.servable
@@ -320,33 +270,14 @@ class ModelManager(Generic[S]):
                 if held.in_flight == 0:
                     self._drained.notify_all()
 
-    def _pin(self, name: str, version: int | None, label: str | None) -> _Version[S]:
-        with self._lock:
-            model = self._models.get(name)
-            if model is not None and model.removed:
-                model = None
-            if label is not None:
-                labelled = model.config.labels.get(label) if model else None
-                if labelled is None:
-                    raise InvalidArgument(f"Unrecognized servable version label: {label}")
-                version = labelled
-            if model is not None:
-                available = model.available()
-                if version is None and available:
-                    version = max(available)
-                held = model.versions.get(version) if version is not None else None
-                if held is not None and held.state is State.AVAILABLE:
-                    held.in_flight += 1
-                    return held
-        raise ServableNotFound(name, version)
-
     def statuses(self, name: str, version: int | None = None) -> list[VersionStatus]:
         """Every version seen, highest first, as GetModelStatus reports them."""
         with self._lock:
             model = self._models.get(name)
-            statuses = {v: s.status() for v, s in model.versions.items()} if model else {}
+            statuses = {v: e.status() for v, e in model.versions.items()} if model else {}
             if model is not None and (problem := model.source_error) is not None:
-                statuses = {v: replace(s, error=s.error or problem) for v, s in statuses.items()}
+                statuses = {v: replace(status, error=status.error or problem)
+                            for v, status in statuses.items()}
         if version is not None:
             if version not in statuses:
                 raise NotFound(f"Could not find version {version} of model {name}")
@@ -374,8 +305,8 @@ class ModelManager(Generic[S]):
         """A snapshot of what serves now, by model (for metrics)."""
         with self._lock:
             return {
-                name: [s.servable for s in m.versions.values()
-                       if s.state is State.AVAILABLE and s.servable is not None]
+                name: [entry.servable for entry in m.versions.values()
+                       if entry.state is State.AVAILABLE and entry.servable is not None]
                 for name, m in self._models.items() if not m.removed
             }
 
@@ -383,7 +314,7 @@ class ModelManager(Generic[S]):
         """Requests holding a version now, by model: how busy each model is (autoscaling)."""
         with self._lock:
             return {
-                name: sum(s.in_flight for s in m.versions.values())
+                name: sum(entry.in_flight for entry in m.versions.values())
                 for name, m in self._models.items() if not m.removed
             }
 
@@ -413,9 +344,9 @@ class ModelManager(Generic[S]):
         if model is None:
             return True
         return all(
-            (s := model.versions.get(v)) is not None
-            and not s.busy
-            and (s.state in (State.AVAILABLE, State.END) or s.error is not None)
+            (entry := model.versions.get(v)) is not None
+            and not entry.busy
+            and (entry.state in (State.AVAILABLE, State.END) or entry.error is not None)
             for v in model.aspired
         )
 
@@ -425,8 +356,8 @@ class ModelManager(Generic[S]):
         model = self._target(name)
         if model is None or model.serving():
             return None
-        errors = [s.error.message for v, s in model.versions.items()
-                  if v in model.aspired and s.error is not None]
+        errors = [entry.error.message for v, entry in model.versions.items()
+                  if v in model.aspired and entry.error is not None]
         if errors:
             return errors[0]
         if model.source_error is not None:
@@ -448,18 +379,19 @@ class ModelManager(Generic[S]):
         for model in [*self._models.values(), *self._staged.values()]:
             self._reconcile(model)
 
-    def _reconcile(self, model: _Model[S]) -> None:
-        """Starts whatever loads and unloads the model's state calls for. Holds the lock."""
+    def _reconcile(self, model: ModelEntry[S]) -> None:
+        """Starts whatever loads and unloads the model's versions call for. Holds the lock."""
         if self._closed:
             return
         now = self._clock()
         views = [
             VersionView(
-                v, s.state, v in model.aspired, s.busy,
-                retry_due=s.state is State.LOADING and 0 < s.retry_at <= now,
-                held=v in model.held, failed=s.state is State.END and s.error is not None,
+                v, entry.state, v in model.aspired, entry.busy,
+                retry_due=entry.retry_due(now),
+                held=v in model.held,
+                failed=entry.state is State.END and entry.error is not None,
             )
-            for v, s in model.versions.items()
+            for v, entry in model.versions.items()
         ] + [VersionView(v, None, True) for v in model.aspired if v not in model.versions]
         for action, version in next_actions(views, self._options.transition):
             if action is Action.ABANDON:
@@ -468,48 +400,48 @@ class ModelManager(Generic[S]):
                          "wanted (gone from disk, out of the version policy, or its model "
                          "removed): not retried", model.config.name, version)
             elif action is Action.UNLOAD:
-                state = model.versions[version]
-                state.state, state.busy = State.UNLOADING, True
-                self._unloads.submit(self._unload, model, state)
+                entry = model.versions[version]
+                entry.state, entry.busy = State.UNLOADING, True
+                self._unloads.submit(self._unload, model, entry)
             else:
                 found = model.aspired[version]
                 known = model.versions.get(version)
                 if known is None or known.state is State.END:  # new, or unloaded before
-                    known = model.versions[version] = _Version(version, found.path,
+                    known = model.versions[version] = VersionEntry(version, found.path,
                                                                found.fingerprint)
                 known.state, known.busy, known.retry_at = State.LOADING, True, 0.0
                 self._loads.submit(self._load, model, known)
         if model.removed:
-            for version in [v for v, s in model.versions.items() if s.state is State.END]:
+            for version in [v for v, e in model.versions.items() if e.state is State.END]:
                 del model.versions[version]
             if not model.versions and self._models.get(model.config.name) is model:
                 del self._models[model.config.name]
 
     # -- doing (on worker threads) ------------------------------------------------
 
-    def _load(self, model: _Model[S], state: _Version[S]) -> None:
+    def _load(self, model: ModelEntry[S], entry: VersionEntry[S]) -> None:
         name = model.config.name
         log.info("Loading servable version {name: %s version: %d} from %s",
-                 name, state.version, state.path)
+                 name, entry.version, entry.path)
         started = self._clock()
         try:
-            servable = self._loader(state.path)
+            servable = self._loader(name, entry.path)
         except ModelLoadError as exc:
             self._observe_load(name, False, started)
-            self._load_failed(model, state, exc)
+            self._load_failed(model, entry, exc)
             return
         except Exception as exc:  # a loader bug must not kill the worker or hide the version
-            log.exception("Unexpected error loading %s version %d", name, state.version)
+            log.exception("Unexpected error loading %s version %d", name, entry.version)
             self._observe_load(name, False, started)
-            self._load_failed(model, state, ModelLoadError(f"unexpected error: {exc}"))
+            self._load_failed(model, entry, ModelLoadError(f"unexpected error: {exc}"))
             return
         seconds = self._observe_load(name, True, started)
         with self._lock:
-            state.servable, state.state, state.error, state.busy = (
+            entry.servable, entry.state, entry.error, entry.busy = (
                 servable, State.AVAILABLE, None, False
             )
             log.info("Successfully loaded servable version {name: %s version: %d} in %.0f ms%s",
-                     name, state.version, seconds * 1000, self._describe(servable))
+                     name, entry.version, seconds * 1000, self._describe(servable))
             self._reconcile(model)
             self._lock.notify_all()
 
@@ -519,63 +451,49 @@ class ModelManager(Generic[S]):
             self._observer.load(name, ok, seconds)
         return seconds
 
-    def _load_failed(self, model: _Model[S], state: _Version[S], error: ServingError) -> None:
+    def _load_failed(
+        self, model: ModelEntry[S], entry: VersionEntry[S], error: ServingError
+    ) -> None:
         with self._lock:
-            state.attempts += 1
-            state.error, state.busy = error, False
-            retries_left = self._options.max_retries - (state.attempts - 1)
-            if retries_left > 0 and state.version in model.aspired:
-                state.retry_at = self._clock() + self._options.retry_interval
+            entry.attempts += 1
+            entry.error, entry.busy = error, False
+            retries_left = self._options.max_retries - (entry.attempts - 1)
+            if retries_left > 0 and entry.version in model.aspired:
+                entry.retry_at = self._clock() + self._options.retry_interval
                 log.error("Failed to load servable version {name: %s version: %d}: %s; "
                           "retrying in %.1f s (%d retries left)", model.config.name,
-                          state.version, error.message, self._options.retry_interval,
+                          entry.version, error.message, self._options.retry_interval,
                           retries_left)
             else:
-                state.state = State.END
+                entry.state = State.END
                 log.error("Failed to load servable version {name: %s version: %d}: %s",
-                          model.config.name, state.version, error.message)
+                          model.config.name, entry.version, error.message)
             self._reconcile(model)
             self._lock.notify_all()
 
-    def _unload(self, model: _Model[S], state: _Version[S]) -> None:
+    def _unload(self, model: ModelEntry[S], entry: VersionEntry[S]) -> None:
         started = self._clock()
         with self._lock:
-            while state.in_flight:
+            while entry.in_flight:
                 self._drained.wait()
-            servable, state.servable = state.servable, None
+            servable, entry.servable = entry.servable, None
         if servable is not None:
             self._close(servable)
         del servable
-        gc.collect()
-        _return_freed_memory()
+        release_unloaded()
         seconds = self._clock() - started
         if self._observer is not None:
             self._observer.unload(model.config.name, seconds)
         with self._lock:
-            state.state, state.busy = State.END, False
+            entry.state, entry.busy = State.END, False
             log.info("Unloaded servable version {name: %s version: %d} in %.0f ms",
-                     model.config.name, state.version, seconds * 1000)
+                     model.config.name, entry.version, seconds * 1000)
             self._reconcile(model)
             self._lock.notify_all()
 
-    def _tick_retries(self) -> None:
-        """Starts retries whose time has come."""
-        while True:
-            with self._lock:
-                if self._closed:
-                    return
-                self._lock.wait(0.1)
-                now = self._clock()
-                for model in [*self._models.values(), *self._staged.values()]:
-                    if any(s.state is State.LOADING and not s.busy and s.retry_at
-                           and s.retry_at <= now for s in model.versions.values()):
-                        self._reconcile(model)
-
-
-def _return_freed_memory() -> None:
-    """Hands freed heap pages back to the OS (glibc keeps them otherwise)."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return
-    libc.malloc_trim(0)
+    def _start_due_retries(self) -> None:
+        """Reconciles the models with a retry due (the ticker calls it, holding the lock)."""
+        now = self._clock()
+        for model in [*self._models.values(), *self._staged.values()]:
+            if any(entry.retry_due(now) for entry in model.versions.values()):
+                self._reconcile(model)

@@ -4,7 +4,9 @@ A version is offered for loading only once it looks finished: its files
 (names, sizes, modification times) must be unchanged between two scans. A
 version copied in slowly therefore waits rather than loads half-written; the
 safe way to publish is still to write elsewhere and rename the finished
-directory into place (docs/lifecycle.md).
+directory into place (docs/lifecycle.md). A base path in an object store has no
+rename: there a version is listed once complete, always waits for two scans, and is
+copied to a local cache before it is offered (server/repository/storage.py).
 """
 
 from __future__ import annotations
@@ -13,21 +15,26 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Generic, TypeVar
 
 from onnx_serving.server.errors import BasePathUnavailable
+from onnx_serving.server.repository.storage import Files, Location, ObjectUrl, list_children
 
 log = logging.getLogger(__name__)
 
 _INT64_MAX = 2**63 - 1
 
-# (relative path, size, mtime in ns) of every file: what changes while a copy runs.
-Fingerprint = tuple[tuple[str, int, int], ...]
+# What changes while a copy runs: each file's relative path, size, and mtime (or tag).
+Fingerprint = Files
+P = TypeVar("P", Path, ObjectUrl)
 
 
 @dataclass(frozen=True)
-class VersionDir:
+class VersionDir(Generic[P]):
+    """A version's directory: local (what the manager loads), or in an object store."""
+
     version: int
-    path: Path
+    path: P
     fingerprint: Fingerprint
 
 
@@ -40,7 +47,7 @@ def parse_version(name: str) -> int | None:
 
 
 def fingerprint(path: Path) -> Fingerprint:
-    entries: list[tuple[str, int, int]] = []
+    entries: list[tuple[str, int, int | str]] = []
     for root, _dirs, files in os.walk(path):
         for name in files:
             full = os.path.join(root, name)
@@ -52,22 +59,28 @@ def fingerprint(path: Path) -> Fingerprint:
     return tuple(sorted(entries))
 
 
-def scan_versions(model_name: str, base_path: Path) -> dict[int, VersionDir]:
+def scan_versions(model_name: str, base_path: Location) -> dict[int, VersionDir[Any]]:
     """Version → directory. A base path that holds no version is warned about, not fatal.
 
     Raises BasePathUnavailable when the base path cannot be listed (gone, not a
     directory, no permission, out of file descriptors...): that is no answer about its
     versions, and must not read as "none", which would unload them all.
     """
-    try:
-        children = list(base_path.iterdir())
-    except OSError as exc:
-        raise BasePathUnavailable(model_name, base_path, exc) from exc
-    versions: dict[int, VersionDir] = {}
-    for child in children:
-        version = parse_version(child.name)
-        if version is not None and child.is_dir():
-            versions[version] = VersionDir(version, child, fingerprint(child))
+    versions: dict[int, VersionDir[Any]] = {}
+    if isinstance(base_path, ObjectUrl):
+        for name, files in list_children(model_name, base_path).items():
+            version = parse_version(name)
+            if version is not None:
+                versions[version] = VersionDir(version, base_path / name, files)
+    else:
+        try:
+            children = list(base_path.iterdir())
+        except OSError as exc:
+            raise BasePathUnavailable(model_name, base_path, exc) from exc
+        for child in children:
+            version = parse_version(child.name)
+            if version is not None and child.is_dir():
+                versions[version] = VersionDir(version, child, fingerprint(child))
     if not versions:
         log.warning(
             "No versions of servable %s found under base path %s. Did you forget to name "
@@ -87,9 +100,9 @@ class SettleFilter:
     """
 
     def __init__(self) -> None:
-        self._bases: set[tuple[str, Path]] = set()
-        self._seen: dict[tuple[str, Path], Fingerprint] = {}
-        self._stable: dict[tuple[str, Path], VersionDir] = {}
+        self._bases: set[tuple[str, Location]] = set()
+        self._seen: dict[tuple[str, Location], Fingerprint] = {}
+        self._stable: dict[tuple[str, Location], VersionDir[Any]] = {}
 
     def forget(self, model_name: str) -> None:
         self._bases = {b for b in self._bases if b[0] != model_name}
@@ -98,11 +111,12 @@ class SettleFilter:
                 del table[key]
 
     def settled(
-        self, model_name: str, base_path: Path, scanned: dict[int, VersionDir]
-    ) -> dict[int, VersionDir]:
-        """A model's first scan of a base path (at start-up, or once a reload adds the model
-        or moves it there) is taken as it is, as TF Serving does."""
-        initial = (model_name, base_path) not in self._bases
+        self, model_name: str, base_path: Location, scanned: dict[int, VersionDir[Any]]
+    ) -> dict[int, VersionDir[Any]]:
+        """A model's first scan of a local base path (at start-up, or once a reload adds
+        the model or moves it there) is taken as it is, as TF Serving does; in an object
+        store, where no rename publishes a version whole, two scans must agree."""
+        initial = (model_name, base_path) not in self._bases and isinstance(base_path, Path)
         self._bases.add((model_name, base_path))
         for found in scanned.values():
             key = (model_name, found.path)

@@ -28,7 +28,6 @@ import numpy as np
 from onnx_serving.codec.model_spec import fill_spec
 from onnx_serving.codec.tensors import encode_into
 from onnx_serving.protos.tensorflow_serving.apis import prediction_log_pb2
-from onnx_serving.server.config import ModelConfig, RequestLogConfig
 from onnx_serving.server.messages.classify import (
     classification_response,
     multi_inference_response,
@@ -37,6 +36,7 @@ from onnx_serving.server.messages.classify import (
 from onnx_serving.server.messages.input import fill_input
 from onnx_serving.server.messages.model_spec import fill_served
 from onnx_serving.server.messages.predict import fill_response
+from onnx_serving.server.repository.model_config import ModelConfig, RequestLogConfig
 from onnx_serving.server.request_log.writer import Observe, Record, RecordWriter, RequestLogOptions
 from onnx_serving.server.runtime.model import Outputs
 from onnx_serving.server.serving.classify import Classifications

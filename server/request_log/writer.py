@@ -14,12 +14,17 @@ records of the next ``retry_seconds`` are dropped without a try; then a new
 file is opened. One ERROR line says so, then at most one a minute with the
 count dropped since, and an INFO line when writing works again. At shutdown
 what is queued gets ``close_seconds`` to be written; the rest is dropped.
+
+A ``filename_prefix`` in an object store (gs://, s3://), which cannot append, gets its
+files written in the local cache and uploaded each once complete (rotated, or at
+shutdown); a file that cannot be uploaded is logged and left in the cache.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
+import errno
 import io
 import itertools
 import logging
@@ -33,6 +38,13 @@ from pathlib import Path
 from onnx_serving.codec.served_model import MAX_RECORDS
 from onnx_serving.codec.tfrecord import frame_record
 from onnx_serving.protos.tensorflow_serving.apis import prediction_log_pb2
+from onnx_serving.server.repository.storage import (
+    Location,
+    ObjectUrl,
+    remove,
+    spool_prefix,
+    upload,
+)
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +70,7 @@ Build = Callable[[], prediction_log_pb2.PredictionLog]
 @dataclass(frozen=True)
 class Record:
     model: str
-    prefix: Path  # the filename_prefix of the files it goes to
+    prefix: Location  # the filename_prefix of the files it goes to
     build: Build
     size: int  # bytes of the arrays it keeps alive until written
 
@@ -70,7 +82,7 @@ class RecordWriter:
         self._options = options
         self._observe = observe
         self._queue = _Backlog(options.queue_size, options.queue_bytes)
-        self._files: dict[Path, _LogFile] = {}
+        self._files: dict[Location, _LogFile] = {}
         self._unencodable = _Reporter("Request log: records that could not be encoded")
         self._drain_until: float | None = None  # set by close
         self._thread = threading.Thread(target=self._write, name="request-log", daemon=True)
@@ -224,8 +236,9 @@ class _LogFile:
     dropped, then the next one opens a new file.
     """
 
-    def __init__(self, prefix: Path, options: RequestLogOptions, observe: Observe) -> None:
+    def __init__(self, prefix: Location, options: RequestLogOptions, observe: Observe) -> None:
         self._prefix = prefix
+        self._local = spool_prefix(prefix) if isinstance(prefix, ObjectUrl) else prefix
         self._options = options
         self._observe = observe
         self._trouble = _Reporter(f"Request log {prefix}")
@@ -268,7 +281,7 @@ class _LogFile:
     def _open(self) -> bool:
         self._count += 1
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        path = Path(f"{self._prefix}-{stamp}-{os.getpid()}-{self._count:05d}.tfrecord")
+        path = Path(f"{self._local}-{stamp}-{os.getpid()}-{self._count:05d}.tfrecord")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._stream = io.FileIO(path, "wb")
@@ -329,7 +342,17 @@ class _LogFile:
 
     def close(self) -> None:
         self.flush()
+        complete = self._path if self._stream is not None else None
         self._close_stream()
+        if complete is not None and isinstance(self._prefix, ObjectUrl):
+            try:
+                upload(complete, self._prefix.parent / complete.name)
+            except OSError as exc:
+                log.error("Request log: cannot upload %s to %s: %s; left there", complete,
+                          self._prefix.parent, exc)
+                return
+            with contextlib.suppress(OSError):  # the upload is what counts
+                complete.unlink()
 
     def _close_stream(self) -> None:
         if self._stream is not None:
@@ -337,9 +360,12 @@ class _LogFile:
                 self._stream.close()
             self._stream = None
 
-    @staticmethod
-    def _unlink(path: Path) -> None:
+    def _unlink(self, path: Path) -> None:
+        """Deletes a log file (its upload too, for a prefix in an object store)."""
         try:
             path.unlink(missing_ok=True)
+            if isinstance(self._prefix, ObjectUrl):
+                remove(self._prefix.parent / path.name)
         except OSError as exc:
-            log.warning("Request log: cannot delete %s: %s", path, exc)
+            if exc.errno != errno.ENOENT:  # else never uploaded: nothing to delete
+                log.warning("Request log: cannot delete %s: %s", path, exc)

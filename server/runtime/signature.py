@@ -23,7 +23,11 @@ from typing import Any
 import numpy as np
 
 from onnx_serving.codec.dtypes import NUMPY_BY_TF_NAME, tf_name
-from onnx_serving.codec.served_model import DEFAULT_SIGNATURE, signature_key
+from onnx_serving.codec.served_model import (
+    DEFAULT_MODEL_FILE,
+    DEFAULT_SIGNATURE,
+    signature_key,
+)
 from onnx_serving.server.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -33,7 +37,6 @@ from onnx_serving.server.errors import (
 from onnx_serving.server.runtime.example_parse import ExampleParse, read_parse_spec
 from onnx_serving.server.runtime.graph import Graph, Shape
 
-DEFAULT_MODEL_FILE = "model.onnx"
 PREDICT_METHOD = "tensorflow/serving/predict"
 
 
@@ -165,19 +168,29 @@ def default_signatures(graph: Graph) -> dict[str, Signature]:
     return {DEFAULT_SIGNATURE: signature}
 
 
+# signatures.json's one key: signature name -> its entry (docs/signatures.md).
+_SIGNATURE_DEF = "signature_def"
+
+
 def read_signature_file(path: Path) -> dict[str, dict[str, Any]]:
     """The raw signature entries of ``signatures.json``, keyed by signature name."""
     try:
         document = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"cannot read {path}: {exc}") from exc
-    entries = document.get("signature_def") if isinstance(document, dict) else None
+    entries = document.get(_SIGNATURE_DEF) if isinstance(document, dict) else None
     if not isinstance(entries, dict) or not entries:
-        raise ModelLoadError(f'{path} must hold a non-empty "signature_def" object')
+        raise ModelLoadError(f'{path} must hold a non-empty "{_SIGNATURE_DEF}" object')
     for name, entry in entries.items():
         if not isinstance(entry, dict):
             raise ModelLoadError(f"{path}: signature '{name}' must be an object")
     return entries
+
+
+def write_signature_file(path: Path, entries: Mapping[str, Mapping[str, Any]]) -> None:
+    """Writes ``signatures.json`` as ``read_signature_file`` reads it (``onnx-serving
+    convert`` does, for each version it converts)."""
+    path.write_text(json.dumps({_SIGNATURE_DEF: entries}, indent=2))
 
 
 def build_signature(

@@ -23,7 +23,7 @@ import numpy as np
 
 from onnx_serving.server.errors import Code, ResourceExhausted, ServingError
 from onnx_serving.server.metrics import Metrics
-from onnx_serving.server.repository.manager import VersionStatus
+from onnx_serving.server.repository.versions import VersionStatus
 from onnx_serving.server.runtime.config import RuntimeConfig
 from onnx_serving.server.runtime.deadline import Deadline
 from onnx_serving.server.runtime.model import LoadedModel

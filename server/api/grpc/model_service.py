@@ -12,10 +12,10 @@ from onnx_serving.protos.tensorflow_serving.apis import (
     model_service_pb2_grpc,
 )
 from onnx_serving.server.api.grpc.errors import translate_errors
-from onnx_serving.server.config import ModelConfig, from_proto
 from onnx_serving.server.errors import InvalidArgument
 from onnx_serving.server.messages.model_spec import checked_spec
 from onnx_serving.server.messages.status import status_response
+from onnx_serving.server.repository.model_config import ModelConfig, from_proto
 from onnx_serving.server.serving.core import ServingCore
 
 _Base = model_service_pb2_grpc.ModelServiceServicer

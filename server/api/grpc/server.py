@@ -8,6 +8,7 @@ The standard health service is added with --enable_grpc_healthcheck_service.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable, Sequence
 from concurrent import futures
@@ -34,6 +35,8 @@ from onnx_serving.server.api.grpc.wrapping import WrappingServer
 from onnx_serving.server.errors import ConfigError
 from onnx_serving.server.metrics import Metrics
 from onnx_serving.server.serving.core import ServingCore
+
+log = logging.getLogger(__name__)
 
 # What absl::SimpleAtoi takes for an int: optional spaces around an optional sign and digits.
 _INT32 = re.compile(r"\s*[+-]?[0-9]+\s*", re.ASCII)
@@ -91,12 +94,15 @@ def build_server(
     access_log: bool = False,
     health_servicer: health.HealthServicer | None = None,
     services: Sequence[Service] = (),
+    install_prediction: Callable[[PredictionService, grpc.Server], None] | None = None,
 ) -> grpc.Server:
     """Both services answer through ``core``; ``metrics`` count requests as gRPC sees
-    them (the interceptor). ``max_threads`` threads answer unary calls and ``max_streams``
+    them (``observe``, wrapped around each handler). ``max_threads`` threads answer unary calls and ``max_streams``
     streaming calls, each kind on threads the other cannot take (see ``streams``).
     ``health_servicer``, when given, is served and its services are set SERVING: the server
-    is built only once the initial models have loaded. ``services`` are served too."""
+    is built only once the initial models have loaded. ``services`` are served too.
+    ``install_prediction``, when given, registers the PredictionService in place of the
+    plain servicer (live shadowing)."""
     options: dict[str, int | str] = {
         "grpc.max_receive_message_length": MAX_MESSAGE_BYTES,
         "grpc.max_send_message_length": MAX_MESSAGE_BYTES,
@@ -113,9 +119,11 @@ def build_server(
     server = WrappingServer(real, [
         ObserveRequests(metrics, access_log_enabled=access_log).wrap, StreamSlots(max_streams).wrap
     ])
-    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-        PredictionService(core, tensor_content=tensor_content), server
-    )
+    prediction = PredictionService(core, tensor_content=tensor_content)
+    if install_prediction is None:
+        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(prediction, server)
+    else:
+        install_prediction(prediction, server)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(core, reload), server)
     for service in services:
         service.add(server)
@@ -131,6 +139,32 @@ def build_server(
     _add_reflection_v1_to_pool()
     _serve_reflection(server, reflection.ReflectionServicer(names, pool=POOL))
     return real
+
+
+def start(
+    server: grpc.Server, *, port: int, socket_path: str = "",
+    credentials: Callable[[], grpc.ServerCredentials] | None = None,
+) -> None:
+    """Binds ``server`` to ``port`` on every interface (--port, 0: none) and to the Unix
+    socket ``socket_path`` (--grpc_socket_path), with TLS when ``credentials`` are given
+    (called once per address: gRPC takes each one), then starts it. ConfigError names an
+    address that cannot be had."""
+    addresses = []
+    if port:
+        addresses.append(f"0.0.0.0:{port}")
+    if socket_path:
+        addresses.append(f"unix:{socket_path}")
+    for address in addresses:
+        try:
+            bound = server.add_secure_port(address, credentials()) \
+                if credentials is not None else server.add_insecure_port(address)
+        except RuntimeError as exc:
+            raise ConfigError(f"Cannot listen on {address}: {exc}") from exc
+        if not bound and not address.startswith("unix:"):
+            raise ConfigError(f"Cannot listen on {address}: the port is in use or unavailable")
+    server.start()
+    for address in addresses:
+        log.info("Running gRPC ModelServer at %s ...", address)
 
 
 def _serve_reflection(server: grpc.Server, servicer: reflection.ReflectionServicer) -> None:

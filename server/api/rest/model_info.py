@@ -17,7 +17,7 @@ from google.protobuf.message import Message
 from onnx_serving.codec.model_spec import fill_spec
 from onnx_serving.protos.tensorflow_serving.apis import model_pb2
 from onnx_serving.server.messages.status import status_response
-from onnx_serving.server.repository.manager import VersionStatus
+from onnx_serving.server.repository.versions import VersionStatus
 from onnx_serving.server.serving.core import ModelMetadata
 from onnx_serving.server.serving.signature_def import SIGNATURE_DEF, signature_def_map
 

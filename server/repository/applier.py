@@ -28,7 +28,6 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from onnx_serving.server.config import ModelConfig
 from onnx_serving.server.errors import (
     BasePathUnavailable,
     Code,
@@ -36,13 +35,14 @@ from onnx_serving.server.errors import (
     ServingError,
 )
 from onnx_serving.server.repository.manager import ModelManager
+from onnx_serving.server.repository.model_config import ModelConfig
 from onnx_serving.server.repository.poller import Poller
 from onnx_serving.server.repository.source import scan_versions
 
 log = logging.getLogger(__name__)
 
 
-class RepositoryCore:
+class ConfigApplier:
     def __init__(
         self, manager: ModelManager[Any], poller: Poller, *, allow_unavailable_labels: bool,
         on_applied: Callable[[list[ModelConfig]], None] = lambda configs: None,

@@ -15,18 +15,15 @@ from pathlib import Path
 from google.protobuf import text_format
 from google.protobuf.message import Message
 
-from onnx_serving.protos.tensorflow_serving.config import (
-    model_server_config_pb2,
-    monitoring_config_pb2,
-)
+from onnx_serving.protos.tensorflow_serving.config import model_server_config_pb2
 from onnx_serving.protos.tensorflow_serving.config.file_system_storage_path_source_pb2 import (
     FileSystemStoragePathSourceConfig,
 )
 from onnx_serving.server.errors import ConfigError
 from onnx_serving.server.repository.policy import All, Latest, Specific, VersionPolicy
+from onnx_serving.server.repository.storage import Location, ObjectUrl, location, read_text
 
 PLATFORMS = ("", "onnx", "tensorflow")
-DEFAULT_METRICS_PATH = "/monitoring/prometheus/metrics"
 ServableVersionPolicy = FileSystemStoragePathSourceConfig.ServableVersionPolicy
 
 
@@ -37,16 +34,16 @@ REQUEST_LOG_TYPES = ("", "tfrecord")
 @dataclass(frozen=True)
 class RequestLogConfig:
     """A model's ``logging_config``: sampled requests with their responses, as TFRecord
-    PredictionLog files named from ``filename_prefix`` (server/request_log.py)."""
+    PredictionLog files named from ``filename_prefix`` (server/request_log/)."""
 
-    filename_prefix: Path
+    filename_prefix: Location
     sampling_rate: float
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     name: str
-    base_path: Path
+    base_path: Location  # a local folder, or one in an object store
     policy: VersionPolicy = field(default_factory=Latest)
     labels: Mapping[str, int] = field(default_factory=dict)
     request_log: RequestLogConfig | None = None
@@ -56,13 +53,13 @@ def single_model(name: str, base_path: str) -> ModelConfig:
     """The config ``--model_name`` and ``--model_base_path`` describe."""
     if not base_path:
         raise ConfigError("Both server_model_config_file and model_base_path are empty!")
-    return ModelConfig(name=name, base_path=Path(base_path).absolute())
+    return ModelConfig(name=name, base_path=location(base_path).absolute())
 
 
-def read_text_proto(path: Path, message: Message, what: str) -> None:
+def read_text_proto(path: Location, message: Message, what: str) -> None:
     """Fills ``message`` from a protobuf text file; errors name the file and the line."""
     try:
-        text = path.read_text()
+        text = read_text(path)
     except OSError as exc:
         raise ConfigError(f"Cannot read {what} file {path}: {exc}") from exc
     try:
@@ -75,12 +72,12 @@ def read_text_proto(path: Path, message: Message, what: str) -> None:
         ) from exc
 
 
-def read_config_file(path: Path) -> list[ModelConfig]:
+def read_config_file(path: Location) -> list[ModelConfig]:
     """Parses a ModelServerConfig text file; relative base paths are taken from its folder."""
     return read_config_update(path) or []
 
 
-def read_config_update(path: Path) -> list[ModelConfig] | None:
+def read_config_update(path: Location) -> list[ModelConfig] | None:
     """As ``read_config_file``, but None for a file that sets no config at all (empty, or
     only comments): TF Serving's ServerCore::ReloadConfig takes no action for it, so a
     writer that truncates the file before it rewrites it unloads nothing. An explicit
@@ -93,7 +90,7 @@ def read_config_update(path: Path) -> list[ModelConfig] | None:
 
 
 def from_proto(
-    message: model_server_config_pb2.ModelServerConfig, relative_to: Path | None = None
+    message: model_server_config_pb2.ModelServerConfig, relative_to: Location | None = None
 ) -> list[ModelConfig]:
     kind = message.WhichOneof("config")
     if kind == "custom_model_config":
@@ -124,7 +121,7 @@ def from_proto(
 
 
 def _request_log(
-    entry: model_server_config_pb2.ModelConfig, relative_to: Path | None
+    entry: model_server_config_pb2.ModelConfig, relative_to: Location | None
 ) -> RequestLogConfig | None:
     if not entry.HasField("logging_config"):
         return None
@@ -144,8 +141,8 @@ def _request_log(
     rate = config.sampling_config.sampling_rate
     if not 0 <= rate <= 1:
         raise ConfigError(f"Model {entry.name}: sampling_rate {rate} is not between 0 and 1")
-    prefix = Path(collector.filename_prefix)
-    if not prefix.is_absolute() and relative_to is not None:
+    prefix = location(collector.filename_prefix)
+    if isinstance(prefix, Path) and not prefix.is_absolute() and relative_to is not None:
         prefix = relative_to / prefix
     return RequestLogConfig(prefix, rate)
 
@@ -170,13 +167,13 @@ def to_text(configs: list[ModelConfig]) -> str:
     return text_format.MessageToString(message)
 
 
-def _base_path(name: str, raw: str, relative_to: Path | None) -> Path:
+def _base_path(name: str, raw: str, relative_to: Location | None) -> Location:
     if not raw:
         raise ConfigError(f"Model {name} has no base_path")
     if "\0" in raw:  # no file system takes it; refused here, not failed on later
         raise ConfigError(f"Model {name} has a NUL character in its base_path")
-    path = Path(raw)
-    if path.is_absolute():
+    path = location(raw)
+    if isinstance(path, ObjectUrl) or path.is_absolute():
         return path
     if relative_to is None:
         raise ConfigError(
@@ -194,13 +191,3 @@ def _policy(message: ServableVersionPolicy) -> VersionPolicy:
             raise ConfigError("A specific version policy must list at least one version")
         return Specific(frozenset(message.specific.versions))
     return Latest(message.latest.num_versions or 1)
-
-
-def read_monitoring_config(path: Path) -> str | None:
-    """The path metrics are served at on the REST port, or None when Prometheus is off."""
-    message = monitoring_config_pb2.MonitoringConfig()
-    read_text_proto(path, message, "monitoring config")
-    prometheus = message.prometheus_config
-    if not prometheus.enable:
-        return None
-    return prometheus.path or DEFAULT_METRICS_PATH
