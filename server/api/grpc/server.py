@@ -97,7 +97,7 @@ def build_server(
     install_prediction: Callable[[PredictionService, grpc.Server], None] | None = None,
 ) -> grpc.Server:
     """Both services answer through ``core``; ``metrics`` count requests as gRPC sees
-    them (``observe``, wrapped around each handler). ``max_threads`` threads answer unary calls and ``max_streams``
+    them (``observe``). ``max_threads`` threads answer unary calls and ``max_streams``
     streaming calls, each kind on threads the other cannot take (see ``streams``).
     ``health_servicer``, when given, is served and its services are set SERVING: the server
     is built only once the initial models have loaded. ``services`` are served too.
