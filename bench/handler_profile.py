@@ -55,13 +55,13 @@ def main(argv: list[str]) -> int:
     model = ensure(args.model, log=lambda line: print(line, file=sys.stderr))
     app = App(parse_flags([f"--model_name={model.name}",
                            f"--model_base_path={model.onnx_base}", "--port=1"]))
-    app.core.apply(app._initial_configs)
+    app.applier.apply(app._initial_configs)  # loads the model without opening ports
     handler = grpc.unary_unary_rpc_method_handler(
         PredictionService(app.serving).Predict,
         request_deserializer=predict_pb2.PredictRequest.FromString,
         response_serializer=predict_pb2.PredictResponse.SerializeToString,
     )
-    wrapped = ObserveRequests(app.metrics).wrap(PATH, handler)
+    wrapped = ObserveRequests(app.metrics)._wrap(PATH, handler)
     assert wrapped is not None
     behavior, parse = wrapped.unary_unary, wrapped.request_deserializer
     serialize = wrapped.response_serializer

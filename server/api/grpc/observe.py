@@ -1,4 +1,4 @@
-"""Request metrics and the access log for every model RPC, wrapped around its handler.
+"""Request metrics and the access log for every model RPC, as one server interceptor.
 
 TF Serving counts Predict, Classify, Regress and MultiInference by model and
 status, and times the successful ones; the access log (off unless asked for)
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -37,16 +38,32 @@ def _model_name(request: Any) -> str:
     return str(tasks[0].model_spec.name) if tasks else ""
 
 
-class ObserveRequests:
-    """Wraps the model RPCs' handlers (api/grpc/wrapping.py); others pass unchanged."""
-
+class ObserveRequests(grpc.ServerInterceptor):
     def __init__(self, metrics: Metrics, *, access_log_enabled: bool = False) -> None:
         self._metrics = metrics
         self._access_log = access_log_enabled
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler | None, Any]] = {}
 
-    def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = continuation(handler_call_details)
+        method = handler_call_details.method  # type: ignore[attr-defined]
+        # gRPC asks on every call; a registered method's handler is the same each time.
+        cached = self._wrapped.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = self._wrap(method, handler)
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
+
+    def _wrap(
+        self, method: str, handler: grpc.RpcMethodHandler | None
+    ) -> grpc.RpcMethodHandler | None:
         api = _OBSERVED.get(method)
-        if api is None or handler.unary_unary is None:
+        if handler is None or api is None:
             return handler
         behavior = handler.unary_unary
 

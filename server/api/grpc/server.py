@@ -31,7 +31,6 @@ from onnx_serving.server.api.grpc.model_service import ModelService, Reload
 from onnx_serving.server.api.grpc.observe import ObserveRequests
 from onnx_serving.server.api.grpc.prediction_service import PredictionService
 from onnx_serving.server.api.grpc.streams import StreamSlots
-from onnx_serving.server.api.grpc.wrapping import WrappingServer
 from onnx_serving.server.errors import ConfigError
 from onnx_serving.server.metrics import Metrics
 from onnx_serving.server.serving.core import ServingCore
@@ -97,7 +96,7 @@ def build_server(
     install_prediction: Callable[[PredictionService, grpc.Server], None] | None = None,
 ) -> grpc.Server:
     """Both services answer through ``core``; ``metrics`` count requests as gRPC sees
-    them (``observe``). ``max_threads`` threads answer unary calls and ``max_streams``
+    them (the interceptor). ``max_threads`` threads answer unary calls and ``max_streams``
     streaming calls, each kind on threads the other cannot take (see ``streams``).
     ``health_servicer``, when given, is served and its services are set SERVING: the server
     is built only once the initial models have loaded. ``services`` are served too.
@@ -111,14 +110,13 @@ def build_server(
         "grpc.so_reuseport": int(reuse_port),
     }
     options.update(parse_channel_arguments(channel_arguments))
-    real = grpc.server(
+    server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_threads + max_streams),
         options=list(options.items()),
+        interceptors=[
+            ObserveRequests(metrics, access_log_enabled=access_log), StreamSlots(max_streams)
+        ],
     )
-    # Handlers wrapped once as they register, not by interceptors on every call.
-    server = WrappingServer(real, [
-        ObserveRequests(metrics, access_log_enabled=access_log).wrap, StreamSlots(max_streams).wrap
-    ])
     prediction = PredictionService(core, tensor_content=tensor_content)
     if install_prediction is None:
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(prediction, server)
@@ -138,7 +136,7 @@ def build_server(
         _add_to_pool(file)
     _add_reflection_v1_to_pool()
     _serve_reflection(server, reflection.ReflectionServicer(names, pool=POOL))
-    return real
+    return server
 
 
 def start(

@@ -19,17 +19,28 @@ from typing import Any
 import grpc
 
 
-class StreamSlots:
-    """Wraps the streaming methods' handlers (api/grpc/wrapping.py); unary ones pass."""
-
+class StreamSlots(grpc.ServerInterceptor):
     def __init__(self, limit: int) -> None:
         self._limit = limit
         self._slots = threading.BoundedSemaphore(limit)
+        # gRPC asks on every call; a registered method's handler is the same each time.
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
-    def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-        if not (handler.request_streaming or handler.response_streaming):
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = continuation(handler_call_details)
+        if handler is None or not (handler.request_streaming or handler.response_streaming):
             return handler
-        return self._wrap(handler)
+        method = handler_call_details.method  # type: ignore[attr-defined]
+        cached = self._wrapped.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = self._wrap(handler)
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
 
     def _take(self, context: grpc.ServicerContext) -> None:
         if not self._slots.acquire(blocking=False):
