@@ -224,7 +224,8 @@ class App:
                 readiness=self.readiness,
                 cors=self.options.rest_api_enable_cors_support,
                 limits=HttpLimits.from_options(self.options),
-                mounts=[OipRest(self._oip),
+                mounts=[OipRest(self._oip,
+                                max_gzip_bytes=self.options.rest_api_max_gzip_bytes),
                         *((self._shadow.page,) if self._shadow is not None else ())],
             )
             self._rest.start()

@@ -19,8 +19,12 @@ import requests
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
+from onnx_serving.codec.dtypes import oip_numpy
+from onnx_serving.codec.oip import from_raw
+from onnx_serving.protos.inference import open_inference_grpc_pb2_grpc as oip_grpc
 from tests import tf_op_models
 from tests.server_process import ServerProcess, free_port
+from tests.test_oip import binary_infer, raw_infer, read_binary_answer
 
 MODELS = {"resnet": tf_op_models.jpeg_classifier, "text": tf_op_models.text}
 
@@ -121,6 +125,34 @@ def test_a_batch_of_pngs_of_different_sizes_is_exact(converted, server) -> None:
     expected = tensorflow_answers(converted[0], "resnet", image_bytes=images)
     np.testing.assert_allclose(tf.make_ndarray(result.outputs["probabilities"]),
                                expected["probabilities"], atol=1e-5)
+
+
+def test_jpeg_bytes_over_the_open_inference_protocol_answer_as_predict(server) -> None:
+    """tritonclient's way with an image model: the files' bytes as a BYTES input, over OIP
+    gRPC (raw contents) and REST (binary data extension); the answer is Predict's."""
+    channel, base = server
+    images = tf_op_models.jpegs(2, seed=4)
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "resnet"
+    request.inputs["image_bytes"].CopyFrom(tf.make_tensor_proto(images))
+    predict = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, 30)
+    expected = {name: tf.make_ndarray(tensor) for name, tensor in predict.outputs.items()}
+    array = np.array(images, dtype=object)
+    v2 = oip_grpc.GRPCInferenceServiceStub(channel).ModelInfer(
+        raw_infer("resnet", array, "BYTES", name="image_bytes"), 30)
+    by_grpc = {o.name: from_raw(raw, oip_numpy(o.datatype), o.shape)
+               for o, raw in zip(v2.outputs, v2.raw_output_contents, strict=True)}
+    body, headers = binary_infer([("image_bytes", "BYTES", array)], binary_output=True)
+    response = requests.post(f"{base}/v2/models/resnet/infer", data=body, headers=headers,
+                             timeout=30)
+    assert response.status_code == 200, response.text
+    document, blobs = read_binary_answer(dict(response.headers), response.content)
+    by_rest = {o["name"]: from_raw(blobs[o["name"]], oip_numpy(o["datatype"]), o["shape"])
+               for o in document["outputs"]}
+    for answer in (by_grpc, by_rest):
+        assert answer.keys() == expected.keys()
+        for name, value in expected.items():
+            np.testing.assert_array_equal(answer[name], value)
 
 
 def test_bytes_that_are_no_image_get_tensorflows_error(server) -> None:

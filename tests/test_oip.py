@@ -1,13 +1,15 @@
 """The Open Inference Protocol (KServe v2) against the real server, on gRPC and REST.
 
-tritonclient would downgrade the shared environment's protobuf (7 → 6) and
-ml_dtypes, so the clients here are the stubs generated from the protocol's own
-.proto and the standard library's HTTP client, speaking the wire formats as
-tritonclient does (raw contents on gRPC; JSON and the binary data extension on REST).
+The clients here are the stubs generated from the protocol's own .proto and the
+standard library's HTTP client, speaking the wire formats as tritonclient does (raw
+contents on gRPC; JSON and the binary data extension on REST), for what tritonclient
+cannot send (typed contents, malformed bodies). tritonclient itself, which needs an
+older protobuf than the server's, runs in its own environment: tests/test_oip_tritonclient.py.
 """
 
 from __future__ import annotations
 
+import gzip
 import json
 import shutil
 import struct
@@ -32,7 +34,7 @@ from onnx_serving.codec.tensors import make_ndarray, make_tensor_proto
 from onnx_serving.protos.inference import open_inference_grpc_pb2 as pb
 from onnx_serving.protos.inference import open_inference_grpc_pb2_grpc as pb_grpc
 from onnx_serving.protos.tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
-from tests.models import EXAMPLES, _write, add_constant, identity
+from tests.models import EXAMPLES, _write, add_constant, identity, two_outputs
 from tests.server_process import ServerProcess, free_port
 from tests.test_lifecycle import config_text, publish, start_server
 
@@ -76,9 +78,10 @@ def oip_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProce
         _write(root / f"id_{datatype.lower()}" / "1", {"model.onnx": identity(onnx_type)}, None)
     for version in (1, 2, 3):
         _write(root / "versions" / str(version), {"model.onnx": add_constant(version)}, None)
+    _write(root / "two" / "1", {"model.onnx": two_outputs()}, None)
     models = "\n".join(
         f'config {{ name: "{name}" base_path: "{root / name}" model_platform: "onnx" }}'
-        for name in ["half_plus_two", *(f"id_{d.lower()}" for d, *_ in DATATYPES)]
+        for name in ["half_plus_two", "two", *(f"id_{d.lower()}" for d, *_ in DATATYPES)]
     )
     config = root / "models.config"
     config.write_text(f"""model_config_list {{
@@ -466,6 +469,29 @@ def test_rest_bad_binary_header(oip_server: ServerProcess) -> None:
                              headers)
     assert status == 400
     assert "named by no input" in json.loads(answer)["error"]
+
+
+def test_rest_gzip_bodies_as_for_v1(oip_server: ServerProcess) -> None:
+    """Content-Encoding gzip is inflated as on /v1 (tritonclient's
+    request_compression_algorithm); the header length counts the inflated header."""
+    x = np.array([[1.0], [2.0]], np.float32)
+    body, headers = binary_infer([("x", "FP32", x)], binary_output=False)
+    status, _, data = http(oip_server, "POST", "/v2/models/versions/versions/1/infer",
+                           gzip.compress(body), {**headers, "Content-Encoding": "gzip"})
+    assert status == 200, data
+    assert json.loads(data)["outputs"][0]["data"] == [2.0, 3.0]
+    document = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [2, 1],
+                            "data": x.tolist()}]}
+    status, _, data = http(oip_server, "POST", "/v2/models/versions/versions/2/infer",
+                           gzip.compress(json.dumps(document).encode()),
+                           {"Content-Encoding": "gzip"})
+    assert status == 200, data
+    assert json.loads(data)["outputs"][0]["data"] == [3.0, 4.0]
+    status, _, data = http(oip_server, "POST", "/v2/models/versions/infer",
+                           gzip.compress(json.dumps(document).encode())[:-6],
+                           {"Content-Encoding": "gzip"})
+    assert status == 400
+    assert "Cannot inflate the gzip request body" in json.loads(data)["error"]
 
 
 def test_counted_in_the_request_metrics(oip_server: ServerProcess,

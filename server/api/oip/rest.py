@@ -11,6 +11,11 @@ extension (Triton's extension_binary_data.md), raw bytes after a JSON header of
 ``binary_data_size`` parameter. Outputs are binary where the request asks
 (``binary_data`` per output, ``binary_data_output`` for all). BYTES in JSON are
 strings: ONNX Runtime's string tensors hold text, so they are always UTF-8.
+
+A body sent with ``Content-Encoding: gzip`` (tritonclient's
+``request_compression_algorithm="gzip"``) is inflated first, as /v1 inflates it
+(``api/rest/body.py``, bounded by --rest_api_max_gzip_bytes);
+``Inference-Header-Content-Length`` counts the inflated header, as Triton reads it.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from onnx_serving.server.api.oip.inference import (
     server_version,
 )
 from onnx_serving.server.api.rest.app import JSON, Host, error_response, read_body
+from onnx_serving.server.api.rest.body import gunzip, is_gzip
 from onnx_serving.server.errors import Code, InvalidArgument, NotFound
 from onnx_serving.server.metrics import REST
 from onnx_serving.server.runtime.deadline import Deadline
@@ -50,8 +56,10 @@ _OCTETS: Final = "application/octet-stream"
 class OipRest:
     """Mounted on the REST app by App; answers every path under /v2."""
 
-    def __init__(self, inference: Inference) -> None:
+    def __init__(self, inference: Inference, *, max_gzip_bytes: int) -> None:
+        """``max_gzip_bytes``: what a gzip body may inflate to (--rest_api_max_gzip_bytes)."""
         self._inference = inference
+        self._max_gzip_bytes = max_gzip_bytes
 
     def owns(self, path: str) -> bool:
         return path == "/v2" or path.startswith("/v2/")
@@ -80,9 +88,11 @@ class OipRest:
             if (method, action) == ("POST", "infer"):
                 body = await read_body(request)
                 header = request.headers.get(HEADER_LENGTH)
+                gzipped = is_gzip(request.headers.get("content-encoding", ""))
 
                 def infer(deadline: Deadline) -> Response:
-                    return self._infer(name, asked, body, header, deadline, answered)
+                    inflated = gunzip(body, self._max_gzip_bytes) if gzipped else body
+                    return self._infer(name, asked, inflated, header, deadline, answered)
 
                 return await host.run(infer)
             if method != "GET" or action == "infer":
