@@ -71,6 +71,7 @@ def quiet_cuda_probe() -> None:
 
 
 def read_signatures(saved_model_dir: Path, tag: str = "serve") -> dict[str, SignatureSig]:
+    from google.protobuf.message import DecodeError
     from tensorflow.core.protobuf import saved_model_pb2
 
     path = saved_model_dir / "saved_model.pb"
@@ -78,6 +79,8 @@ def read_signatures(saved_model_dir: Path, tag: str = "serve") -> dict[str, Sign
         saved_model = saved_model_pb2.SavedModel.FromString(path.read_bytes())
     except OSError as exc:
         raise SavedModelError(f"cannot read {path}: {exc}") from exc
+    except DecodeError as exc:  # truncated or not a SavedModel: a report, not a crash
+        raise SavedModelError(f"{path} is not a SavedModel: {exc}") from exc
     for meta_graph in saved_model.meta_graphs:
         if tag in meta_graph.meta_info_def.tags:
             nodes = {node.name: node for node in meta_graph.graph_def.node}

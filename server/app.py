@@ -25,6 +25,8 @@ from onnx_serving.server.loading import ModelLoader
 from onnx_serving.server.metrics import Metrics, VersionCounts, read_monitoring_config
 from onnx_serving.server.repository.applier import ConfigApplier
 from onnx_serving.server.repository.config_poller import ConfigFilePoller
+from onnx_serving.server.repository.conversion import ConversionOptions, Conversions
+from onnx_serving.server.repository.conversion import default_cache_dir as conversion_cache
 from onnx_serving.server.repository.manager import LoadOptions, ModelManager
 from onnx_serving.server.repository.model_config import (
     ModelConfig,
@@ -122,6 +124,12 @@ class App:
                 )
             ) if options.enable_batching else None,
             per_model_batching=options.enable_per_model_batching_parameters,
+            conversions=Conversions(ConversionOptions(
+                enabled=options.convert_saved_models,
+                cache_dir=Path(options.saved_model_cache_dir or conversion_cache()),
+                concurrent=options.num_saved_model_conversions,
+                memory_mb=options.saved_model_conversion_memory_mb,
+            )),
         )
         self._poller = Poller(self.manager, options.file_system_poll_wait_seconds,
                               Path(options.object_store_cache_dir or default_cache_dir()))

@@ -170,6 +170,23 @@ class ServerOptions:
         "", "where versions in gs:// and s3:// base paths are copied to be loaded; "
         "empty: <temp dir>/onnx-serving-object-store-<uid>", own=True,
     )
+    convert_saved_models: bool = flag(
+        True, "convert a version that holds a TensorFlow SavedModel (and no model.onnx) to "
+        "ONNX at load, in a separate process, validated as `onnx-serving convert` does "
+        "(needs the migration extra); false: refuse it, naming the convert command", own=True,
+    )
+    saved_model_cache_dir: str = flag(
+        "", "where SavedModel versions converted at load are kept, named by content (share "
+        "it between replicas and restarts); empty: <temp dir>/onnx-serving-converted-<uid>",
+        own=True,
+    )
+    num_saved_model_conversions: int = flag(
+        1, "SavedModel conversions run at once (each takes a load thread meanwhile)", own=True
+    )
+    saved_model_conversion_memory_mb: int = flag(
+        0, "address-space limit (RLIMIT_AS) of each conversion process, in MiB; 0: none",
+        own=True,
+    )
 
     @property
     def grpc_threads(self) -> int:

@@ -8,6 +8,8 @@ saved_model_warmup.cc do together, in our terms: the ONNX Runtime sessions
 (runtime/model.py), a batcher per signature under --enable_batching (a version's
 own batching_params.pbtxt under --enable_per_model_batching_parameters, the
 threads shared), then warmup through the serving core, timed into the metrics.
+A version holding a TensorFlow SavedModel is loaded from its ONNX conversion
+(repository/conversion.py), made first if it is not cached.
 Nothing here knows which versions should be served.
 """
 
@@ -28,6 +30,7 @@ from onnx_serving.server.batching import (
 )
 from onnx_serving.server.errors import ConfigError, ModelLoadError
 from onnx_serving.server.metrics import Metrics
+from onnx_serving.server.repository.conversion import Conversions
 from onnx_serving.server.runtime.config import RuntimeConfig
 from onnx_serving.server.runtime.model import Batching, LoadedModel, load
 from onnx_serving.server.runtime.signature import Signature
@@ -50,9 +53,12 @@ class ModelLoader:
         *,
         batching: BatchingOptions | None = None,
         per_model_batching: bool = False,
+        conversions: Conversions | None = None,
     ) -> None:
         """``core`` runs each version's warmup requests (with its checks and request log);
-        ``batching``: the server's parameters under --enable_batching, None without."""
+        ``batching``: the server's parameters under --enable_batching, None without;
+        ``conversions``: SavedModel versions' ONNX conversions (None: a default one)."""
+        self._conversions = conversions or Conversions()
         self._runtime = runtime
         self._warmup = warmup
         self._core = core
@@ -65,10 +71,14 @@ class ModelLoader:
 
     def load(self, name: str, version_dir: Path) -> LoadedModel:
         """Version ``version_dir`` of model ``name``, ready to serve; ModelLoadError if not."""
-        model = load(version_dir, self._runtime, self._batching_for(name, version_dir))
+        # A SavedModel's ONNX conversion; runtime.json and batching_params.pbtxt are read
+        # beside the version itself.
+        model_dir = self._conversions.prepare(version_dir)
+        model = load(model_dir, self._runtime, self._batching_for(name, version_dir),
+                     version_dir)
         started = time.perf_counter()
         try:
-            warm_up(model, version_dir, self._warmup, self._core)
+            warm_up(model, model_dir, self._warmup, self._core)
         except ModelLoadError:
             self._metrics.warmup(str(version_dir), False, time.perf_counter() - started)
             raise
@@ -118,6 +128,8 @@ class ModelLoader:
                  ", per-model parameters allowed" if self._per_model_batching else "")
 
     def close(self) -> None:
-        """Stops the shared batch threads (after the manager has stopped loading)."""
+        """Stops the conversions running and the shared batch threads (after the manager
+        has stopped loading)."""
+        self._conversions.close()
         if self._scheduler is not None:
             self._scheduler.close()

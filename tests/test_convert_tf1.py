@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -174,10 +175,19 @@ def test_metadata_shows_the_savedmodels_signatures(served, tensorflow) -> None:
 
 
 def test_serving_a_savedmodel_unconverted_says_how_to_convert(
-    converted_half_plus_two: Path, tmp_path: Path
+    converted_half_plus_two: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """A server without TensorFlow (here: one that cannot import it) cannot convert at
+    load: it says what to install, or how to convert ahead of time."""
     saved = converted_half_plus_two.parent.parent / "saved" / "half_plus_two"
+    without = tmp_path / "without_tensorflow" / "tensorflow"
+    without.mkdir(parents=True)
+    (without / "__init__.py").write_text("raise ImportError('No module named tensorflow')\n")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
+        [str(without.parent), *filter(None, [os.environ.get("PYTHONPATH")])]
+    ))
     server = ServerProcess([
+        f"--saved_model_cache_dir={tmp_path / 'cache'}",
         "--model_name=half_plus_two", f"--model_base_path={saved}", "--max_num_load_retries=0",
     ], tmp_path / "server.log").start()
     try:
@@ -187,6 +197,8 @@ def test_serving_a_savedmodel_unconverted_says_how_to_convert(
         server.stop()
     assert status.state == "END" and status.error_code != grpc.StatusCode.OK
     assert "holds a TensorFlow SavedModel" in status.error_message
+    assert "tensorflow: No module named tensorflow" in status.error_message
+    assert "pip install 'onnx-serving[migration]'" in status.error_message
     assert f"`onnx-serving convert {saved} {saved}_onnx`" in status.error_message
 
 

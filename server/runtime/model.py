@@ -124,18 +124,20 @@ class LoadedModel:
 
 
 def load(
-    version_dir: Path, server_default: RuntimeConfig, batching: Batching | None = None
+    version_dir: Path, server_default: RuntimeConfig, batching: Batching | None = None,
+    settings_dir: Path | None = None,
 ) -> LoadedModel:
     """Reads the signatures, then opens one session per ONNX file they use, configured by
-    the server's defaults and the model's and version's runtime.json."""
-    config = for_version(server_default, version_dir)
+    the server's defaults and the model's and version's runtime.json (those beside
+    ``settings_dir`` when given: the version a converted copy was made from)."""
+    config = for_version(server_default, settings_dir or version_dir)
     graphs: dict[str, Graph] = {}
 
     def graph(model_file: str) -> Graph:
         if model_file not in graphs:
             path = version_dir / model_file
             if path.parent != version_dir or not path.is_file():
-                raise ModelLoadError(_missing_model_message(version_dir, model_file))
+                raise ModelLoadError(f"{version_dir} has no model file {model_file}")
             graphs[model_file] = read_graph(path)
         return graphs[model_file]
 
@@ -153,15 +155,3 @@ def load(
     for file, session in sessions.items():
         warn_if_oversubscribed(session.threads, str(version_dir / file))
     return LoadedModel(signatures, sessions, config, batching)
-
-
-def _missing_model_message(version_dir: Path, model_file: str) -> str:
-    message = f"{version_dir} has no model file {model_file}"
-    if not (version_dir / "saved_model.pb").is_file():
-        return message
-    base = version_dir.parent
-    return (
-        f"{message}: it holds a TensorFlow SavedModel, which onnx-serving does not run. "
-        f"Convert it first, then serve the converted base path: `onnx-serving convert {base} "
-        f"{base}_onnx` and --model_base_path={base}_onnx (docs/migration.md)"
-    )

@@ -1,0 +1,179 @@
+"""A TF Serving repository served as it is: SavedModel versions converted at load
+(server/repository/conversion.py), in a child process, validated as ``onnx-serving
+convert`` validates, cached by content, loaded like any version; a failed conversion keeps
+what serves. Real server processes, real SavedModels written by TensorFlow."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from onnx_serving.client import Client
+from tests import saved_models
+from tests.server_process import ServerProcess
+from tests.test_lifecycle import Stream, Traffic, wait_for
+
+OFFSETS = {1: 2.0, 2: 3.0}  # version → b of y = 0.5 x + b
+X = np.array([1.0], np.float32)
+CONVERTING = "Converting the TensorFlow SavedModel in"
+CACHED = "from its ONNX conversion cached at"
+
+
+class HalfPlus(tf.Module):
+    """TF Serving's half_plus_two as a TF2 ``tf.Module``: y = a x + b, with variables."""
+
+    def __init__(self, offset: float) -> None:
+        super().__init__()
+        self.a = tf.Variable(0.5)
+        self.b = tf.Variable(offset)
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.float32, name="x")])
+    def serve(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
+        return {"y": self.a * x + self.b}
+
+
+def write_version(base: Path, version: int, build: object) -> Path:
+    """Written beside the base path's versions and renamed in whole (docs/lifecycle.md)."""
+    staging = base / f".staging-{version}"
+    build(staging)  # type: ignore[operator]
+    target = base / str(version)
+    staging.rename(target)
+    return target
+
+
+def half_plus(offset: float) -> object:
+    def build(path: Path) -> None:
+        module = HalfPlus(offset)
+        tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
+    return build
+
+
+def corrupt(path: Path) -> None:
+    path.mkdir(parents=True)
+    (path / "saved_model.pb").write_bytes(b"not a SavedModel")
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One conversion cache for the module: version 1 converts once, then comes cached."""
+    return tmp_path_factory.mktemp("converted")
+
+
+def serve(base: Path, cache: Path, log: Path, *flags: str) -> ServerProcess:
+    return ServerProcess([
+        "--model_name=m", f"--model_base_path={base}", "--file_system_poll_wait_seconds=1",
+        f"--saved_model_cache_dir={cache}", *flags,
+    ], log).start(timeout=300)
+
+
+@pytest.fixture
+def served(tmp_path: Path, cache: Path) -> Iterator[tuple[ServerProcess, Path]]:
+    base = tmp_path / "m"
+    base.mkdir()
+    write_version(base, 1, half_plus(OFFSETS[1]))
+    server = serve(base, cache, tmp_path / "server.log", "--max_num_load_retries=0")
+    yield server, base
+    server.stop()
+
+
+def tensorflow_answer(version_dir: Path, x: np.ndarray) -> np.ndarray:
+    signature = tf.saved_model.load(str(version_dir)).signatures["serving_default"]
+    return signature(x=tf.constant(x))["y"].numpy()
+
+
+def states(client: Client) -> dict[int, str]:
+    return {s.version: s.state for s in client.status("m")}
+
+
+def stream() -> Stream:
+    return Stream("m", inputs={"x": X}, expect=lambda version: float(0.5 * X[0] + OFFSETS[version]))
+
+
+def test_a_savedmodel_written_under_traffic_is_converted_and_served(served) -> None:
+    server, base = served
+    with Client(server.address) as client, Traffic(server.address, stream()) as traffic:
+        assert states(client) == {1: "AVAILABLE"}
+        wait_for(lambda: traffic.count() > 20)
+        version_dir = write_version(base, 2, half_plus(OFFSETS[2]))
+        seen: list[dict[int, str]] = []
+
+        def converted() -> bool:
+            seen.append(states(client))
+            return seen[-1].get(2) == "AVAILABLE"
+
+        wait_for(converted, timeout=300)
+        wait_for(lambda: traffic.count() > 0 and traffic.latest() == 2)
+        x = np.linspace(-3, 3, 7, dtype=np.float32)
+        got = client.predict("m", {"x": x})["y"]
+    assert not traffic.errors, traffic.errors[:5]
+    # LOADING while it converted, with version 1 serving throughout.
+    assert {2: "LOADING", 1: "AVAILABLE"} in seen
+    np.testing.assert_array_equal(got, tensorflow_answer(version_dir, x))
+    assert f"{CONVERTING} {version_dir}" in server.logs()
+
+
+@pytest.mark.parametrize(("build", "reason"), [
+    pytest.param(lambda p: saved_models.multi_signature(p, with_unconvertible=True),
+                 "signature bessel: tf2onnx left operators ONNX Runtime cannot run; "
+                 "unsupported ops: BesselI0e", id="unconvertible-op"),
+    pytest.param(corrupt, "saved_model.pb is not a SavedModel: Error parsing message",
+                 id="corrupt-saved_model.pb"),
+])
+def test_a_failed_conversion_keeps_what_serves(served, build, reason) -> None:
+    server, base = served
+    with Client(server.address) as client, Traffic(server.address, stream()) as traffic:
+        write_version(base, 2, build)
+        wait_for(lambda: states(client).get(2) == "END", timeout=300)
+        [status] = [s for s in client.status("m") if s.version == 2]
+        wait_for(lambda: traffic.count() > 0)
+        assert states(client) == {2: "END", 1: "AVAILABLE"}
+        assert traffic.latest() == 1
+    assert not traffic.errors, traffic.errors[:5]
+    assert "to ONNX failed, so it is not served" in status.error_message
+    assert "onnx-serving convert's log" in status.error_message
+    assert reason in status.error_message
+    assert status.error_message in server.logs()
+
+
+def test_the_cache_is_reused_across_a_restart(tmp_path: Path) -> None:
+    base, cache = tmp_path / "m", tmp_path / "cache"
+    base.mkdir()
+    write_version(base, 1, half_plus(OFFSETS[1]))
+    answers = []
+    for start in ("first", "second"):
+        server = serve(base, cache, tmp_path / f"{start}.log")
+        try:
+            with Client(server.address) as client:
+                assert states(client) == {1: "AVAILABLE"}
+                answers.append(client.predict("m", {"x": X})["y"])
+        finally:
+            server.stop()
+        logs = server.logs()
+        if start == "first":
+            assert CONVERTING in logs and CACHED not in logs
+        else:  # a restart, or a second replica sharing the cache: no conversion
+            assert CACHED in logs and CONVERTING not in logs
+    np.testing.assert_array_equal(answers[0], answers[1])
+    np.testing.assert_array_equal(answers[0], tensorflow_answer(base / "1", X))
+
+
+def test_conversion_turned_off_says_how_to_convert(tmp_path: Path) -> None:
+    base = tmp_path / "m"
+    base.mkdir()
+    write_version(base, 1, half_plus(OFFSETS[1]))
+    server = serve(base, tmp_path / "cache", tmp_path / "server.log",
+                   "--convert_saved_models=false", "--max_num_load_retries=0")
+    try:
+        with Client(server.address) as client:
+            [status] = client.status("m")
+    finally:
+        server.stop()
+    assert status.state == "END"
+    assert "holds a TensorFlow SavedModel, and --convert_saved_models=false" in \
+        status.error_message
+    assert f"`onnx-serving convert {base} {base}_onnx`" in status.error_message
+    assert CONVERTING not in server.logs()
