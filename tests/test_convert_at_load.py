@@ -246,3 +246,27 @@ def test_keras_and_tf1_exports_written_while_serving_answer_as_tensorflow(
     assert [[r.value] for r in regressions] == outputs.tolist()
     logs = server.logs()
     assert f"{CONVERTING} {keras_dir}" in logs and f"{CONVERTING} {tf1_dir}" in logs
+
+
+def test_a_conversion_over_its_timeout_is_stopped_and_frees_the_load_thread(
+    tmp_path: Path
+) -> None:
+    """A hung conversion must not hold a load thread for ever: one longer than
+    --saved_model_conversion_timeout_seconds (here 1 s, less than TensorFlow takes to
+    import) is killed, and its version fails to load saying so. The server becomes ready
+    (start-up waits for that load) and publishes nothing in the cache."""
+    base, cache = tmp_path / "m", tmp_path / "cache"
+    base.mkdir()
+    version_dir = write_version(base, 1, half_plus(OFFSETS[1]))
+    server = serve(base, cache, tmp_path / "server.log",
+                   "--saved_model_conversion_timeout_seconds=1", "--max_num_load_retries=0")
+    try:
+        with Client(server.address) as client:
+            [status] = client.status("m")
+    finally:
+        server.stop()
+    assert status.state == "END"
+    assert (f"Converting the TensorFlow SavedModel in {version_dir} to ONNX failed: it ran "
+            "longer than --saved_model_conversion_timeout_seconds=1 and was stopped"
+            in status.error_message)
+    assert [p.suffix for p in cache.iterdir()] == [".log"]  # no conversion, no partial one
