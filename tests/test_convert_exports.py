@@ -1,4 +1,4 @@
-"""Export shapes that did not convert (issue 18), converted with the real ``onnx-serving
+"""Export shapes that once failed to convert, converted with the real ``onnx-serving
 convert``, served, and asked with the real tensorflow-serving-api client; answers compared
 with TensorFlow's:
 

@@ -501,7 +501,8 @@ PREDICT_ERRORS = [
     case("rank-over-254", predict_request("versions", {"x": huge([1] * 255)}),
          INVALID, Prefix("tensor parsing error: x")),
     # A valid shape whose bytes no allocator can give: Tensor::FromProto fails, which TF
-    # answers INVALID_ARGUMENT; here the server's limit is RESOURCE_EXHAUSTED (issue 19).
+    # answers INVALID_ARGUMENT; here running out of memory is RESOURCE_EXHAUSTED,
+    # the code gRPC gives a request the server has no room for.
     case("too-big-to-allocate", predict_request("versions", {"x": huge([2**31, 2**31])}),
          Code.RESOURCE_EXHAUSTED, Prefix("tensor parsing error: x")),
     # Valid for TF (rank <= 254), refused by its runtime; numpy stops at 64 dims.

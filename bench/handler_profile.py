@@ -1,0 +1,87 @@
+"""Our Python per Predict, without gRPC's: the interceptor's wrapper, the servicer, the core,
+decode, run and encode, looped on one thread under cProfile (or timed bare).
+
+    .venv/bin/python -m bench.handler_profile [--model half_plus_two] [--n 20000] [--profile]
+
+The request bytes are parsed and the answer serialized as gRPC would with the servicer's
+own (de)serializers; the context is a stand-in with no deadline. What gRPC Python itself
+spends per call (its event loop, the hand-off to a pool thread, status) is not here: see
+bench/profile_server.py for the live server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import pstats
+import sys
+import time
+from typing import Any
+
+import grpc
+
+from bench.suite import payloads
+from bench.suite.models import ensure
+from onnx_serving.protos.tensorflow_serving.apis import predict_pb2
+from onnx_serving.server.api.grpc.observe import ObserveRequests
+from onnx_serving.server.api.grpc.prediction_service import PredictionService
+from onnx_serving.server.app import App
+from onnx_serving.server.flags import parse_flags
+
+PATH = "/tensorflow.serving.PredictionService/Predict"
+
+
+class _Context:
+    """What the handler reads of a grpc.ServicerContext on a successful call."""
+
+    def time_remaining(self) -> None:
+        return None
+
+    def add_callback(self, _callback: Any) -> bool:
+        return True
+
+    def code(self) -> None:
+        return None
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="half_plus_two")
+    parser.add_argument("--n", type=int, default=20000)
+    parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--sort", default="tottime", help="pstats keys, comma-separated")
+    parser.add_argument("--lines", type=int, default=30)
+    args = parser.parse_args(argv)
+    model = ensure(args.model, log=lambda line: print(line, file=sys.stderr))
+    app = App(parse_flags([f"--model_name={model.name}",
+                           f"--model_base_path={model.onnx_base}", "--port=1"]))
+    app.applier.apply(app._initial_configs)  # loads the model without opening ports
+    handler = grpc.unary_unary_rpc_method_handler(
+        PredictionService(app.serving).Predict,
+        request_deserializer=predict_pb2.PredictRequest.FromString,
+        response_serializer=predict_pb2.PredictResponse.SerializeToString,
+    )
+    wrapped = ObserveRequests(app.metrics)._wrap(PATH, handler)
+    assert wrapped is not None
+    behavior, parse = wrapped.unary_unary, wrapped.request_deserializer
+    serialize = wrapped.response_serializer
+    request, context = payloads.request_bytes(model), _Context()
+
+    def loop(n: int) -> None:
+        for _ in range(n):
+            serialize(behavior(parse(request), context))
+
+    loop(500)
+    started = time.thread_time()  # CPU, not wall: the machine may be shared
+    loop(args.n)
+    print(f"{(time.thread_time() - started) / args.n * 1e6:.1f} µs of CPU per Predict "
+          f"({model.name}, bare)")
+    if args.profile:
+        profiler = cProfile.Profile()
+        profiler.runcall(loop, args.n)
+        pstats.Stats(profiler).sort_stats(*args.sort.split(",")).print_stats(args.lines)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
