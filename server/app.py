@@ -129,6 +129,7 @@ class App:
                 cache_dir=Path(options.saved_model_cache_dir or conversion_cache()),
                 concurrent=options.num_saved_model_conversions,
                 memory_mb=options.saved_model_conversion_memory_mb,
+                timeout_s=options.saved_model_conversion_timeout_seconds,
             )),
         )
         self._poller = Poller(self.manager, options.file_system_poll_wait_seconds,

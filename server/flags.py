@@ -187,6 +187,10 @@ class ServerOptions:
         0, "address-space limit (RLIMIT_AS) of each conversion process, in MiB; 0: none",
         own=True,
     )
+    saved_model_conversion_timeout_seconds: int = flag(
+        1800, "a SavedModel conversion running longer is stopped and its version fails to "
+        "load (the load thread is freed); 0: no limit", own=True,
+    )
 
     @property
     def grpc_threads(self) -> int:

@@ -11,10 +11,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
+from tensorflow_serving.apis import (
+    classification_pb2,
+    prediction_service_pb2_grpc,
+    regression_pb2,
+)
 
 from onnx_serving.client import Client
+from onnx_serving.migration.saved_model import TensorFlowRunner
 from tests import saved_models
+from tests.saved_models import HALF_PLUS_TWO_VERSION
 from tests.server_process import ServerProcess
+from tests.test_convert_tf1 import example
 from tests.test_lifecycle import Stream, Traffic, wait_for
 
 OFFSETS = {1: 2.0, 2: 3.0}  # version → b of y = 0.5 x + b
@@ -177,3 +185,88 @@ def test_conversion_turned_off_says_how_to_convert(tmp_path: Path) -> None:
         status.error_message
     assert f"`onnx-serving convert {base} {base}_onnx`" in status.error_message
     assert CONVERTING not in server.logs()
+
+
+def test_keras_and_tf1_exports_written_while_serving_answer_as_tensorflow(
+    tmp_path: Path, cache: Path
+) -> None:
+    """What training pipelines write: Keras' ``model.export`` and a TF1 SavedModelBuilder
+    export (TF Serving's half_plus_two, tf.Example signatures), each appearing in a base
+    path the server already serves; Predict, Classify and Regress answer as TensorFlow."""
+    bases = {name: tmp_path / name for name in ("keras", "half_plus_two")}
+    for base in bases.values():
+        base.mkdir()
+    config = tmp_path / "models.config"
+    config.write_text("model_config_list { " + " ".join(
+        f'config {{ name: "{name}" base_path: "{base}" model_platform: "tensorflow" }}'
+        for name, base in bases.items()) + " }")
+    server = ServerProcess([
+        f"--model_config_file={config}", "--file_system_poll_wait_seconds=1",
+        f"--saved_model_cache_dir={cache}", "--max_num_load_retries=0",
+    ], tmp_path / "server.log").start()
+    try:
+        keras_dir = write_version(bases["keras"], 1, saved_models.keras_named_inputs)
+        tf1_dir = write_version(bases["half_plus_two"], HALF_PLUS_TWO_VERSION,
+                                saved_models.half_plus_two)
+        with Client(server.address) as client:
+            for name in bases:
+                wait_for(lambda name=name: [s.state for s in client.status(name)] ==
+                         ["AVAILABLE"], timeout=300)
+            features = np.array([[1.0, -2.0, 3.0, 0.5], [0.0, 4.0, -1.0, 2.0]], np.float32)
+            mask = np.array([[1.0, 1.0, 0.0, 1.0], [1.0, 0.0, 1.0, 1.0]], np.float32)
+            keras_got = client.predict("keras", {"features": features, "mask": mask})
+            x = np.array([[1.0], [-3.0], [5.5]], np.float32)
+            predict_got = client.predict("half_plus_two", {"x": x})
+        examples = [example(x=[1.0]), example(x=[4.0], x2=[6.0]), example(x=[-2.5])]
+        with server.channel() as channel:
+            stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+            classify = classification_pb2.ClassificationRequest()
+            regress = regression_pb2.RegressionRequest()
+            for request, signature in ((classify, "classify_x_to_y"), (regress, "regress_x_to_y")):
+                request.model_spec.name = "half_plus_two"
+                request.model_spec.signature_name = signature
+                for serialized in examples:
+                    request.input.example_list.examples.add().ParseFromString(serialized)
+            classes = stub.Classify(classify, 30).result.classifications
+            regressions = stub.Regress(regress, 30).result.regressions
+    finally:
+        server.stop()
+    keras_expected = TensorFlowRunner(keras_dir).run(
+        "serving_default", {"features": features, "mask": mask})
+    assert set(keras_got) == set(keras_expected)
+    for alias, value in keras_expected.items():
+        np.testing.assert_allclose(keras_got[alias], value, rtol=1e-5, atol=1e-5)
+    tensorflow = TensorFlowRunner(tf1_dir)
+    np.testing.assert_array_equal(predict_got["y"],
+                                  tensorflow.run("serving_default", {"x": x})["y"])
+    serialized = np.array(examples, dtype=object)
+    scores = tensorflow.run("classify_x_to_y", {"inputs": serialized})["scores"]
+    assert [[c.score for c in one.classes] for one in classes] == scores.tolist()
+    outputs = tensorflow.run("regress_x_to_y", {"inputs": serialized})["outputs"]
+    assert [[r.value] for r in regressions] == outputs.tolist()
+    logs = server.logs()
+    assert f"{CONVERTING} {keras_dir}" in logs and f"{CONVERTING} {tf1_dir}" in logs
+
+
+def test_a_conversion_over_its_timeout_is_stopped_and_frees_the_load_thread(
+    tmp_path: Path
+) -> None:
+    """A hung conversion must not hold a load thread for ever: one longer than
+    --saved_model_conversion_timeout_seconds (here 1 s, less than TensorFlow takes to
+    import) is killed, and its version fails to load saying so. The server becomes ready
+    (start-up waits for that load) and publishes nothing in the cache."""
+    base, cache = tmp_path / "m", tmp_path / "cache"
+    base.mkdir()
+    version_dir = write_version(base, 1, half_plus(OFFSETS[1]))
+    server = serve(base, cache, tmp_path / "server.log",
+                   "--saved_model_conversion_timeout_seconds=1", "--max_num_load_retries=0")
+    try:
+        with Client(server.address) as client:
+            [status] = client.status("m")
+    finally:
+        server.stop()
+    assert status.state == "END"
+    assert (f"Converting the TensorFlow SavedModel in {version_dir} to ONNX failed: it ran "
+            "longer than --saved_model_conversion_timeout_seconds=1 and was stopped"
+            in status.error_message)
+    assert [p.suffix for p in cache.iterdir()] == [".log"]  # no conversion, no partial one

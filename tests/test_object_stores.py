@@ -11,9 +11,11 @@ store is unreachable or its objects are gone.
 from __future__ import annotations
 
 import importlib.util
+import os
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -135,6 +137,33 @@ def test_s3_new_version_under_traffic_then_unreachable(s3, tmp_path: Path) -> No
         server.stop()
 
 
+def test_s3_denied_credentials_keep_what_serves(s3, tmp_path: Path) -> None:
+    """The server's credentials stop being accepted (a revoked key): moto's auth is turned
+    on through its own API, so the key it was given is unknown from then on."""
+    emulator, fs = s3
+    put_version(fs, "models/live", 1)
+    server = serve(tmp_path, "--model_name=live", "--model_base_path=s3://models/live")
+    try:
+        with Traffic(server.address) as traffic, Client(server.address) as client:
+            wait_for(lambda: traffic.count() > 10)
+            urllib.request.urlopen(urllib.request.Request(  # every request checked from now
+                f"http://127.0.0.1:{emulator.port}/moto-api/reset-auth", data=b"0",
+                headers={"Content-Type": "text/plain"}), timeout=10).close()
+            wait_for(lambda: "Cannot list base path s3://models/live" in
+                     client.status("live")[0].error_message, timeout=60)
+            [status] = client.status("live")
+            count = traffic.count()
+            wait_for(lambda: traffic.count() > count + 20)
+        assert traffic.errors == []
+    finally:
+        server.stop()
+    assert (status.version, status.state) == (1, "AVAILABLE")
+    assert status.error_code == grpc.StatusCode.PERMISSION_DENIED
+    assert "The AWS Access Key Id you provided does not exist" in status.error_message
+    assert "keeping the versions loaded" in status.error_message
+    assert "Unloaded servable version" not in server.logs()
+
+
 CONFIG = """model_config_list { config {
   name: "live" base_path: "live" model_platform: "onnx"
   logging_config {
@@ -182,3 +211,25 @@ def test_an_unsupported_scheme_is_refused_by_name(tmp_path: Path, base: str) -> 
     server.stop()
     scheme = base.split(":")[0]
     assert f"{base}: the {scheme}:// scheme is not supported" in server.logs()
+
+
+@pytest.mark.parametrize(("base", "package"), [("s3://models/x", "s3fs"),
+                                               ("gs://models/x", "gcsfs")])
+def test_a_store_whose_package_cannot_be_imported_is_refused_with_the_pip_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, base: str, package: str
+) -> None:
+    """The extra not installed, or installed and broken (here: a package that fails to
+    import, first on the server's PYTHONPATH): refused at start-up, saying what to install."""
+    stub = tmp_path / "broken" / package
+    stub.mkdir(parents=True)
+    (stub / "__init__.py").write_text(f"raise ImportError({f'No module named {package!r}'!r})\n")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
+        [str(stub.parent), *filter(None, [os.environ.get("PYTHONPATH")])]))
+    server = ServerProcess(["--model_name=x", f"--model_base_path={base}"],
+                           tmp_path / "server.log")
+    with pytest.raises(RuntimeError, match="exited early"):
+        server.start()
+    server.stop()
+    assert (f"{base}: reading {base[:2]}:// needs the {package} package "
+            f"(No module named {package!r}): pip install 'onnx-serving[object-stores]'"
+            in server.logs())

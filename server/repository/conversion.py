@@ -14,7 +14,8 @@ and the swap are the manager's as for any version.
 Conversions are cached by content, at ``<cache dir>/<hash of the SavedModel's files and
 of the converter>``: a restart, or a second replica sharing the cache, loads the cached
 conversion. A conversion is written under a temporary name and renamed into place, so a
-cache entry is whole or absent. At most ``concurrent`` conversions run at once.
+cache entry is whole or absent. At most ``concurrent`` conversions run at once, each for
+at most ``timeout_s``: a hung conversion must not hold a load thread for ever.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -54,12 +56,14 @@ def default_cache_dir() -> Path:
 @dataclass(frozen=True)
 class ConversionOptions:
     """``--convert_saved_models``, ``--saved_model_cache_dir``,
-    ``--num_saved_model_conversions``, ``--saved_model_conversion_memory_mb``."""
+    ``--num_saved_model_conversions``, ``--saved_model_conversion_memory_mb``,
+    ``--saved_model_conversion_timeout_seconds``."""
 
     enabled: bool = True
     cache_dir: Path = field(default_factory=default_cache_dir)
     concurrent: int = 1
     memory_mb: int = 0  # RLIMIT_AS of each conversion process; 0: none
+    timeout_s: int = 1800  # then the conversion is killed and the load fails; <= 0: none
 
 
 def holds_saved_model(version_dir: Path) -> bool:
@@ -126,7 +130,7 @@ class Conversions:
         with self._lock:
             self._closed = True
             for process in self._running:
-                process.kill()
+                _kill(process)
 
     def _convert(self, version_dir: Path, key: str, target: Path) -> None:
         cache = self.options.cache_dir
@@ -144,11 +148,19 @@ class Conversions:
                 with self._lock:
                     if self._closed:
                         raise ModelLoadError(f"{version_dir}: the server is stopping")
+                    # Its own process group, so that a kill reaches tf2onnx's child too.
                     process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT,
-                                               stdin=subprocess.DEVNULL)
+                                               stdin=subprocess.DEVNULL, start_new_session=True)
                     self._running.add(process)
+                limit = self.options.timeout_s
                 try:
-                    code = process.wait()
+                    code = process.wait(limit if limit > 0 else None)
+                except subprocess.TimeoutExpired:
+                    _kill(process)
+                    process.wait()
+                    # Remembered: retrying would hold a load thread as long again.
+                    self._failed[key] = _timed_out(version_dir, log_file, self.options)
+                    raise ModelLoadError(self._failed[key]) from None
                 finally:
                     with self._lock:
                         self._running.discard(process)
@@ -219,6 +231,18 @@ def _crashed(version_dir: Path, code: int, log_file: Path, options: ConversionOp
         how += f"; its log ends: {' | '.join(tail)}" if tail else ""
     return (f"Converting the TensorFlow SavedModel in {version_dir} to ONNX failed: the "
             f"conversion process {how} (onnx-serving convert's log: {log_file})")
+
+
+def _timed_out(version_dir: Path, log_file: Path, options: ConversionOptions) -> str:
+    return (f"Converting the TensorFlow SavedModel in {version_dir} to ONNX failed: it ran "
+            f"longer than --saved_model_conversion_timeout_seconds={options.timeout_s} and was "
+            f"stopped (onnx-serving convert's log: {log_file})")
+
+
+def _kill(process: subprocess.Popen[bytes]) -> None:
+    """Kills a conversion and the processes it started (its process group)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
 
 
 def _publish(converted: Path, target: Path) -> None:

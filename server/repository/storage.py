@@ -20,7 +20,7 @@ from __future__ import annotations
 import errno
 import functools
 import hashlib
-import importlib.util
+import importlib
 import logging
 import os
 import posixpath
@@ -102,12 +102,25 @@ def location(raw: str) -> Location:
             f"{raw}: the {scheme}:// scheme is not supported; onnx-serving reads local paths, "
             f"{' and '.join(f'{s}://' for s in STORES)}"
         )
-    if importlib.util.find_spec(package) is None:
-        raise ConfigError(f"{raw}: reading {scheme}:// needs the {package} package: {INSTALL}")
+    if (why := _unimportable(package)) is not None:
+        raise ConfigError(
+            f"{raw}: reading {scheme}:// needs the {package} package ({why}): {INSTALL}"
+        )
     bucket, _, key = rest.partition("/")
     if not bucket:
         raise ConfigError(f"{raw}: no bucket named")
     return ObjectUrl(scheme, bucket, posixpath.normpath("/" + key).strip("/"))
+
+
+def _unimportable(package: str) -> str | None:
+    """Why a store's package cannot be imported, or None. An import, not a look-up: an
+    install can be there and broken (a dependency missing), and would fail at the first
+    read instead of being refused here."""
+    try:
+        importlib.import_module(package)
+    except ImportError as exc:
+        return str(exc)
+    return None
 
 
 class StoreError(OSError):
