@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 STORES = {"gs": "gcsfs", "s3": "s3fs"}
 INSTALL = "pip install 'onnx-serving[object-stores]'"
 # A version is complete once one of these is in it (an object store has no rename): the
-# graph, the signatures naming the graphs, or a SavedModel (converted at load, issue 18).
+# graph, the signatures naming the graphs, or a SavedModel (converted at load).
 COMPLETE_MARKERS = (DEFAULT_MODEL_FILE, SIGNATURES_FILE, "saved_model.pb")
 # Back-off between listings of a store that failed: doubles from the first, up to the cap.
 BACKOFF_FIRST_S, BACKOFF_MAX_S = 1.0, 60.0
