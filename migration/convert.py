@@ -341,6 +341,9 @@ def _tf2onnx(
                           tables=cut_graph.tables)
     finally:
         graph_def.unlink()
+    cut_graph.outputs = transforms.restore_output_names(
+        target, cut_graph.outputs, cut_graph.tf_outputs
+    )
     return cut_graph
 
 

@@ -101,6 +101,9 @@ class Cut:
     inputs: dict[str, str] = field(default_factory=dict)  # alias → placeholder tensor
     outputs: dict[str, str] = field(default_factory=dict)  # alias → tensor
     parse: dict[str, Any] | None = None  # the parse_example entry, graph inputs by tensor name
+    # alias → the signature's own tensor, where ``outputs`` reads it through an Identity
+    # (``_identity_outputs``); the converted graph gives the outputs these names back.
+    tf_outputs: dict[str, str] = field(default_factory=dict)
 
     @property
     def input_tensors(self) -> list[str]:
@@ -182,6 +185,7 @@ def cut(runner: GraphSession, signature: SignatureSig) -> Cut:
         )
         result.parse = _parse_spec(runner, alias, op, needed, replaced)
     graph_def = graph.as_graph_def()
+    result.tf_outputs = dict(result.outputs)
     result.outputs = _identity_outputs(graph_def, graph, result.outputs)
     shapes = _shapes_for_vector_examples(graph_def, graph)
     _replace_with_placeholders(graph_def, replaced, shapes)

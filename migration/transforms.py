@@ -1,4 +1,5 @@
-"""Optional rewrites of a converted model, each checked by the same validation afterwards.
+"""Rewrites of a converted model: the optional ones, each checked by the same validation
+afterwards, and the output names a graph cut gives back (``restore_output_names``).
 
 - optimize: ONNX Runtime's offline graph optimization, saved as the model, so
   the server skips it at load. Level "extended" keeps the file portable across
@@ -43,3 +44,44 @@ def to_fp16(model: Path) -> None:
 
     converted = float16.convert_float_to_float16(onnx.load(str(model)), keep_io_types=True)
     onnx.save(converted, str(model))
+
+
+def restore_output_names(
+    model: Path, outputs: dict[str, str], wanted: dict[str, str]
+) -> dict[str, str]:
+    """Gives the graph outputs ``outputs`` (alias → name) the names in ``wanted`` (alias →
+    the signature's own tensor, as TF Serving's metadata shows it), renaming any tensor that
+    already holds such a name first; returns alias → name as the file now has them. A
+    name that is a graph input, or wanted twice, stays as converted."""
+    proto = onnx.load(str(model), load_external_data=False)
+    graph = proto.graph
+    taken = {value.name for value in graph.input}
+    renames: dict[str, str] = {}
+    result = dict(outputs)
+    for alias, name in outputs.items():
+        target = wanted.get(alias, name)
+        if target == name or target in taken:
+            continue
+        taken.add(target)
+        renames[target] = f"{target}.inner"  # the signature's tensor, inside the graph
+        renames[name] = target
+        result[alias] = target
+    if renames:
+        _rename(graph, renames)
+        onnx.save(proto, str(model))
+    return result
+
+
+def _rename(graph: onnx.GraphProto, renames: dict[str, str]) -> None:
+    """Every use of a tensor name, subgraphs (which may read outer names) included."""
+    for node in graph.node:
+        node.input[:] = [renames.get(n, n) for n in node.input]
+        node.output[:] = [renames.get(n, n) for n in node.output]
+        for attribute in node.attribute:
+            for subgraph in (attribute.g, *attribute.graphs):
+                _rename(subgraph, renames)
+    for values in (graph.input, graph.output, graph.value_info):
+        for value in values:
+            value.name = renames.get(value.name, value.name)
+    for initializer in graph.initializer:
+        initializer.name = renames.get(initializer.name, initializer.name)
