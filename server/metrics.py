@@ -44,7 +44,7 @@ from onnx_serving.server.repository.model_config import read_text_proto
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 # TF Serving's request and runtime latency buckets: 10 µs * 1.8^i, 33 of them.
-_TF_BUCKETS = [10 * 1.8**i for i in range(33)]
+TF_LATENCY_BUCKETS = [10 * 1.8**i for i in range(33)]
 # Loads and warmups take seconds to minutes: 1 ms * 2^i up to about 9 hours.
 _LOAD_BUCKETS = [1e3 * 2**i for i in range(25)]
 _BATCH_BUCKETS = [2**i for i in range(15)]
@@ -93,12 +93,12 @@ class Metrics:
         self._request_latency = Histogram(
             ":tensorflow:serving:request_latency",
             "Distribution of wall time (in microseconds) for Tensorflow Serving request.",
-            ["model_name", "API", "entrypoint"], buckets=_TF_BUCKETS, registry=r,
+            ["model_name", "API", "entrypoint"], buckets=TF_LATENCY_BUCKETS, registry=r,
         )
         self._runtime_latency = Histogram(
             ":tensorflow:serving:runtime_latency",
             "Distribution of wall time (in microseconds) for Tensorflow runtime.",
-            ["model_name", "API", "runtime"], buckets=_TF_BUCKETS, registry=r,
+            ["model_name", "API", "runtime"], buckets=TF_LATENCY_BUCKETS, registry=r,
         )
         self._warmup_latency = Histogram(
             ":tensorflow:serving:model_warmup_latency",
@@ -108,7 +108,7 @@ class Metrics:
         self._stage_latency = Histogram(
             ":onnx_serving:request_stage_latency",
             "Wall time (in microseconds) of each stage of a request: decode, run, encode.",
-            ["model_name", "entrypoint", "stage"], buckets=_TF_BUCKETS, registry=r,
+            ["model_name", "entrypoint", "stage"], buckets=TF_LATENCY_BUCKETS, registry=r,
         )
         self._load_latency = Histogram(
             ":onnx_serving:model_load_latency",
@@ -134,7 +134,7 @@ class Metrics:
         self._queuing = Histogram(
             batching + "queuing_latency",
             "Tracks the latency (in microseconds) from a task's enqueuing to its batch's run.",
-            ["thread_pool_name"], buckets=_TF_BUCKETS, registry=r,
+            ["thread_pool_name"], buckets=TF_LATENCY_BUCKETS, registry=r,
         )
         self._batches = Counter(
             batching + "wrapped_run_count", "Tracks the number of batches run.",
@@ -156,7 +156,7 @@ class Metrics:
             ":onnx_serving:version_request_latency",
             "Wall time (in microseconds) of the successful requests each model version "
             "answered, from taking the version to the encoded answer.",
-            ["model_name", "version"], buckets=_TF_BUCKETS, registry=r,
+            ["model_name", "version"], buckets=TF_LATENCY_BUCKETS, registry=r,
         )
         self._versions: dict[tuple[str, int], VersionRecorder] = {}
         self._request_log = Counter(

@@ -7,7 +7,7 @@ import pytest
 from prometheus_client import CollectorRegistry, Histogram
 
 from onnx_serving.codec.tensors import KINDS, TensorProto, datatype_of, encode_into, make_ndarray
-from onnx_serving.server.metrics import _TF_BUCKETS, _fast_observe
+from onnx_serving.server.metrics import TF_LATENCY_BUCKETS, _fast_observe
 
 
 def _samples(registry: CollectorRegistry) -> list[tuple[str, dict[str, str], float]]:
@@ -17,10 +17,10 @@ def _samples(registry: CollectorRegistry) -> list[tuple[str, dict[str, str], flo
 
 def test_fast_observe_fills_the_same_buckets_as_observe() -> None:
     # Bounds themselves (a value on a bound belongs to it), between them, past the last.
-    values = [0.0, 10.0, 10.000001, 18.0, 32.4, 33.0, *_TF_BUCKETS[5:9], 1e12, 5.5]
+    values = [0.0, 10.0, 10.000001, 18.0, 32.4, 33.0, *TF_LATENCY_BUCKETS[5:9], 1e12, 5.5]
     plain, fast = CollectorRegistry(), CollectorRegistry()
-    by_observe = Histogram("h", "h", ["m"], buckets=_TF_BUCKETS, registry=plain).labels("a")
-    child = Histogram("h", "h", ["m"], buckets=_TF_BUCKETS, registry=fast).labels("a")
+    by_observe = Histogram("h", "h", ["m"], buckets=TF_LATENCY_BUCKETS, registry=plain).labels("a")
+    child = Histogram("h", "h", ["m"], buckets=TF_LATENCY_BUCKETS, registry=fast).labels("a")
     by_fast = _fast_observe(child)
     assert by_fast != child.observe  # the shortcut, not the fallback
     for value in values:

@@ -24,8 +24,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from onnx_serving.server.api.shadow.config import MODES, Mode
 from onnx_serving.server.api.shadow.judge import Verdict
+from onnx_serving.server.metrics import TF_LATENCY_BUCKETS
 
-_TF_BUCKETS = [10 * 1.8**i for i in range(33)]  # TF Serving's latency buckets, as metrics.py
 _ERROR_BUCKETS = [0.0, *(10.0**e for e in range(-9, 4))]
 LATENCY_WINDOW = 1000  # the last answers each side's p50/p99 are read from
 
@@ -56,7 +56,7 @@ class ShadowMetrics:
         self.latency = Histogram(
             ":onnx_serving:shadow_latency",
             "Wall time (in microseconds) of each side's answer to a compared request.",
-            ["model_name", "side"], buckets=_TF_BUCKETS, registry=r,
+            ["model_name", "side"], buckets=TF_LATENCY_BUCKETS, registry=r,
         )
         self.drops = Counter(
             ":onnx_serving:shadow_drops", "Sampled requests not compared, by reason.",
