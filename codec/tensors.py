@@ -47,8 +47,8 @@ class _Kind:
     wire: str
     little: np.dtype  # ``numpy`` in little-endian order, as the wire has it
     tag: bytes  # the typed field's key, for a packed (length-delimited) run
-    # The typed field's own element type, which holds each of its values exactly:
-    # np.fromiter reads the field into it without building Python objects first.
+    # The typed field's own element type, which holds each of its values exactly: the
+    # field is read into it without building a Python object per value.
     element: np.dtype | None
 
 
@@ -244,8 +244,17 @@ def _typed_values(proto: TensorProto, kind: _Kind) -> np.ndarray:
         # TF counts whole (real, imaginary) pairs: a dangling real part is ignored.
         return parts[: parts.size - parts.size % 2].view(kind.numpy)
     if kind.element is not None:
-        return np.fromiter(field, kind.element, len(field)).astype(kind.numpy, copy=False)
+        count = len(field)
+        # np.fromiter pays per value (35 ns), np.array once (3 µs) and then reads the
+        # field in bulk: 5.9 ms against 0.03 ms for a 224x224x3 image's float_val.
+        values = np.fromiter(field, kind.element, count) if count <= _FROMITER_MAX \
+            else np.array(field, dtype=kind.element)
+        return values.astype(kind.numpy, copy=False)
     return np.array(field).astype(kind.numpy)
+
+
+# Up to this many values, np.fromiter reads a typed field faster than np.array.
+_FROMITER_MAX: Final = 64
 
 
 def _fill(values: np.ndarray, count: int, kind: _Kind) -> np.ndarray:

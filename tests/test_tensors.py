@@ -311,6 +311,17 @@ def test_integer_extremes_on_the_wire() -> None:
     assert_same(make_ndarray(theirs), np.array([2**64 - 1, 2**63, 0, 0], np.uint64))
 
 
+@pytest.mark.parametrize("dtype", [d for d in KINDS if KINDS[d].element is not None], ids=ids)
+@pytest.mark.parametrize("repeats", [1, 8, 9, 125])  # 8, 64, 72 and 1,000 values
+def test_short_and_long_typed_fields_decode_alike(dtype: int, repeats: int) -> None:
+    """A typed field is read value by value up to 64 values and in bulk past them: both
+    give what TF's C++ gives."""
+    values = np.tile(sample(dtype).reshape(-1), repeats)
+    proto = typed(dtype, [values.size], values)
+    assert len(getattr(proto, KINDS[dtype].field)) == values.size
+    assert_same(make_ndarray(proto), cpp(proto))
+
+
 def test_out_of_range_typed_values_wrap_as_in_cpp() -> None:
     proto = TensorProto(dtype=types_pb2.DT_INT8, int_val=[300, -129, 255])
     proto.tensor_shape.dim.add(size=3)
