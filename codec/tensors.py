@@ -283,26 +283,43 @@ def make_tensor_proto(array: np.ndarray, *, tensor_content: bool = False) -> Ten
 
 
 def encode_into(proto: TensorProto, array: np.ndarray, *, tensor_content: bool = False) -> None:
-    """Fills an empty TensorProto in place (a map entry, say), saving a copy of the data.
+    """Fills an empty TensorProto in place (a map entry, say), saving a copy of the data."""
+    proto.MergeFromString(tensor_bytes(array, tensor_content=tensor_content))
 
-    Numbers go in as one parse of bytes built here (dtype, shape, values): setting each
-    field from Python costs more than the values themselves for a small tensor."""
+
+def tensor_bytes(array: np.ndarray, *, tensor_content: bool = False) -> bytes:
+    """An array as a serialized TensorProto (see ``make_tensor_proto``).
+
+    Numbers are built here as bytes (dtype, shape, values), to be parsed once by the
+    message that holds them: setting each field from Python costs more than the values
+    themselves for a small tensor."""
     array = np.asarray(array)
     dtype = datatype_of(array.dtype)
     kind = KINDS[dtype]
     if kind.wire == "string" or array.size == 0:
-        proto.dtype = dtype  # type: ignore[assignment]
+        proto = TensorProto(dtype=dtype)  # type: ignore[arg-type]
         for d in array.shape:
             proto.tensor_shape.dim.add(size=d)
         if array.size:
             proto.string_val.extend(element_bytes(v) for v in array.reshape(-1))
-        return
+        return proto.SerializeToString()
     if tensor_content:
         payload = np.ascontiguousarray(array, dtype=kind.little).tobytes()
         values = _TENSOR_CONTENT_TAG + _varint(len(payload)) + payload
     else:
         values = _packed_field(kind, array.astype(kind.numpy, copy=False))
-    proto.MergeFromString(_header(dtype, array.shape) + values)
+    return _header(dtype, array.shape) + values
+
+
+def length_delimited(key: bytes, payload: bytes) -> bytes:
+    """A length-delimited field (a message, bytes or a string) as protobuf encodes it:
+    ``key`` is the field's tag (see ``field_key``)."""
+    return key + _varint(len(payload)) + payload
+
+
+def field_key(number: int) -> bytes:
+    """The tag of length-delimited field ``number``."""
+    return _varint((number << 3) | 2)
 
 
 # TensorProto's dtype and tensor_shape fields, TensorShapeProto's dim, Dim's size.

@@ -52,6 +52,8 @@ _BATCH_BUCKETS = [2**i for i in range(15)]
 GRPC, REST = "GRPC", "REST"
 # One request a version answered: its status and seconds.
 VersionRecorder = Callable[[Code, float], None]
+# A request's stages (decode, run, encode, ...) and each one's seconds.
+StageObserver = Callable[[str, float], None]
 # Where prometheus-client keeps every process's values in multiprocess mode.
 MULTIPROCESS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 LIVE_PUBLISH_SECONDS = 1.0
@@ -172,9 +174,16 @@ class Metrics:
                 self._shared = _SharedGauges(versions)
             else:
                 r.register(_LiveCollector(versions))
-        # prometheus-client's labels() takes a lock and checks its labels on every call:
-        # microseconds on each request's path. The labelled children are kept here.
+        # prometheus-client's labels() takes a lock and checks its labels on every call,
+        # and each increment takes another: microseconds on each request's path. The
+        # labelled children are kept here, and the request path's series count in the
+        # tally, folded into prometheus-client's values when read.
         self._children: dict[tuple[object, ...], Any] = {}
+        # With --num_workers another worker's scrape reads this one's files at any time:
+        # nothing is held back there.
+        self._tally = Tally(direct=bool(self._multiprocess_dir))
+        self._requests_by: dict[tuple[str, str, str, Code], Callable[[float], None]] = {}
+        self._stages: dict[tuple[str, str, str], StageObserver] = {}
 
     def _child(self, metric: Counter | Histogram, *labels: str) -> Any:
         key = (metric, labels)
@@ -183,19 +192,21 @@ class Metrics:
             child = self._children.setdefault(key, metric.labels(*labels))
         return child
 
-    def _observer(self, metric: Histogram, *labels: str) -> Callable[[float], None]:
-        """The labelled child's ``observe``, made once per label set (see ``_fast_observe``)."""
-        key = (metric, labels, "observe")
-        observe = self._children.get(key)
-        if observe is None:
-            observe = self._children.setdefault(key, _fast_observe(metric.labels(*labels)))
-        return observe  # type: ignore[no-any-return]
-
     def request(self, model: str, api: str, entrypoint: str, code: Code, seconds: float) -> None:
         """One finished request. As in TF Serving, latency counts successes only."""
-        self._child(self._requests, model, code.name).inc()
-        if code is Code.OK:
-            self._observer(self._request_latency, model, api, entrypoint)(seconds * 1e6)
+        key = (model, api, entrypoint, code)
+        record = self._requests_by.get(key)
+        if record is None:
+            count = self._tally.counter(self._requests.labels(model, code.name))
+            latency = self._tally.histogram(self._request_latency.labels(model, api, entrypoint))
+
+            def record(seconds: float) -> None:
+                count()
+                if code is Code.OK:
+                    latency(seconds * 1e6)
+
+            record = self._requests_by.setdefault(key, record)
+        record(seconds)
 
     def version(self, model: str, version: int) -> VersionRecorder:
         """What records the requests one version answers (status, seconds), made once per
@@ -203,24 +214,48 @@ class Metrics:
         recorder = self._versions.get((model, version))
         if recorder is None:
             label = str(version)
-            latency = self._observer(self._version_latency, model, label)
-            requests = self._version_requests
+            latency = self._tally.histogram(self._version_latency.labels(model, label))
+            counts: dict[Code, Callable[[], None]] = {}
+            requests, tally = self._version_requests, self._tally
 
             def record(code: Code, seconds: float) -> None:
-                self._child(requests, model, label, code.name).inc()
+                count = counts.get(code)
+                if count is None:
+                    count = counts.setdefault(code, tally.counter(
+                        requests.labels(model, label, code.name)))
+                count()
                 if code is Code.OK:
                     latency(seconds * 1e6)
 
             recorder = self._versions.setdefault((model, version), record)
         return recorder
 
-    def stage(
-        self, model: str, entrypoint: str, stage: str, seconds: float, api: str = "Predict"
-    ) -> None:
-        micros = seconds * 1e6
-        self._observer(self._stage_latency, model, entrypoint, stage)(micros)
-        if stage == "run":
-            self._observer(self._runtime_latency, model, api, "ONNXRuntime")(micros)
+    def stages(self, model: str, entrypoint: str, api: str = "Predict") -> StageObserver:
+        """What records a request's stages (name, seconds), made once per model,
+        entrypoint and API: each stage's histogram, and the run's also as TF's
+        runtime latency."""
+        key = (model, entrypoint, api)
+        observer = self._stages.get(key)
+        if observer is None:
+            observer = self._stages.setdefault(key, self._stage_observer(*key))
+        return observer
+
+    def _stage_observer(self, model: str, entrypoint: str, api: str) -> StageObserver:
+        tally, stage_latency = self._tally, self._stage_latency
+        by_stage: dict[str, tuple[Callable[[float], None], ...]] = {}
+        runtime = tally.histogram(self._runtime_latency.labels(model, api, "ONNXRuntime"))
+
+        def observe(stage: str, seconds: float) -> None:
+            observers = by_stage.get(stage)
+            if observers is None:
+                own = tally.histogram(stage_latency.labels(model, entrypoint, stage))
+                observers = by_stage.setdefault(
+                    stage, (own, runtime) if stage == "run" else (own,))
+            micros = seconds * 1e6
+            for each in observers:
+                each(micros)
+
+        return observe
 
     def batch(
         self, model: str, pool: str, rows: int, padded_rows: int, queue_seconds: list[float]
@@ -249,6 +284,7 @@ class Metrics:
         self._unload_latency.labels(model).observe(seconds * 1e6)
 
     def render(self) -> bytes:
+        self._tally.fold()
         if not self._multiprocess_dir:
             return "".join(_exposition(self.registry.collect())).encode("utf-8")
         if self._shared is not None:
@@ -271,24 +307,136 @@ class Metrics:
         threading.Thread(target=loop, name="metrics-publisher", daemon=True).start()
 
 
-def _fast_observe(child: Histogram) -> Callable[[float], None]:
-    """``child.observe`` without its per-call checks: the bucket found by bisection, the
-    sum and that bucket incremented, as prometheus-client's own ``observe`` does (0.26:
-    the first bucket whose bound is at least the value). Falls back to ``observe`` if a
-    later prometheus-client keeps its values otherwise."""
-    try:
-        total, buckets = child._sum.inc, [b.inc for b in child._buckets]
-        bounds = list(child._upper_bounds)
-    except AttributeError:
-        return child.observe
-    if len(buckets) != len(bounds) or bounds[-1] != float("inf"):
-        return child.observe
+class Tally:
+    """Running totals of the request path's counters and histograms, kept per thread
+    without a lock and folded into prometheus-client's values when read.
 
-    def observe(amount: float) -> None:
-        total(amount)
-        buckets[bisect_left(bounds, amount)](1)
+    prometheus-client takes a lock for each increment: a request's eight series cost
+    more than the rest of its accounting. Here each thread adds to its own lists, and
+    ``fold`` (at each scrape) adds what each thread counted since the last fold to the
+    labelled children, so the exposition and its names are prometheus-client's as
+    before. A histogram's sum and buckets are added through prometheus-client's
+    internals (0.26: ``_sum``, ``_buckets`` and ``_upper_bounds``); where a later
+    version keeps them otherwise, each observation goes straight to ``observe``.
 
-    return observe
+    ``direct``: every count goes to prometheus-client at once (--num_workers, where
+    other processes read the values from files whenever they are scraped).
+    """
+
+    def __init__(self, *, direct: bool = False) -> None:
+        self._direct = direct
+        self._local = threading.local()
+        self._shards: list[_Shard] = []
+        self._lock = threading.Lock()
+
+    def _shard(self) -> dict[_Series, list[float]]:
+        shard = _Shard(threading.current_thread())
+        with self._lock:
+            self._shards.append(shard)
+        self._local.values = shard.values
+        return shard.values
+
+    def counter(self, child: Any) -> Callable[[], None]:
+        """Adds one to ``child`` (a labelled Counter)."""
+        if self._direct:
+            return child.inc  # type: ignore[no-any-return]
+        series = _Series(lambda delta: child.inc(delta[0]), 1)
+        local, shard = self._local, self._shard
+
+        def inc() -> None:
+            try:
+                values = local.values
+            except AttributeError:
+                values = shard()
+            counted = values.get(series)
+            if counted is None:
+                counted = values[series] = [0.0]
+            counted[0] += 1
+
+        return inc
+
+    def histogram(self, child: Any) -> Callable[[float], None]:
+        """Observes a value into ``child`` (a labelled Histogram): the first bucket whose
+        bound is at least the value, as prometheus-client's ``observe``."""
+        try:
+            add_sum, add_bucket = child._sum.inc, [b.inc for b in child._buckets]
+            bounds = list(child._upper_bounds)
+        except AttributeError:
+            return child.observe  # type: ignore[no-any-return]
+        if len(add_bucket) != len(bounds) or bounds[-1] != float("inf"):
+            return child.observe  # type: ignore[no-any-return]
+        if self._direct:
+            def observe_now(amount: float) -> None:
+                add_sum(amount)
+                add_bucket[bisect_left(bounds, amount)](1)
+
+            return observe_now
+
+        def fold(delta: list[float]) -> None:
+            if delta[0]:
+                add_sum(delta[0])
+            for add, count in zip(add_bucket, delta[1:], strict=True):
+                if count:
+                    add(count)
+
+        series = _Series(fold, 1 + len(bounds))
+        width, local, shard = series.width, self._local, self._shard
+
+        def observe(amount: float) -> None:
+            try:
+                values = local.values
+            except AttributeError:
+                values = shard()
+            counted = values.get(series)
+            if counted is None:
+                counted = values[series] = [0.0] * width
+            counted[0] += amount
+            counted[1 + bisect_left(bounds, amount)] += 1
+
+        return observe
+
+    def fold(self) -> None:
+        """Adds every thread's counts since the last fold to prometheus-client's values.
+        A thread that has ended is folded a last time and forgotten."""
+        with self._lock:
+            kept = []
+            for shard in self._shards:
+                alive = shard.thread.is_alive()
+                shard.fold()
+                if alive:
+                    kept.append(shard)
+            self._shards = kept
+
+
+class _Series:
+    """One labelled series in the tally: how a delta of its counts reaches
+    prometheus-client, and how many numbers it counts."""
+
+    __slots__ = ("fold", "width")
+
+    def __init__(self, fold: Callable[[list[float]], None], width: int) -> None:
+        self.fold, self.width = fold, width
+
+
+class _Shard:
+    """One thread's counts (written by that thread only) and what has been folded."""
+
+    __slots__ = ("folded", "thread", "values")
+
+    def __init__(self, thread: threading.Thread) -> None:
+        self.thread = thread
+        self.values: dict[_Series, list[float]] = {}
+        self.folded: dict[_Series, list[float]] = {}
+
+    def fold(self) -> None:
+        # Copies, each taken whole under the GIL: the owner may count on meanwhile.
+        for series, counted in list(self.values.items()):
+            now = list(counted)
+            before = self.folded.get(series)
+            delta = now if before is None else [a - b for a, b in zip(now, before, strict=True)]
+            if any(delta):
+                series.fold(delta)
+            self.folded[series] = now
 
 
 class StageClock:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
-from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from onnx_serving.codec.tensors import KINDS, TensorProto, datatype_of, encode_into, make_ndarray
-from onnx_serving.server.metrics import TF_LATENCY_BUCKETS, _fast_observe
+from onnx_serving.server.metrics import TF_LATENCY_BUCKETS, Tally
 
 
 def _samples(registry: CollectorRegistry) -> list[tuple[str, dict[str, str], float]]:
@@ -15,18 +17,50 @@ def _samples(registry: CollectorRegistry) -> list[tuple[str, dict[str, str], flo
             for s in family.samples if not s.name.endswith("_created")]
 
 
-def test_fast_observe_fills_the_same_buckets_as_observe() -> None:
+def _same_samples(one: CollectorRegistry, other: CollectorRegistry) -> bool:
+    """The same samples; sums equal up to float rounding (added in another order)."""
+    a, b = _samples(one), _samples(other)
+    return [(n, labels) for n, labels, _ in a] == [(n, labels) for n, labels, _ in b] and \
+        [v for *_, v in a] == pytest.approx([v for *_, v in b], rel=1e-12)
+
+
+def test_the_tally_gives_what_prometheus_client_would() -> None:
+    """Counts kept per thread and folded give the same samples as prometheus-client's own
+    ``inc`` and ``observe``, across threads and folds, bounds included."""
     # Bounds themselves (a value on a bound belongs to it), between them, past the last.
     values = [0.0, 10.0, 10.000001, 18.0, 32.4, 33.0, *TF_LATENCY_BUCKETS[5:9], 1e12, 5.5]
-    plain, fast = CollectorRegistry(), CollectorRegistry()
-    by_observe = Histogram("h", "h", ["m"], buckets=TF_LATENCY_BUCKETS, registry=plain).labels("a")
-    child = Histogram("h", "h", ["m"], buckets=TF_LATENCY_BUCKETS, registry=fast).labels("a")
-    by_fast = _fast_observe(child)
-    assert by_fast != child.observe  # the shortcut, not the fallback
-    for value in values:
-        by_observe.observe(value)
-        by_fast(value)
-    assert _samples(fast) == _samples(plain)
+    plain, tallied = CollectorRegistry(), CollectorRegistry()
+
+    def metrics(registry: CollectorRegistry) -> tuple[Histogram, Counter]:
+        return (Histogram("h", "h", ["m"], buckets=TF_LATENCY_BUCKETS, registry=registry),
+                Counter("c", "c", ["m"], registry=registry))
+
+    histogram, counter = metrics(plain)
+    tally, (tallied_histogram, tallied_counter) = Tally(), metrics(tallied)
+    observe = tally.histogram(tallied_histogram.labels("a"))
+    inc = tally.counter(tallied_counter.labels("a"))
+    assert observe != tallied_histogram.labels("a").observe  # the tally, not the fallback
+
+    def both(value: float) -> None:
+        histogram.labels("a").observe(value)
+        counter.labels("a").inc()
+        observe(value)
+        inc()
+
+    for value in values[:5]:
+        both(value)
+    tally.fold()
+    assert _same_samples(tallied, plain)
+    workers = [threading.Thread(target=lambda: [both(v) for v in values]) for _ in range(4)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    both(7.0)
+    tally.fold()
+    tally.fold()  # nothing new: nothing added twice
+    assert _same_samples(tallied, plain)
+    assert len(tally._shards) == 1  # the ended threads were folded and forgotten
 
 
 def _field_by_field(array: np.ndarray, tensor_content: bool) -> TensorProto:
@@ -77,3 +111,18 @@ def test_typed_fields_decode_as_numpy_casts_them(dtype: type, field: str,
     expected = np.array(getattr(proto, field)).astype(dtype)
     decoded = make_ndarray(proto)
     assert decoded.dtype == np.dtype(dtype) and np.array_equal(decoded, expected)
+
+
+def test_a_direct_tally_counts_at_once() -> None:
+    """With --num_workers other processes read the values at any time: nothing waits."""
+    registry = CollectorRegistry()
+    tally = Tally(direct=True)
+    histogram = Histogram("h", "h", buckets=TF_LATENCY_BUCKETS, registry=registry)
+    counter = Counter("c", "c", registry=registry)
+    observe, inc = tally.histogram(histogram), tally.counter(counter)
+    for value in (5.0, 10.0, 1e9):
+        observe(value)
+        inc()
+    assert registry.get_sample_value("c_total") == 3
+    assert registry.get_sample_value("h_count") == 3
+    assert registry.get_sample_value("h_bucket", {"le": "10.0"}) == 2

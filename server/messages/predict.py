@@ -4,6 +4,7 @@ request log."""
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from functools import lru_cache
 
 import numpy as np
 
@@ -11,10 +12,12 @@ from onnx_serving.codec.tensors import (
     TensorCodecError,
     TensorProto,
     TensorTooLarge,
-    encode_into,
+    field_key,
+    length_delimited,
     make_ndarray,
+    tensor_bytes,
 )
-from onnx_serving.protos.tensorflow_serving.apis import predict_pb2
+from onnx_serving.protos.tensorflow_serving.apis import model_pb2, predict_pb2
 from onnx_serving.server.errors import InvalidArgument, ResourceExhausted
 from onnx_serving.server.messages.model_spec import fill_served
 from onnx_serving.server.runtime.model import Outputs
@@ -52,9 +55,30 @@ def fill_response(
     response: predict_pb2.PredictResponse, served: Served, outputs: Outputs, *,
     tensor_content: bool = False,
 ) -> None:
-    fill_served(response.model_spec, served)
+    """One parse of bytes built here: the spec's are made once per version and signature."""
+    parts = [_spec_field(served)]
     for alias, array in outputs.items():
-        encode_into(response.outputs[alias], array, tensor_content=tensor_content)
+        entry = _output_key(alias) + length_delimited(
+            _MAP_VALUE, tensor_bytes(array, tensor_content=tensor_content))
+        parts.append(length_delimited(_OUTPUTS, entry))
+    response.MergeFromString(b"".join(parts))
+
+
+_FIELDS = predict_pb2.PredictResponse.DESCRIPTOR.fields_by_name
+_OUTPUTS, _SPEC = field_key(_FIELDS["outputs"].number), field_key(_FIELDS["model_spec"].number)
+_MAP_KEY, _MAP_VALUE = field_key(1), field_key(2)  # every map entry's key and value
+
+
+@lru_cache(maxsize=4096)
+def _spec_field(served: Served) -> bytes:
+    spec = model_pb2.ModelSpec()
+    fill_served(spec, served)
+    return length_delimited(_SPEC, spec.SerializeToString())
+
+
+@lru_cache(maxsize=4096)
+def _output_key(alias: str) -> bytes:
+    return length_delimited(_MAP_KEY, alias.encode("utf-8"))
 
 
 def response_encoder(*, tensor_content: bool) -> Encode[predict_pb2.PredictResponse]:

@@ -27,6 +27,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Generic, Protocol, TypeVar
@@ -254,21 +255,17 @@ class ModelManager(Generic[S]):
 
     # -- how it is served -----------------------------------------------------
 
-    @contextlib.contextmanager
     def acquire(
         self, name: str, version: int | None = None, label: str | None = None
-    ) -> Iterator[tuple[int, S]]:
+    ) -> AbstractContextManager[tuple[int, S]]:
         """Pins the answering version for one request: by label, number, or the highest."""
+        return _Pinned(self, name, version, label)
+
+    def _release(self, held: VersionEntry[S]) -> None:
         with self._lock:
-            held = pin(self._models.get(name), name, version, label)
-        try:
-            assert held.servable is not None
-            yield held.version, held.servable
-        finally:
-            with self._lock:
-                held.in_flight -= 1
-                if held.in_flight == 0:
-                    self._drained.notify_all()
+            held.in_flight -= 1
+            if held.in_flight == 0:
+                self._drained.notify_all()
 
     def statuses(self, name: str, version: int | None = None) -> list[VersionStatus]:
         """Every version seen, highest first, as GetModelStatus reports them."""
@@ -497,3 +494,28 @@ class ModelManager(Generic[S]):
         for model in [*self._models.values(), *self._staged.values()]:
             if any(entry.retry_due(now) for entry in model.versions.values()):
                 self._reconcile(model)
+
+
+class _Pinned(Generic[S]):
+    """``ModelManager.acquire``'s block, as a plain context manager: every request enters
+    one, and a generator-based one costs several times as much."""
+
+    __slots__ = ("_held", "_label", "_manager", "_name", "_version")
+
+    def __init__(
+        self, manager: ModelManager[S], name: str, version: int | None, label: str | None
+    ) -> None:
+        self._manager, self._name, self._version, self._label = manager, name, version, label
+
+    def __enter__(self) -> tuple[int, S]:
+        manager = self._manager
+        with manager._lock:
+            held = pin(manager._models.get(self._name), self._name, self._version, self._label)
+        if held.servable is None:  # an available version always has one
+            manager._release(held)
+            raise AssertionError(f"version {held.version} of {self._name} has no servable")
+        self._held = held
+        return held.version, held.servable
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._manager._release(self._held)

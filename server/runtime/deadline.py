@@ -20,16 +20,19 @@ import onnxruntime as ort
 
 from onnx_serving.server.errors import Cancelled, DeadlineExceeded
 
+# Guards every deadline's runs and presence: held for a list append or a flag, so one
+# lock for all costs nothing in contention and saves making one per request.
+_LOCK = threading.Lock()
+
 
 class Deadline:
     """When the caller stops waiting (None: never), and whether it has gone already."""
 
-    __slots__ = ("_at", "_gone", "_lock", "_runs")
+    __slots__ = ("_at", "_gone", "_runs")
 
     def __init__(self, seconds: float | None = None) -> None:
         self._at = None if seconds is None else time.monotonic() + seconds
         self._gone = False
-        self._lock = threading.Lock()
         self._runs: list[ort.RunOptions] = []
 
     def check(self) -> None:
@@ -44,7 +47,7 @@ class Deadline:
 
         Thread-safe, and harmless after the answer went out (gRPC calls it then too).
         """
-        with self._lock:
+        with _LOCK:
             self._gone = True
             runs, self._runs = self._runs, []
         for options in runs:
@@ -67,7 +70,7 @@ class _Run:
 
     def __enter__(self) -> ort.RunOptions:
         deadline, options = self._deadline, self._options
-        with deadline._lock:
+        with _LOCK:
             if deadline._gone:
                 options.terminate = True
             deadline._runs.append(options)
@@ -75,7 +78,7 @@ class _Run:
 
     def __exit__(self, *exc_info: object) -> None:
         deadline = self._deadline
-        with deadline._lock:
+        with _LOCK:
             if self._options in deadline._runs:
                 deadline._runs.remove(self._options)
 

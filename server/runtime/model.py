@@ -96,7 +96,7 @@ class LoadedModel:
         next request reuses, so the response is encoded before the block ends. The run
         is skipped if ``deadline`` has passed by the time it would start.
         """
-        outputs = signature.select_outputs(output_filter)
+        names, aliases = signature.selected_outputs(output_filter)
         for alias, array in inputs.items():
             signature.check_input(alias, array)
         queue = self._queues.get(signature.name)
@@ -104,10 +104,9 @@ class LoadedModel:
             if deadline is not None:
                 deadline.check()
             everything = queue.submit(inputs, deadline)
-            return nullcontext({spec.alias: everything[spec.alias] for spec in outputs})
+            return nullcontext({alias: everything[alias] for alias in aliases})
         return self._sessions[signature.model_file].lease(
-            signature.feeds(inputs),
-            [spec.name for spec in outputs], [spec.alias for spec in outputs], deadline,
+            signature.feeds(inputs), names, aliases, deadline
         )
 
     def close(self) -> None:

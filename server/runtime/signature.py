@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -88,9 +89,22 @@ class Signature:
                 f"request {{{_join(sent)}}}, or default input alias set: "
             )
 
-    def select_outputs(self, output_filter: Sequence[str]) -> list[TensorSpec]:
+    @cached_property
+    def every_output(self) -> tuple[list[str], list[str]]:
+        """Graph names and aliases of every output, in order: what a request without an
+        output filter asks for, found once."""
+        return ([spec.name for spec in self.outputs.values()],
+                [spec.alias for spec in self.outputs.values()])
+
+    def selected_outputs(self, output_filter: Sequence[str]) -> tuple[list[str], list[str]]:
+        """Graph names and aliases of the outputs ``output_filter`` asks for (all when
+        empty), checked as TF Serving checks them. The lists may be shared: read only."""
         if not output_filter:
-            return list(self.outputs.values())
+            return self.every_output
+        selected = self._filtered_outputs(output_filter)
+        return [spec.name for spec in selected], [spec.alias for spec in selected]
+
+    def _filtered_outputs(self, output_filter: Sequence[str]) -> list[TensorSpec]:
         selected: list[TensorSpec] = []
         seen: set[str] = set()
         for alias in output_filter:

@@ -14,9 +14,10 @@ limit, not a bad request.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
+from types import TracebackType
 from typing import Any, Protocol, TypeVar
 
 import numpy as np
@@ -92,39 +93,15 @@ class ServingCore:
         """The answering version, kept loaded until the block ends."""
         return self._versions.acquire(ref.name, ref.version, ref.label)
 
-    @contextmanager
     def _serving(
         self, ref: ModelRef, deadline: Deadline | None
-    ) -> Iterator[tuple[int, LoadedModel]]:
+    ) -> AbstractContextManager[tuple[int, LoadedModel]]:
         """``pin`` for a request that is still awaited, counted by the version that
         answers it; out of memory is its status."""
-        if deadline is not None:
-            deadline.check()
-        with self.pin(ref) as pinned:
-            record = None if self._metrics is None else self._metrics.version(ref.name,
-                                                                               pinned[0])
-            started = time.perf_counter()
-            code = Code.INTERNAL  # anything but a ServingError: the front end's answer
-            try:
-                yield pinned
-                code = Code.OK
-            except MemoryError:
-                code = Code.RESOURCE_EXHAUSTED
-                raise ResourceExhausted(
-                    f"Out of memory serving a request for model {ref.name}"
-                ) from None
-            except ServingError as exc:
-                code = exc.code
-                raise
-            finally:
-                if record is not None:
-                    record(code, time.perf_counter() - started)
+        return _Serving(self, ref, deadline)
 
     def _observer(self, model: str, entrypoint: str, api: str) -> Observe | None:
-        metrics = self._metrics
-        if metrics is None:
-            return None
-        return lambda stage, seconds: metrics.stage(model, entrypoint, stage, seconds, api)
+        return None if self._metrics is None else self._metrics.stages(model, entrypoint, api)
 
     def predict(
         self,
@@ -224,6 +201,48 @@ class ServingCore:
     def status(self, name: str, version: int | None = None) -> list[VersionStatus]:
         """Every version seen (or one), as GetModelStatus reports them; labels play no part."""
         return self._versions.statuses(name, version)
+
+
+class _Serving:
+    """``ServingCore._serving``'s block, as a plain context manager: every request
+    enters one, and a generator-based one costs several times as much."""
+
+    __slots__ = ("_core", "_deadline", "_pinned", "_record", "_ref", "_started")
+
+    def __init__(self, core: ServingCore, ref: ModelRef, deadline: Deadline | None) -> None:
+        self._core, self._ref, self._deadline = core, ref, deadline
+
+    def __enter__(self) -> tuple[int, LoadedModel]:
+        if self._deadline is not None:
+            self._deadline.check()
+        core, ref = self._core, self._ref
+        self._pinned = core.pin(ref)
+        pinned = self._pinned.__enter__()
+        metrics = core._metrics
+        self._record = None if metrics is None else metrics.version(ref.name, pinned[0])
+        self._started = time.perf_counter()
+        return pinned
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if kind is None:
+            code = Code.OK
+        elif isinstance(exc, ServingError):
+            code = exc.code
+        elif isinstance(exc, MemoryError):
+            code = Code.RESOURCE_EXHAUSTED
+        else:
+            code = Code.INTERNAL  # anything but a ServingError: the front end's answer
+        try:
+            if self._record is not None:
+                self._record(code, time.perf_counter() - self._started)
+        finally:
+            self._pinned.__exit__(kind, exc, tb)
+        if isinstance(exc, MemoryError):
+            raise ResourceExhausted(
+                f"Out of memory serving a request for model {self._ref.name}"
+            ) from None
 
 
 class OneVersion:

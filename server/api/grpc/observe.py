@@ -20,22 +20,27 @@ from onnx_serving.server.metrics import GRPC, Metrics
 
 access_log = logging.getLogger("onnx_serving.access")
 
-# The model RPCs observed, by method path, and the API each is counted as.
-_OBSERVED = {
-    **{f"/tensorflow.serving.PredictionService/{api}": api
-       for api in ("Predict", "Classify", "Regress", "MultiInference")},
-    "/inference.GRPCInferenceService/ModelInfer": "ModelInfer",  # api/oip/
+def _spec_name(request: Any) -> str:
+    return str(request.model_spec.name)
+
+
+def _first_task_name(request: Any) -> str:
+    """MultiInference names its model per task."""
+    return str(request.tasks[0].model_spec.name) if request.tasks else ""
+
+
+def _oip_name(request: Any) -> str:
+    return str(request.model_name)
+
+
+# The model RPCs observed, by method path: the API each is counted as, and where its
+# request names the model.
+_OBSERVED: dict[str, tuple[str, Callable[[Any], str]]] = {
+    **{f"/tensorflow.serving.PredictionService/{api}": (api, _spec_name)
+       for api in ("Predict", "Classify", "Regress")},
+    "/tensorflow.serving.PredictionService/MultiInference": ("MultiInference", _first_task_name),
+    "/inference.GRPCInferenceService/ModelInfer": ("ModelInfer", _oip_name),  # api/oip/
 }
-
-
-def _model_name(request: Any) -> str:
-    if isinstance(getattr(request, "model_name", None), str):  # OIP's ModelInferRequest
-        return str(request.model_name)
-    spec = getattr(request, "model_spec", None)
-    if spec is not None:
-        return str(spec.name)
-    tasks = getattr(request, "tasks", ())  # MultiInference names its model per task
-    return str(tasks[0].model_spec.name) if tasks else ""
 
 
 class ObserveRequests(grpc.ServerInterceptor):
@@ -62,9 +67,10 @@ class ObserveRequests(grpc.ServerInterceptor):
     def _wrap(
         self, method: str, handler: grpc.RpcMethodHandler | None
     ) -> grpc.RpcMethodHandler | None:
-        api = _OBSERVED.get(method)
-        if handler is None or api is None:
+        observed_as = _OBSERVED.get(method)
+        if handler is None or observed_as is None:
             return handler
+        api, model_name = observed_as
         behavior = handler.unary_unary
 
         def observed(request: Any, context: grpc.ServicerContext) -> Any:
@@ -74,7 +80,8 @@ class ObserveRequests(grpc.ServerInterceptor):
                 response = behavior(request, context)
                 return response
             finally:
-                self._record(api, request, response, context, time.perf_counter() - started)
+                self._record(api, model_name(request), request, response, context,
+                             time.perf_counter() - started)
 
         return grpc.unary_unary_rpc_method_handler(
             observed,
@@ -83,11 +90,11 @@ class ObserveRequests(grpc.ServerInterceptor):
         )
 
     def _record(
-        self, api: str, request: Any, response: Any, context: grpc.ServicerContext, seconds: float
+        self, api: str, model: str, request: Any, response: Any, context: grpc.ServicerContext,
+        seconds: float,
     ) -> None:
         code = context.code()  # type: ignore[attr-defined]
         status = Code(code.value[0]) if code is not None else Code.OK
-        model = _model_name(request)
         self._metrics.request(model, api, GRPC, status, seconds)
         if self._access_log:
             spec = getattr(response, "model_spec", None)
