@@ -193,11 +193,14 @@ def test_one_round_is_refused() -> None:
 
 
 def test_grid_starts_with_the_default_and_parses_batching() -> None:
-    # On 2 cores, "nospin" and "inst=2 nospin" run as the default does.
+    # On 2 cores, "nospin", "inst=2 nospin" and "inst=2 intra=2 nospin" run as the
+    # default does, and "inst=1 nospin" as "intra=2 nospin" (one instance of both cores).
     settings = grid([None, 2, 1], [None, 2], [None], [False], [None],
                     [(), parse_batching("none")], 2)
-    assert [s.label for s in settings] == ["default", "intra=2 nospin", "inst=2 intra=2 nospin"]
-    assert Setting(instances=2, intra_op_threads=2).busy_threads(2) == 3  # oversubscribed
+    assert [s.label for s in settings] == ["default", "intra=2 nospin"]
+    assert Setting(instances=2, intra_op_threads=2).busy_threads(2) == 3  # the default's
+    assert not Setting().threads(2).oversubscribes(2)
+    assert Setting(instances=3, intra_op_threads=2).threads(2).oversubscribes(2)
     with pytest.raises(ValueError, match="KEY=VALUE"):
         parse_batching("max_batch=8")
 

@@ -136,10 +136,9 @@ def main(argv: Sequence[str]) -> int:
                     args.spinning, args.graph_optimization_level, batching,
                     cpus) if base else []
     for setting in settings:
-        busy = setting.busy_threads(cpus)
-        if busy > cpus:
+        if setting.threads(cpus).oversubscribes(cpus):
             log.warning("%s keeps %d threads busy on %d core(s): oversubscribed",
-                        setting.label, busy, cpus)
+                        setting.label, setting.busy_threads(cpus), cpus)
     output = args.output_dir or Path(f"tune-{model}")
 
     requests: dict[str, list[bytes]] = {}

@@ -32,6 +32,7 @@ class Row:
     errors: int
     first_error: str
     busy_threads_per_core: float
+    oversubscribed: bool  # more than one thread beyond the cores (threads.py's rule)
 
     @classmethod
     def of(cls, setting: Setting, rounds: Sequence[Result], cpus: int, label: str = "") -> Row:
@@ -42,7 +43,8 @@ class Row:
         return cls(label or setting.label, setting, pooled.percentile_ms(50),
                    pooled.percentile_ms(95), pooled.percentile_ms(99),
                    tuple(r.throughput for r in rounds), pooled.errors, pooled.first_error,
-                   setting.busy_threads(cpus) / cpus)
+                   setting.busy_threads(cpus) / cpus,
+                   setting.threads(cpus).oversubscribes(cpus))
 
     @property
     def throughput(self) -> float:
@@ -60,10 +62,6 @@ class Row:
     @property
     def spread(self) -> str:
         return f"{self.low:.1f}-{self.high:.1f}"
-
-    @property
-    def oversubscribed(self) -> bool:
-        return self.busy_threads_per_core > 1
 
     def fits(self, budget_ms: float | None) -> bool:
         """Answered without errors, within the p99 budget (if any)."""

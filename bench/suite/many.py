@@ -49,7 +49,7 @@ class ManyModels:
     large: int = 0
     threads_one: int = 0
     threads_all: int = 0
-    ort_default_threads_all: int = 0  # per-session pools of one thread per core, as ORT's default
+    pool_threads_all: int = 0  # one intra-op pool per model, cores - 1 threads each
     rss_server_one_mib: float = 0.0
     rss_server_all_mib: float = 0.0
     rss_alone_one_mib: float = 0.0
@@ -241,7 +241,7 @@ def _available(address: str, model: str, version: int) -> bool:
 def run(mobilenet: BenchModel, count: int, steady_seconds: float, swaps: int,
         extra: list[str], log: Log) -> ManyModels:
     from onnx_serving.server.runtime.config import RuntimeConfig
-    from onnx_serving.server.runtime.threads import choose, cores
+    from onnx_serving.server.runtime.threads import choose
 
     found = ManyModels(models=count)
     with tempfile.TemporaryDirectory(prefix="bench-many-") as tmp:
@@ -252,7 +252,7 @@ def run(mobilenet: BenchModel, count: int, steady_seconds: float, swaps: int,
         requests = {n: _request(n, n in large, mobilenet) for n in names}
         files = [folder / n / "1" / "model.onnx" for n in names]
         intra = choose(RuntimeConfig()).intra_op_threads
-        found.ort_default_threads_all = count * (cores() - 1)
+        found.pool_threads_all = count * (intra - 1)
 
         log(f"many models: one small model alone, then all {count}")
         one = _serve(folder, small[:1], "one", extra)
@@ -315,8 +315,8 @@ def describe(found: ManyModels) -> list[str]:
         "| measure | value |",
         "| --- | --- |",
         f"| server threads, 1 small model | {found.threads_one} |",
-        f"| server threads, all {found.models} models | {found.threads_all} (per-session pools "
-        f"of one thread per core would add {found.ort_default_threads_all}) |",
+        f"| server threads, all {found.models} models | {found.threads_all} (each model's intra-op "
+        f"pool: cores - 1 threads, {found.pool_threads_all} for all) |",
         f"| RSS growth 1 -> {found.models} models, server | "
         f"{found.rss_server_all_mib - found.rss_server_one_mib:.0f} MiB "
         f"({found.rss_server_one_mib:.0f} -> {found.rss_server_all_mib:.0f}) |",

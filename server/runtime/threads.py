@@ -11,11 +11,14 @@ and the other models need. Here:
   of oversubscribing the cores. Every slot runs on the same session, whose
   ``run`` is thread-safe and allocates each run's intermediates apart, so the
   weights (prepacked ones included) exist once. Default ``min(2, cores)``.
-- **intra-op threads**: ``cores // instances``. A session's pool has that many
-  threads less one (the calling thread works too), shared by its concurrent runs,
-  so instances + intra-op threads - 1 threads compute at once: one per core with
-  the defaults. With one thread there is no pool at all, so a server of 20 such
-  models adds no ONNX Runtime threads.
+- **intra-op threads**: ``cores - instances + 2``, at most ``cores``: every core
+  with the default two instances. A session's pool has that many threads less
+  one (the calling thread works too) and is shared by its concurrent runs, so a
+  lone request gets the whole machine, and with every instance running
+  ``instances + intra-op threads - 1`` threads compute at once: one more than the
+  cores. Each session with more than one thread keeps an idle pool (spinning
+  off); a server of many small models can set ``intra_op_threads`` to 1 (no pool
+  at all) or use the global pools below.
 - **inter-op threads**: 1; sequential execution has no inter-op work.
 - **spinning**: off. A pool's threads spin after each run waiting for the
   next; in a server the next run is a network round trip away.
@@ -83,8 +86,13 @@ class Threads:
         return self.instances + self.intra_op_threads - 1
 
     def oversubscription(self, cpus: int) -> float:
-        """Busy threads per core (above 1: oversubscribed)."""
+        """Busy threads per core."""
         return self.busy_threads / cpus
+
+    def oversubscribes(self, cpus: int) -> bool:
+        """More than one thread beyond the cores computes with every instance running:
+        the defaults allow that one, for a lone request's sake."""
+        return self.busy_threads > cpus + 1
 
     def describe(self) -> str:
         pools = "global pools" if self.global_pools else "per-session pools"
@@ -99,8 +107,8 @@ def choose(config: RuntimeConfig, cpus: int | None = None) -> Threads:
     instances, intra = config.instances, config.intra_op_threads
     if not instances:
         instances = max(1, cpus // intra) if intra else min(_DEFAULT_INSTANCES, cpus)
-    if not intra:
-        intra = max(1, cpus // instances)
+    if not intra:  # the pool is shared by the instances' runs: see the module's docstring
+        intra = max(1, min(cpus, cpus - instances + 2))
     spinning = config.session_config.get(SPINNING, "0") != "0"
     return Threads(instances, intra, config.inter_op_threads or 1, spinning,
                    config.thread_pool == GLOBAL_POOLS)
@@ -152,8 +160,9 @@ def start_global_pools(threads: Threads) -> None:
 
 def warn_if_oversubscribed(threads: Threads, what: str, cpus: int | None = None) -> bool:
     cpus = cpus or cores()
-    ratio = threads.oversubscription(cpus)
-    if ratio > 1:
+    if threads.oversubscribes(cpus):
         log.warning("%s: %s keeps %.1f threads busy per core on %d core(s): runs will "
-                    "oversubscribe the cores", what, threads.describe(), ratio, cpus)
-    return ratio > 1
+                    "oversubscribe the cores", what, threads.describe(),
+                    threads.oversubscription(cpus), cpus)
+        return True
+    return False
