@@ -4,8 +4,9 @@
 
 One server speaks both protocols. For half_plus_two and MobileNetV2 (the bench suite's
 cached build, bench/suite/models.py; ``--build`` makes it where absent, which needs
-TensorFlow and a few minutes), the same batch-1 prediction is asked five ways, one after
-the other: TF Serving's gRPC Predict (``tensor_content``) and REST ``:predict`` (JSON),
+TensorFlow and a few minutes), the same batch-1 prediction is asked six ways, one after
+the other: TF Serving's gRPC Predict (``tensor_content``) and REST ``:predict`` (JSON,
+columns and rows),
 OIP gRPC ModelInfer (``raw_input_contents``), OIP REST with the binary data extension
 (binary in and out) and OIP REST JSON. Each request is encoded once before the clock
 starts and each answer is read as bytes, not decoded: the figures are the server's and
@@ -98,6 +99,9 @@ def ways(model: models.BenchModel, channel: grpc.Channel, rest_port: int) -> lis
                                      for d, array in zip(described, inputs.values(),
                                                          strict=True)]}).encode()
     tf_json = json.dumps({"inputs": {k: v.tolist() for k, v in inputs.items()}}).encode()
+    tf_rows = json.dumps({"instances": [
+        {k: v[i].tolist() for k, v in inputs.items()}
+        for i in range(len(next(iter(inputs.values()))))]}).encode()
     v2 = f"/v2/models/{model.name}/infer"
     return [
         grpc_way("TF Serving gRPC Predict", channel,
@@ -110,6 +114,8 @@ def ways(model: models.BenchModel, channel: grpc.Channel, rest_port: int) -> lis
         http_way("TF Serving REST :predict (JSON)", rest_port,
                  f"/v1/models/{model.name}:predict", tf_json,
                  {"Content-Type": "application/json"}),
+        http_way("TF Serving REST :predict (JSON rows)", rest_port,
+                 f"/v1/models/{model.name}:predict", tf_rows, {"Content-Type": "application/json"}),
         http_way("OIP REST JSON", rest_port, v2, as_json, {"Content-Type": "application/json"}),
     ]
 
