@@ -52,9 +52,11 @@ def _mean_ms(function: Callable[[], None], budget: float = 0.3) -> float:
 
 
 def outputs_agree(response: bytes, expected: list[np.ndarray]) -> bool:
-    """The served outputs (by sorted alias) against in-process ONNX Runtime's."""
+    """Each served output is one of in-process ONNX Runtime's (which runs every graph
+    output: a signature may serve fewer, as half_plus_two's serves ``y`` of two)."""
     parsed = predict_pb2.PredictResponse.FromString(response)
-    served = [make_ndarray(parsed.outputs[k]) for k in sorted(parsed.outputs)]
-    return len(served) == len(expected) and all(
-        np.allclose(a, b, rtol=1e-4, atol=1e-5) for a, b in zip(served, expected, strict=True)
+    served = [make_ndarray(parsed.outputs[k]) for k in parsed.outputs]
+    return bool(served) and all(
+        any(a.shape == b.shape and np.allclose(a, b, rtol=1e-4, atol=1e-5) for b in expected)
+        for a in served
     )
