@@ -340,18 +340,10 @@ class Tally:
         """Adds one to ``child`` (a labelled Counter)."""
         if self._direct:
             return child.inc  # type: ignore[no-any-return]
-        series = _Series(lambda delta: child.inc(delta[0]), 1)
-        local, shard = self._local, self._shard
+        series, counts = _Series(lambda delta: child.inc(delta[0]), 1), self._counts
 
         def inc() -> None:
-            try:
-                values = local.values
-            except AttributeError:
-                values = shard()
-            counted = values.get(series)
-            if counted is None:
-                counted = values[series] = [0.0]
-            counted[0] += 1
+            counts(series)[0] += 1
 
         return inc
 
@@ -379,21 +371,25 @@ class Tally:
                 if count:
                     add(count)
 
-        series = _Series(fold, 1 + len(bounds))
-        width, local, shard = series.width, self._local, self._shard
+        series, counts = _Series(fold, 1 + len(bounds)), self._counts
 
         def observe(amount: float) -> None:
-            try:
-                values = local.values
-            except AttributeError:
-                values = shard()
-            counted = values.get(series)
-            if counted is None:
-                counted = values[series] = [0.0] * width
+            counted = counts(series)
             counted[0] += amount
             counted[1 + bisect_left(bounds, amount)] += 1
 
         return observe
+
+    def _counts(self, series: _Series) -> list[float]:
+        """This thread's counts of ``series``."""
+        try:
+            values = self._local.values
+        except AttributeError:
+            values = self._shard()
+        counted = values.get(series)
+        if counted is None:
+            counted = values[series] = [0.0] * series.width
+        return counted
 
     def fold(self) -> None:
         """Adds every thread's counts since the last fold to prometheus-client's values.
