@@ -11,12 +11,17 @@ import argparse
 import logging
 import signal
 import sys
+import threading
 from collections.abc import Sequence
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from onnx_serving.server.errors import ConfigError
 from onnx_serving.server.flags import parse_flags, usage
 from onnx_serving.server.workers import run_workers
+
+if TYPE_CHECKING:
+    from onnx_serving.server.app import App
 
 log = logging.getLogger("onnx_serving")
 
@@ -34,26 +39,35 @@ def serve(argv: Sequence[str]) -> int:
     if any(a in ("--version", "-version") for a in argv):
         print(f"onnx-serving {_version()}")
         return 0
+    # Taken before the models load: a stop asked for during start-up (an orchestrator's,
+    # or --num_workers' supervisor's) drains once start-up ends, instead of killing the
+    # process half started.
+    stop_requested = threading.Event()
+    app: App | None = None
+
+    def stop(signum: int, _frame: FrameType | None) -> None:
+        log.info("Received %s, shutting down", signal.Signals(signum).name)
+        stop_requested.set()
+        if app is not None:
+            app.request_stop()
+
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # a hangup drains too
+        signal.signal(signum, stop)
     try:
         options = parse_flags(argv)
         if options.num_workers > 1:
-            return run_workers(argv, options.num_workers)
+            return run_workers(argv, options.num_workers)  # with its own signal handlers
         # Imported here: the parent of --num_workers' processes loads no models, nor their
         # libraries (it only supervises).
         from onnx_serving.server.app import App
 
         app = App(options)
+        if stop_requested.is_set():
+            app.request_stop()
         app.start()
     except ConfigError as exc:
         print(f"Failed to start server. Error: {exc.message}", file=sys.stderr)
         return 1
-
-    def stop(signum: int, _frame: FrameType | None) -> None:
-        log.info("Received %s, shutting down", signal.Signals(signum).name)
-        app.request_stop()
-
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # a hangup drains too
-        signal.signal(signum, stop)
     app.wait()
     app.stop()
     return 0

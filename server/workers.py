@@ -117,7 +117,10 @@ def run_workers(argv: Sequence[str], count: int) -> int:
         shutil.rmtree(shared, ignore_errors=True)
     if not stop_requested and ended is not None:
         return _exit_status(ended.returncode) or 1  # even a worker's clean exit is a fault
-    return max((_exit_status(w.returncode) for w in workers), default=0)
+    # A worker still starting when asked to stop may end by the SIGTERM itself (before
+    # Python has its handler): the stop asked for, not a fault.
+    return max((0 if w.returncode == -signal.SIGTERM and stop_requested
+                else _exit_status(w.returncode) for w in workers), default=0)
 
 
 def _wait(worker: subprocess.Popen[bytes]) -> None:
