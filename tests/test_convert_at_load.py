@@ -17,7 +17,7 @@ from tensorflow_serving.apis import (
     regression_pb2,
 )
 
-from onnx_serving.client import Client
+from onnx_serving.client import Client, VersionStatus
 from onnx_serving.migration.saved_model import TensorFlowRunner
 from tests import saved_models
 from tests.saved_models import HALF_PLUS_TWO_VERSION
@@ -76,6 +76,18 @@ def serve(base: Path, cache: Path, log: Path, *flags: str) -> ServerProcess:
         "--model_name=m", f"--model_base_path={base}", "--file_system_poll_wait_seconds=1",
         f"--saved_model_cache_dir={cache}", *flags,
     ], log).start(timeout=300)
+
+
+def lone_status(base: Path, cache: Path, log: Path, *flags: str) -> tuple[VersionStatus, str]:
+    """The status of the one version a server started with ``flags`` (no load retries)
+    reports once it is up, and the server's log."""
+    server = serve(base, cache, log, *flags, "--max_num_load_retries=0")
+    try:
+        with Client(server.address) as client:
+            [status] = client.status("m")
+    finally:
+        server.stop()
+    return status, server.logs()
 
 
 @pytest.fixture
@@ -173,18 +185,13 @@ def test_conversion_turned_off_says_how_to_convert(tmp_path: Path) -> None:
     base = tmp_path / "m"
     base.mkdir()
     write_version(base, 1, half_plus(OFFSETS[1]))
-    server = serve(base, tmp_path / "cache", tmp_path / "server.log",
-                   "--convert_saved_models=false", "--max_num_load_retries=0")
-    try:
-        with Client(server.address) as client:
-            [status] = client.status("m")
-    finally:
-        server.stop()
+    status, logs = lone_status(base, tmp_path / "cache", tmp_path / "server.log",
+                               "--convert_saved_models=false")
     assert status.state == "END"
     assert "holds a TensorFlow SavedModel, and --convert_saved_models=false" in \
         status.error_message
     assert f"`onnx-serving convert {base} {base}_onnx`" in status.error_message
-    assert CONVERTING not in server.logs()
+    assert CONVERTING not in logs
 
 
 def test_keras_and_tf1_exports_written_while_serving_answer_as_tensorflow(
@@ -258,13 +265,8 @@ def test_a_conversion_over_its_timeout_is_stopped_and_frees_the_load_thread(
     base, cache = tmp_path / "m", tmp_path / "cache"
     base.mkdir()
     version_dir = write_version(base, 1, half_plus(OFFSETS[1]))
-    server = serve(base, cache, tmp_path / "server.log",
-                   "--saved_model_conversion_timeout_seconds=1", "--max_num_load_retries=0")
-    try:
-        with Client(server.address) as client:
-            [status] = client.status("m")
-    finally:
-        server.stop()
+    status, _ = lone_status(base, cache, tmp_path / "server.log",
+                            "--saved_model_conversion_timeout_seconds=1")
     assert status.state == "END"
     assert (f"Converting the TensorFlow SavedModel in {version_dir} to ONNX failed: it ran "
             "longer than --saved_model_conversion_timeout_seconds=1 and was stopped"

@@ -9,6 +9,17 @@ import numpy as np
 import tensorflow as tf
 
 
+def _decoded_images(image_bytes: tf.Tensor) -> tf.Tensor:
+    """Each JPEG decoded, resized to 32x32 and scaled to [-1, 1] in a map_fn, as TF
+    Serving's ResNet export does (traced into the caller's graph)."""
+
+    def preprocess(encoded: tf.Tensor) -> tf.Tensor:
+        image = tf.io.decode_jpeg(encoded, channels=3)
+        return tf.image.resize(image, [32, 32]) / 127.5 - 1.0
+
+    return tf.map_fn(preprocess, image_bytes, fn_output_signature=tf.float32)
+
+
 class JpegClassifier(tf.Module):
     """TF Serving's ResNet example in miniature: ``image_bytes`` (encoded JPEGs) decoded,
     resized and normalized inside a map_fn, then a CNN; ``classes`` and ``probabilities``."""
@@ -21,11 +32,7 @@ class JpegClassifier(tf.Module):
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
     def serve(self, image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
-        def preprocess(encoded: tf.Tensor) -> tf.Tensor:
-            image = tf.io.decode_jpeg(encoded, channels=3)
-            return tf.image.resize(image, [32, 32]) / 127.5 - 1.0
-
-        images = tf.map_fn(preprocess, image_bytes, fn_output_signature=tf.float32)
+        images = _decoded_images(image_bytes)
         features = tf.nn.relu(tf.nn.conv2d(images, self.kernel, 2, "SAME"))
         logits = tf.reduce_mean(features, [1, 2]) @ self.dense
         return {"classes": tf.argmax(logits, 1), "probabilities": tf.nn.softmax(logits)}
@@ -100,11 +107,7 @@ class KerasJpegClassifier(tf.Module):
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
     def serve(self, image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
-        def preprocess(encoded: tf.Tensor) -> tf.Tensor:
-            image = tf.io.decode_jpeg(encoded, channels=3)
-            return tf.image.resize(image, [32, 32]) / 127.5 - 1.0
-
-        images = tf.map_fn(preprocess, image_bytes, fn_output_signature=tf.float32)
+        images = _decoded_images(image_bytes)
         logits = self.model(images) * 10.0
         return {"classes": tf.argmax(logits, 1), "probabilities": tf.nn.softmax(logits)}
 

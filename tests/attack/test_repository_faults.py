@@ -98,9 +98,7 @@ def test_base_path_faults_keep_what_serves(repository: Repository) -> None:
             assert client.status("live")[0].error_code == grpc.StatusCode.PERMISSION_DENIED
             base.chmod(0o755)
             wait_for(lambda: _live_error(client) == "")
-        count = traffic.count()
-        wait_for(lambda: traffic.count() > count + 10)
-        assert states(client) == {1: "AVAILABLE"}
+        _still_serving(traffic, client)
     assert traffic.errors == []
     assert "Unloaded servable version" not in server.logs()
 
@@ -123,9 +121,7 @@ def test_out_of_file_descriptors_unloads_nothing(tmp_path: Path) -> None:
                 connection.close()
             idle.clear()
             wait_for(lambda: _live_error(client) == "")
-            count = traffic.count()
-            wait_for(lambda: traffic.count() > count + 10)
-            assert states(client) == {1: "AVAILABLE"}
+            _still_serving(traffic, client)
         assert traffic.errors == []
         assert "Unloaded servable version" not in server.logs()
     finally:
@@ -207,3 +203,10 @@ def test_reload_storm(repository: Repository) -> None:
     assert traffic.errors == []
     early, last = max(rss[5:10]), rss[-1]
     assert last < early * 1.5 + 64 * 1024, rss
+
+
+def _still_serving(traffic: Traffic, client: Client) -> None:
+    """Requests keep being answered, and the version that served still does."""
+    count = traffic.count()
+    wait_for(lambda: traffic.count() > count + 10)
+    assert states(client) == {1: "AVAILABLE"}
