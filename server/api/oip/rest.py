@@ -31,6 +31,7 @@ import numpy as np
 from starlette.requests import Request
 from starlette.responses import Response
 
+from onnx_serving.codec.json_body import fast_object
 from onnx_serving.codec.oip import RawTensorError, element_count, from_raw, to_raw
 from onnx_serving.codec.tensors import element_bytes
 from onnx_serving.server.api.oip.inference import (
@@ -169,10 +170,13 @@ def _split(body: bytes, header: str | None) -> tuple[dict[str, Any], memoryview]
                 f"{len(body)}-byte body"
             )
         size = int(header)
-    try:
-        document = json.loads(body[:size])
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidArgument(f"The request body is not valid JSON: {exc}") from None
+    head = body[:size]
+    document: Any = fast_object(head)
+    if document is None:
+        try:
+            document = json.loads(head)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise InvalidArgument(f"The request body is not valid JSON: {exc}") from None
     if not isinstance(document, dict):
         raise InvalidArgument("The request body must be a JSON object")
     return document, memoryview(body)[size:]

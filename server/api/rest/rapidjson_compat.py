@@ -17,6 +17,7 @@ import re
 from decimal import Decimal
 from typing import Any, Final
 
+from onnx_serving.codec.json_body import fast_object
 from onnx_serving.server.errors import InvalidArgument
 
 _DECODER: Final = json.JSONDecoder()
@@ -52,6 +53,9 @@ _ESCAPES: Final = {c: f"\\u{c:04X}" for c in range(0x20)} | {
 
 def parse_object(body: bytes) -> dict[str, Any]:
     """The request document, which must be an object. Text after it is ignored, as in TF."""
+    document = fast_object(body)
+    if document is not None:
+        return document
     if not body:
         raise InvalidArgument("JSON Parse error: The document is empty")
     # Undecodable bytes survive as surrogates: TF passes string bytes through untouched.
