@@ -27,11 +27,10 @@ import grpc
 
 from bench.suite import load, payloads
 from bench.suite.echo_server import PATH
-from bench.suite.matrix import start_serving
+from bench.suite.matrix import start_echo, start_serving
 from bench.suite.models import ensure
 from bench.suite.plan import parse
 from bench.suite.probes import Probe
-from bench.suite.processes import ServerProcess, free_port
 from bench.suite.runners import GrpcContender
 from onnx_serving.server.runtime.threads import cores
 
@@ -86,39 +85,31 @@ def main(argv: list[str]) -> int:
     request = payloads.request_bytes(model)
     with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="bench-floor-") as tmp:
         folder = Path(tmp)
-        serving, _ = start_serving(model, parse([f"--models={model.name}"]),
-                                               folder, "floor")
+        serving, _ = start_serving(model, parse([f"--models={model.name}"]), folder, "floor")
         stack.callback(serving.stop)
         with grpc.insecure_channel(serving.address) as channel:
             response = channel.unary_unary(PATH)(request, timeout=600)
-        (folder / "response.bin").write_bytes(response)
         (folder / "request.bin").write_bytes(request)
-        echo_flags = {
+        steps = {
             "echo": [],
             "echo + protobuf messages": ["--parse"],
             "echo + protobuf messages + the model's run":
                 ["--parse", f"--run={model.onnx_file}", f"--request={folder / 'request.bin'}"],
         }
-
         servers = []  # (name, address, pid), bottom step first
-        for name, flags in echo_flags.items():
-            port = free_port()
-            process = stack.enter_context(ServerProcess(
-                "bench.suite.echo_server",
-                [f"--port={port}", f"--response={folder / 'response.bin'}",
-                 f"--max_threads={4 * cores()}", *flags],
-                port, label=f"floor-{len(servers)}"))
-            process.wait_ready()
+        for name, flags in steps.items():
+            process = start_echo(stack, folder, f"floor-{len(servers)}", response,
+                                 4 * cores(), flags)
             servers.append((name, process.address, process.pid))
         servers.append((SERVING, serving.address, serving.pid))
 
         for clients in (int(c) for c in args.clients.split(",")):
-            steps = [Step(name, GrpcContender(name, address, request), Probe(server_pid=pid))
-                     for name, address, pid in servers]
+            measured = [Step(name, GrpcContender(name, address, request), Probe(server_pid=pid))
+                        for name, address, pid in servers]
             for round_ in range(args.rounds):
-                for step in steps if round_ % 2 == 0 else reversed(steps):
+                for step in measured if round_ % 2 == 0 else reversed(measured):
                     _measure(step, clients, args.seconds)
-            print(_table(steps, clients), flush=True)
+            print(_table(measured, clients), flush=True)
     return 0
 
 

@@ -26,6 +26,7 @@ from bench.suite.plan import (
     BATCHING,
     ECHO,
     ORT,
+    RUN_FLOOR,
     SERVING,
     SWEEP_MODEL,
     TARGET_MODEL,
@@ -77,6 +78,24 @@ def start_serving(
     return process, Probe(server_pid=process.pid, metrics=(rest_port, model.name))
 
 
+def start_echo(
+    stack: ExitStack, folder: Path, label: str, response: bytes, threads: int,
+    extra: Sequence[str] = (),
+) -> ServerProcess:
+    """bench/suite/echo_server.py answering ``response``, with ``extra`` flags (its
+    steps towards a real server), stopped when ``stack`` closes."""
+    response_file = folder / f"{label}-response.bin"
+    response_file.write_bytes(response)
+    port = free_port()
+    process = stack.enter_context(ServerProcess(
+        "bench.suite.echo_server",
+        [f"--port={port}", f"--response={response_file}", f"--max_threads={threads}",
+         *extra],
+        port, label=label))
+    process.wait_ready()
+    return process
+
+
 def batching_flags(plan: Plan, folder: Path) -> list[str]:
     parameters = folder / "batching.config"
     if not plan.batching_parameters:
@@ -124,17 +143,15 @@ def run_model(model: BenchModel, plan: Plan, results: Results, log: Log) -> None
                 continue
             stack.callback(server.stop)
             add_grpc(name, server.address, probe)
+        threads = plan.grpc_threads or 4 * cores()
         if ECHO in plan.contenders:
-            response_file = folder / "response.bin"
-            response_file.write_bytes(response)
-            port = free_port()
-            echo = stack.enter_context(ServerProcess(
-                "bench.suite.echo_server",
-                [f"--port={port}", f"--response={response_file}",
-                 f"--max_threads={plan.grpc_threads or 4 * cores()}"],
-                port, label=f"{model.name}-echo"))
-            echo.wait_ready()
+            echo = start_echo(stack, folder, f"{model.name}-echo", response, threads)
             add_grpc(ECHO, echo.address, Probe(server_pid=echo.pid))
+        if RUN_FLOOR in plan.contenders and model.name == TARGET_MODEL:
+            (folder / "request.bin").write_bytes(request)
+            floor = start_echo(stack, folder, f"{model.name}-floor", response, threads, [
+                "--parse", f"--run={model.onnx_file}", f"--request={folder / 'request.bin'}"])
+            add_grpc(RUN_FLOOR, floor.address, Probe(server_pid=floor.pid))
         if ORT in plan.contenders:
             contenders[ORT] = ort
         if TF in plan.contenders:

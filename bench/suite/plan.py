@@ -12,10 +12,14 @@ from bench.suite.models import SPECS
 SERVING = "onnx-serving"
 BATCHING = "onnx-serving + batching"
 ECHO = "echo (gRPC floor)"
+# The echo reading and writing protobuf's messages and running the model on each request:
+# what any gRPC Python server that runs it pays (bench/floor.py). Small-request model only.
+RUN_FLOOR = "echo + the model's run"
 ORT = "ORT in-process"
 TF = "TF in-process"
-CONTENDERS = {"serving": SERVING, "batching": BATCHING, "echo": ECHO, "ort": ORT, "tf": TF}
-GRPC_CONTENDERS = (SERVING, BATCHING, ECHO)
+CONTENDERS = {"serving": SERVING, "batching": BATCHING, "echo": ECHO, "floor": RUN_FLOOR,
+              "ort": ORT, "tf": TF}
+GRPC_CONTENDERS = (SERVING, BATCHING, ECHO, RUN_FLOOR)
 
 # The batching contender's parameters file; empty: --enable_batching alone (the server's
 # defaults, TF Serving's: no batch timeout, so batches form only while runs are busy).
@@ -63,7 +67,9 @@ class Plan:
         slot = self.slot_seconds + self.warmup + 0.5
         total = 10.0  # TensorFlow's import
         for model in self.models:
-            total += 15 + len(self.concurrency) * len(self.all_contenders) * self.rounds * slot
+            contenders = len(self.all_contenders) - (
+                RUN_FLOOR in self.contenders and model != TARGET_MODEL)
+            total += 15 + len(self.concurrency) * contenders * self.rounds * slot
             if model == SWEEP_MODEL and ORT in self.contenders:
                 total += len(self.sweep_batches) * self.rounds * (slot + 0.5)
             if model == TARGET_MODEL and BATCHING in self.contenders and self.target_clients:

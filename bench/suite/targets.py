@@ -11,7 +11,9 @@
    ONNX Runtime's best throughput at any batch size.
 5. On half_plus_two at 64 clients, batching gives at least 3x the throughput of none.
 6. Small requests (half_plus_two) at 16 and 64 clients: at least 0.8x the echo
-   server's throughput, with the server's CPU per request at most 1.5x the echo's.
+   server's throughput, with the server's CPU per request at most 1.5x the echo's
+   (a missed one says what the floor contender, a server that only parses, runs the
+   model and answers, reached).
 7. Many models on one server: threads bounded, RSS within 1.1x of the same sessions
    created alone, a model's p99 while another swaps within 2x of its steady p99, and
    the swapping model's own p99 (swap while serving) without errors.
@@ -32,6 +34,7 @@ from bench.suite.plan import (
     ECHO,
     FLAGS_CLIENTS,
     ORT,
+    RUN_FLOOR,
     SERVING,
     SWEEP_MODEL,
     TARGET_MODEL,
@@ -159,11 +162,24 @@ def _small_requests(results: Results, plan: Plan) -> list[Target]:
                          f"{cpu:.2f}x")
         met = rate >= 0.8 and cpu is not None and cpu <= 1.5
         why = "" if met else (
-            "the server's Python beyond gRPC's per request (bench/handler_profile.py) and "
+            _run_floor(results, model, clients, echo)
+            + "the server's Python beyond gRPC's per request (bench/handler_profile.py) and "
             "gRPC's own machinery, slower beside it (bench/profile_server.py): "
             + _saturation_reason(serving))
         targets.append(Target(name, measured, MET if met else MISSED, why))
     return targets
+
+
+def _run_floor(results: Results, model: str, clients: int, echo: Cell) -> str:
+    """What a server that only parses, runs the model and answers reaches, when measured."""
+    floor = results.cell(model, clients, RUN_FLOOR)
+    if floor is None:
+        return ""
+    text = (f"a server that only parses, runs the model and answers (bench/floor.py) does "
+            f"{floor.sample.throughput / echo.sample.throughput:.2f}x the echo's throughput")
+    if floor.server_cpu_ms is not None and echo.server_cpu_ms:
+        text += f" at {floor.server_cpu_ms / echo.server_cpu_ms:.2f}x its CPU"
+    return text + "; beyond it, "
 
 
 def _lone_request(results: Results) -> list[Target]:
