@@ -1,4 +1,4 @@
-"""Every GPU and many-core check of issue 21 in one run, for a machine lent for minutes.
+"""Every GPU and many-core check in one run, for a machine lent for minutes.
 
     python3 bench/device.py --out DIR [--wheels .whl/device] [--parts /tmp/ortgpu]
         [--budget 450] [--seconds 2] [--workers 1,2,4,8] [--steps a,b]

@@ -329,7 +329,7 @@ def test_saved_model_in_process_as_baseline(candidate: ServerProcess, tmp_path: 
 
 def test_saved_model_baseline_logs_no_cuda_error(candidate: ServerProcess, tmp_path: Path) -> None:
     """Eager TensorFlow probes CUDA and logged `failed call to cuInit` as an error on every
-    run on a machine without a GPU (issue 19, finding 8)."""
+    run on a machine without a GPU."""
     _affine_saved_model(tmp_path / "saved")
     result = subprocess.run(
         [sys.executable, "-m", "onnx_serving.migration.compare", "--model_name=affine",

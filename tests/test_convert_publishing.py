@@ -14,7 +14,7 @@ from tensorflow_serving.config import model_server_config_pb2
 from tests import saved_models
 from tests.saved_models import convert
 
-# What TensorFlow printed on every run on a machine without a GPU (issue 19, finding 8).
+# What TensorFlow printed on every run on a machine without a GPU.
 NOISE = ("cuInit", "deprecated")
 
 
