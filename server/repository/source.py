@@ -11,8 +11,10 @@ copied to a local cache before it is offered (server/repository/storage.py).
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -64,7 +66,9 @@ def scan_versions(model_name: str, base_path: Location) -> dict[int, VersionDir[
 
     Raises BasePathUnavailable when the base path cannot be listed (gone, not a
     directory, no permission, out of file descriptors...): that is no answer about its
-    versions, and must not read as "none", which would unload them all.
+    versions, and must not read as "none", which would unload them all. So does a
+    version directory gone between the listing and its own check (the base path renamed
+    away or replaced while this scan ran): the next scan answers.
     """
     versions: dict[int, VersionDir[Any]] = {}
     if isinstance(base_path, ObjectUrl):
@@ -79,7 +83,7 @@ def scan_versions(model_name: str, base_path: Location) -> dict[int, VersionDir[
             raise BasePathUnavailable(model_name, base_path, exc) from exc
         for child in children:
             version = parse_version(child.name)
-            if version is not None and child.is_dir():
+            if version is not None and _is_directory(model_name, base_path, child):
                 versions[version] = VersionDir(version, child, fingerprint(child))
     if not versions:
         log.warning(
@@ -87,6 +91,18 @@ def scan_versions(model_name: str, base_path: Location) -> dict[int, VersionDir[
             "your leaf directory as a number (eg. '/1/')?", model_name, base_path,
         )
     return versions
+
+
+def _is_directory(model_name: str, base_path: Path, child: Path) -> bool:
+    """Whether a listed entry is a directory (following symlinks, as TF Serving does). A
+    symlink that leads nowhere is not a version; any other entry that cannot be checked
+    (gone since the listing, even if back by now) leaves the scan unanswered."""
+    try:
+        return stat.S_ISDIR(child.stat().st_mode)
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP) and child.is_symlink():
+            return False
+        raise BasePathUnavailable(model_name, base_path, exc) from exc
 
 
 class SettleFilter:

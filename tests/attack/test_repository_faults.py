@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +22,8 @@ import grpc
 import pytest
 
 from onnx_serving.client import Client
+from onnx_serving.server.errors import BasePathUnavailable
+from onnx_serving.server.repository.source import scan_versions
 from tests.models import add_constant
 from tests.server_process import ServerProcess
 from tests.test_lifecycle import (
@@ -210,3 +214,41 @@ def _still_serving(traffic: Traffic, client: Client) -> None:
     count = traffic.count()
     wait_for(lambda: traffic.count() > count + 10)
     assert states(client) == {1: "AVAILABLE"}
+
+
+def test_a_scan_racing_renames_never_reads_as_fewer_versions(tmp_path: Path) -> None:
+    """The base path renamed away and back while it is scanned: every scan lists each
+    version or says it could not, never a part or none of them, which would unload what
+    serves (the attack above once lost its model this way on a loaded machine). A
+    dangling symlink named like a version is still no version."""
+    base, away = tmp_path / "m", tmp_path / "m.away"
+    for version in range(1, 51):
+        (base / str(version)).mkdir(parents=True)
+        (base / str(version) / "model.onnx").write_bytes(b"x")
+    (base / "51").symlink_to(tmp_path / "nowhere")
+    stop = threading.Event()
+
+    def rename_back_and_forth() -> None:
+        while not stop.is_set():
+            os.rename(base, away)
+            time.sleep(0.0005)
+            os.rename(away, base)
+            time.sleep(0.003)
+
+    renamer = threading.Thread(target=rename_back_and_forth)
+    renamer.start()
+    answered = unanswered = 0
+    try:
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline:
+            try:
+                found = scan_versions("m", base)
+            except BasePathUnavailable:
+                unanswered += 1
+                continue
+            assert sorted(found) == list(range(1, 51))
+            answered += 1
+    finally:
+        stop.set()
+        renamer.join()
+    assert answered and unanswered  # both outcomes came up: the race was run
