@@ -8,7 +8,7 @@ baseline (another onnx-serving, standing in for TF Serving) and the front with
 1.0 (clients get ours, the baseline is called off their path); shadow at 0.1 and
 1.0 (clients get the baseline's answer through the front, ours runs off their
 path); and candidate at 1.0 against a baseline that hangs (a socket that accepts
-and never answers) and one that is dead (nothing listens), whose p99 the issue
+and never answers) and one that is dead (nothing listens), whose p99 the target
 wants within 1.2x of off. One client, one raw Predict at a time (bytes built
 once), for --seconds per run. CPU is each server's process tree, per request.
 """

@@ -137,7 +137,7 @@ def _row(label: str, rounds: tuple[float, ...], p99_ms: float = 5.0, errors: int
 
 
 @pytest.mark.parametrize(("rows", "budget_ms", "best", "why"), [
-    # The run: 1.03x the default, inside the 91-108 req/s the rounds varied by.
+    # A recorded run: 1.03x the default, inside the 91-108 req/s the rounds varied by.
     ([_row("default", (91, 108)), _row("inst", (97, 106))], None, "default", "within noise"),
     ([_row("default", (91, 108)), _row("inst", (100, 150))], None, "default", "within noise"),
     ([_row("default", (91, 108)), _row("inst", (109, 120))], None, "inst", "beyond the spread"),

@@ -1,4 +1,4 @@
-"""The issue's targets, judged from one run's results, each with the figures behind it.
+"""The performance targets, judged from one run's results, each with the figures behind it.
 
 1. Predict's latency overhead over in-process ONNX Runtime (p50, one client) is at
    most 1.1x the echo server's round trip for the same payload.
@@ -46,6 +46,11 @@ from bench.suite.stages import HANDLER
 
 MET, MISSED, NOT_MEASURED = "met", "MISSED", "not measured"
 INCONCLUSIVE = "inconclusive (noise)"
+# Each limit, once: the targets' names say them and their verdicts apply them.
+OVERHEAD_LIMIT = 1.1  # Predict's overhead over ORT, in echo round trips (1 client)
+LONE_LIMIT = 1.1  # MobileNetV2's p50 at 1 client, in ORT's default session's
+DEFAULT_FLAGS_LIMIT = 1.0  # MobileNetV2 at 16 in flight, in ORT's best throughputs
+SMALL_RATE, SMALL_CPU = 0.8, 1.5  # half_plus_two at 16+ clients: echo's rate, its CPU
 
 
 @dataclass(frozen=True)
@@ -76,8 +81,8 @@ def _default_flags(results: Results, plan: Plan) -> list[Target]:
     in-process ONNX Runtime's default session at its best (any batch, any callers) and
     TensorFlow at its own thread defaults."""
     model, clients = SWEEP_MODEL, FLAGS_CLIENTS
-    name_ort = (f"{model}: default flags at {clients} in flight >= 1.0x ORT's best default "
-                f"session (batch {','.join(map(str, plan.sweep_batches))})")
+    name_ort = (f"{model}: default flags at {clients} in flight >= {DEFAULT_FLAGS_LIMIT}x ORT's "
+                f"best default session (batch {','.join(map(str, plan.sweep_batches))})")
     name_tf = f"{model}: default flags at {clients} in flight >= 2x TF in-process"
     server = results.cell(model, clients, SERVING)
     limit = _best(results.sweep + results.cells_of(model, ORT))
@@ -93,8 +98,9 @@ def _default_flags(results: Results, plan: Plan) -> list[Target]:
         ratio = server.items_per_second / limit.items_per_second
         measured = (f"{server.items_per_second:.1f}/s vs ORT {limit.items_per_second:.1f}/s "
                     f"({limit.contender}, x{limit.clients}): {ratio:.2f}x")
-        why = "" if ratio >= 1.0 else _cpu_reason(results, server, limit)
-        targets.append(Target(name_ort, measured, MET if ratio >= 1.0 else MISSED, why))
+        met = ratio >= DEFAULT_FLAGS_LIMIT
+        why = "" if met else _cpu_reason(results, server, limit)
+        targets.append(Target(name_ort, measured, MET if met else MISSED, why))
     if server is None or tf is None:
         targets.append(Target(name_tf, "-", NOT_MEASURED, "needs onnx-serving and TF"))
     else:
@@ -147,8 +153,8 @@ def _small_requests(results: Results, plan: Plan) -> list[Target]:
     model, targets = TARGET_MODEL, []
     for clients in (c for c in plan.concurrency if c >= 16):
         serving, echo = (results.cell(model, clients, n) for n in (SERVING, ECHO))
-        name = (f"{model}: at {clients} clients >= 0.8x the echo's throughput, server CPU per "
-                "request <= 1.5x the echo's")
+        name = (f"{model}: at {clients} clients >= {SMALL_RATE}x the echo's throughput, server "
+                f"CPU per request <= {SMALL_CPU}x the echo's")
         if serving is None or echo is None:
             targets.append(Target(name, "-", NOT_MEASURED, "needs onnx-serving and the echo"))
             continue
@@ -160,7 +166,7 @@ def _small_requests(results: Results, plan: Plan) -> list[Target]:
             cpu = serving.server_cpu_ms / echo.server_cpu_ms
             measured += (f"; CPU {serving.server_cpu_ms:.3f} vs {echo.server_cpu_ms:.3f} ms: "
                          f"{cpu:.2f}x")
-        met = rate >= 0.8 and cpu is not None and cpu <= 1.5
+        met = rate >= SMALL_RATE and cpu is not None and cpu <= SMALL_CPU
         why = "" if met else (
             _run_floor(results, model, clients, echo)
             + "the server's Python beyond gRPC's per request (bench/handler_profile.py) and "
@@ -184,14 +190,14 @@ def _run_floor(results: Results, model: str, clients: int, echo: Cell) -> str:
 
 def _lone_request(results: Results) -> list[Target]:
     model = SWEEP_MODEL
-    name = f"{model}: p50 at 1 client <= 1.1x ORT's default session in-process"
+    name = f"{model}: p50 at 1 client <= {LONE_LIMIT}x ORT's default session in-process"
     serving, ort, echo = (results.cell(model, 1, n) for n in (SERVING, ORT, ECHO))
     if serving is None or ort is None:
         return [Target(name, "-", NOT_MEASURED, "needs onnx-serving and ORT at 1 client")]
     p50, ort_p50 = serving.sample.percentile_ms(50), ort.sample.percentile_ms(50)
     ratio = p50 / ort_p50
     measured = f"{p50:.2f} vs {ort_p50:.2f} ms: {ratio:.2f}x"
-    if ratio <= 1.1:
+    if ratio <= LONE_LIMIT:
         return [Target(name, measured, MET)]
     why = _saturation_reason(serving)
     if echo is not None:
@@ -209,7 +215,8 @@ def _overhead(results: Results, model: str) -> Target | None:
     paired figure from the same requests: the round trip minus the server's own run time.
     When the model's run time drifts between slots by more than the overhead, the two
     disagree, and the verdict says so rather than pick one."""
-    name = f"{model}: Predict overhead over ORT <= 1.1x echo round trip (p50, 1 client)"
+    name = (f"{model}: Predict overhead over ORT <= {OVERHEAD_LIMIT}x echo round trip "
+            "(p50, 1 client)")
     serving, ort, echo = (results.cell(model, 1, n) for n in (SERVING, ORT, ECHO))
     if not (serving and ort and echo):
         return None
@@ -217,7 +224,7 @@ def _overhead(results: Results, model: str) -> Target | None:
     floor = echo.sample.percentile_ms(50)
     ratio = overhead / floor
     measured = f"side by side: {overhead:.2f} ms over ORT vs echo {floor:.2f} ms = {ratio:.2f}x"
-    met = ratio <= 1.1
+    met = ratio <= OVERHEAD_LIMIT
     run = serving.stages.get("run")
     if run is None:
         return Target(name, measured, MET if met else MISSED,
@@ -226,7 +233,7 @@ def _overhead(results: Results, model: str) -> Target | None:
     paired_ratio = paired / echo.sample.mean_ms
     measured += (f"; paired: round trip - server's run = {paired:.2f} ms vs echo "
                  f"{echo.sample.mean_ms:.2f} ms = {paired_ratio:.2f}x (means)")
-    if met != (paired_ratio <= 1.1):
+    if met != (paired_ratio <= OVERHEAD_LIMIT):
         return Target(name, measured, INCONCLUSIVE,
                       "the two figures disagree: the model's run time varied between slots by "
                       "more than the overhead; " + _overhead_reason(serving, ort, echo))
