@@ -14,8 +14,8 @@ Two steps up from the bare floor (bench/floor.py climbs them): ``--parse`` reads
 each request and writes each answer with protobuf's PredictRequest and
 PredictResponse, as any servicer does; ``--run`` also runs the model on every
 request, on the tensors of the request in FILE decoded once at start (a
-single-input model), with the server's default threads (every core, no
-spinning). What onnx-serving spends beyond the top step is its own Python:
+single-input model), with the threads the server chooses by default
+(server/runtime/threads.py). What onnx-serving spends beyond the top step is its own Python:
 lookups, checks, decode, encode, metrics, deadlines.
 """
 
@@ -35,7 +35,8 @@ import onnxruntime as ort
 
 from onnx_serving.codec.tensors import make_ndarray
 from onnx_serving.protos.tensorflow_serving.apis import predict_pb2
-from onnx_serving.server.runtime.threads import cores
+from onnx_serving.server.runtime.config import RuntimeConfig
+from onnx_serving.server.runtime.threads import SPINNING, choose
 
 SERVICE = "tensorflow.serving.PredictionService"
 METHOD = "Predict"
@@ -82,9 +83,11 @@ def serve(
 
 def model_run(model: Path, request: bytes) -> Callable[[], Any]:
     """One run of ``model`` on the request's tensor, as a call."""
+    threads = choose(RuntimeConfig())  # the server's defaults, as onnx-serving runs it
     options = ort.SessionOptions()
-    options.intra_op_num_threads = cores()
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.intra_op_num_threads = threads.intra_op_threads
+    options.inter_op_num_threads = threads.inter_op_threads
+    options.add_session_config_entry(SPINNING, "1" if threads.spinning else "0")
     session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
     (tensor,) = predict_pb2.PredictRequest.FromString(request).inputs.values()
     feeds = {session.get_inputs()[0].name: make_ndarray(tensor)}
