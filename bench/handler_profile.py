@@ -83,7 +83,7 @@ def main(argv: list[str]) -> int:
         request_deserializer=predict_pb2.PredictRequest.FromString,
         response_serializer=predict_pb2.PredictResponse.SerializeToString,
     )
-    wrapped = ObserveRequests(app.metrics)._wrap(PATH, handler)
+    wrapped = ObserveRequests(app.metrics).wrap(PATH, handler)
     assert wrapped is not None
     behavior, parse = wrapped.unary_unary, wrapped.request_deserializer
     serialize = wrapped.response_serializer

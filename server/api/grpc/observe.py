@@ -60,13 +60,14 @@ class ObserveRequests(grpc.ServerInterceptor):
         cached = self._wrapped.get(method)
         if cached is not None and cached[0] is handler:
             return cached[1]
-        wrapped = self._wrap(method, handler)
+        wrapped = self.wrap(method, handler)
         self._wrapped[method] = (handler, wrapped)
         return wrapped
 
-    def _wrap(
+    def wrap(
         self, method: str, handler: grpc.RpcMethodHandler | None
     ) -> grpc.RpcMethodHandler | None:
+        """``handler`` of ``method``, observed if it is a model RPC."""
         observed_as = _OBSERVED.get(method)
         if handler is None or observed_as is None:
             return handler

@@ -31,6 +31,7 @@ from onnx_serving.server.api.grpc.model_service import ModelService, Reload
 from onnx_serving.server.api.grpc.observe import ObserveRequests
 from onnx_serving.server.api.grpc.prediction_service import PredictionService
 from onnx_serving.server.api.grpc.streams import StreamSlots
+from onnx_serving.server.api.grpc.unary import UnaryServer
 from onnx_serving.server.errors import ConfigError
 from onnx_serving.server.metrics import Metrics
 from onnx_serving.server.serving.core import ServingCore
@@ -110,12 +111,14 @@ def build_server(
         "grpc.so_reuseport": int(reuse_port),
     }
     options.update(parse_channel_arguments(channel_arguments))
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=max_threads + max_streams),
-        options=list(options.items()),
-        interceptors=[
-            ObserveRequests(metrics, access_log_enabled=access_log), StreamSlots(max_streams)
-        ],
+    observe = ObserveRequests(metrics, access_log_enabled=access_log)
+    server = UnaryServer(
+        grpc.server(
+            futures.ThreadPoolExecutor(max_workers=max_threads + max_streams),
+            options=list(options.items()),
+            interceptors=[observe, StreamSlots(max_streams)],
+        ),
+        workers=max_threads, observe=observe.wrap,
     )
     prediction = PredictionService(core, tensor_content=tensor_content)
     if install_prediction is None:
