@@ -4,11 +4,12 @@ climbed one step at a time to a server that does nothing but run the model.
     .venv/bin/python -m bench.floor [--model half_plus_two] [--clients 1,16,64]
         [--seconds 5] [--rounds 2]
 
-Four servers, up side by side and driven in turns by the suite's client (raw bytes,
+Five servers, up side by side and driven in turns by the suite's client (raw bytes,
 one channel per thread), each round in the reverse order of the last: the bare echo
 (bench/suite/echo_server.py), the echo reading and writing protobuf messages
-(``--parse``), the echo also running the model on each request (``--run``), and
-onnx-serving with default flags. For each: throughput, p50, and the server's CPU per
+(``--parse``), the echo also running the model on each request (``--run``), the bare
+echo on onnx-serving's own unary lane (``--lane``: the floor of the transport it uses),
+and onnx-serving with default flags. For each: throughput, p50, and the server's CPU per
 request, each beside the bare echo's. The step from ``--run`` to onnx-serving is
 onnx-serving's own Python; the steps below it are what any gRPC Python server that
 runs the model pays.
@@ -95,6 +96,7 @@ def main(argv: list[str]) -> int:
             "echo + protobuf messages": ["--parse"],
             "echo + protobuf messages + the model's run":
                 ["--parse", f"--run={model.onnx_file}", f"--request={folder / 'request.bin'}"],
+            "echo on onnx-serving's unary lane": ["--lane"],
         }
         servers = []  # (name, address, pid), bottom step first
         for name, flags in steps.items():

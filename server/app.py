@@ -205,6 +205,8 @@ class App:
             health_servicer=self._health,
             services=[grpc_service(self._oip)],
             install_prediction=self._shadow.install if self._shadow is not None else None,
+            batching=self.options.enable_batching,
+            inline_cpu=self.options.grpc_inline_call_cpu_us / 1e6,
         )
         start_grpc(
             server, port=self.options.port, socket_path=self.options.grpc_socket_path,

@@ -1,4 +1,4 @@
-"""bench/floor.py climbs its four servers and reports each: the echo server's --parse and
+"""bench/floor.py climbs its five servers and reports each: the echo server's --parse and
 --run steps answer real Predict calls. A run of the tool, not a timing: no figure is
 judged here (docs/performance.md has them)."""
 
@@ -15,6 +15,6 @@ def test_the_floor_reports_every_step(capsys: pytest.CaptureFixture[str]) -> Non
             if line.startswith("| ") and not line.startswith(("| server", "| ---"))]
     assert [row[1].strip() for row in rows] == [
         "echo", "echo + protobuf messages", "echo + protobuf messages + the model's run",
-        floor.SERVING,
+        "echo on onnx-serving's unary lane", floor.SERVING,
     ]
     assert all(row[-2].strip() == "0" and float(row[2]) > 0 for row in rows)  # no errors

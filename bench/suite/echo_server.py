@@ -1,7 +1,7 @@
 """The transport floor: a bare gRPC Python server that answers Predict with fixed bytes.
 
     .venv/bin/python -m bench.suite.echo_server --port=P --response=FILE [--max_threads=N]
-        [--parse] [--run=MODEL.onnx --request=FILE]
+        [--parse] [--run=MODEL.onnx --request=FILE] [--lane]
 
 It listens on TF Serving's method path and returns, untouched, the bytes of a
 response onnx-serving gave for the same request, so both move the same
@@ -17,6 +17,10 @@ request, on the tensors of the request in FILE decoded once at start (a
 single-input model), with the threads the server chooses by default
 (server/runtime/threads.py). What onnx-serving spends beyond the top step is its own Python:
 lookups, checks, decode, encode, metrics, deadlines.
+
+``--lane`` answers on onnx-serving's unary lane (server/api/grpc/unary.py) instead of
+gRPC Python's server loop, each call on the thread that receives it: the floor of the
+transport onnx-serving uses.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ import onnxruntime as ort
 
 from onnx_serving.codec.tensors import make_ndarray
 from onnx_serving.protos.tensorflow_serving.apis import predict_pb2
+from onnx_serving.server.api.grpc.unary import UnaryServer
 from onnx_serving.server.runtime.config import RuntimeConfig
 from onnx_serving.server.runtime.threads import SPINNING, choose
 
@@ -46,7 +51,7 @@ MAX_MESSAGE_BYTES = 2**31 - 1  # onnx-serving's (and TF Serving's) limit
 
 def serve(
     port: int, response: bytes, max_threads: int, *, parse: bool = False,
-    run: Callable[[], Any] | None = None,
+    run: Callable[[], Any] | None = None, lane: bool = False,
 ) -> grpc.Server:
     if parse or run is not None:
         message = predict_pb2.PredictResponse.FromString(response)
@@ -66,16 +71,20 @@ def serve(
             return response
 
         method = grpc.unary_unary_rpc_method_handler(predict)
-    handler = grpc.method_handlers_generic_handler(SERVICE, {METHOD: method})
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_threads),
-        handlers=[handler],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ("grpc.so_reuseport", 0),
         ],
     )
+    if lane:  # every call on the poller: the one key it has, at no cost
+        server = UnaryServer(server, workers=max_threads, observe=lambda _, given: given,
+                             inline=lambda _: lambda _request: "", inline_cpu=float("inf"))
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(SERVICE,
+                                                                          {METHOD: method})])
+    server.add_registered_method_handlers(SERVICE, {METHOD: method})
     server.add_insecure_port(f"127.0.0.1:{port}")
     server.start()
     return server
@@ -105,12 +114,14 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--run", type=Path, help="an .onnx file to run on every request")
     parser.add_argument("--request", type=Path,
                         help="a serialized PredictRequest: --run's input")
+    parser.add_argument("--lane", action="store_true",
+                        help="answer on onnx-serving's unary lane, not gRPC Python's loop")
     args = parser.parse_args(argv)
     if args.run and not args.request:
         parser.error("--run needs --request")
     run = model_run(args.run, args.request.read_bytes()) if args.run else None
     server = serve(args.port, args.response.read_bytes(), args.max_threads,
-                   parse=args.parse, run=run)
+                   parse=args.parse, run=run, lane=args.lane)
     stopped = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopped.set())
     signal.signal(signal.SIGINT, lambda *_: stopped.set())

@@ -43,6 +43,12 @@ _OBSERVED: dict[str, tuple[str, Callable[[Any], str]]] = {
 }
 
 
+def model_of(method: str) -> Callable[[Any], str] | None:
+    """Where a model RPC's request (by method path) names its model; None for others."""
+    observed_as = _OBSERVED.get(method)
+    return None if observed_as is None else observed_as[1]
+
+
 class ObserveRequests(grpc.ServerInterceptor):
     def __init__(self, metrics: Metrics, *, access_log_enabled: bool = False) -> None:
         self._metrics = metrics

@@ -28,7 +28,7 @@ from onnx_serving.protos.tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 from onnx_serving.server.api.grpc.model_service import ModelService, Reload
-from onnx_serving.server.api.grpc.observe import ObserveRequests
+from onnx_serving.server.api.grpc.observe import ObserveRequests, model_of
 from onnx_serving.server.api.grpc.prediction_service import PredictionService
 from onnx_serving.server.api.grpc.streams import StreamSlots
 from onnx_serving.server.api.grpc.unary import UnaryServer
@@ -95,6 +95,8 @@ def build_server(
     health_servicer: health.HealthServicer | None = None,
     services: Sequence[Service] = (),
     install_prediction: Callable[[PredictionService, grpc.Server], None] | None = None,
+    batching: bool = False,
+    inline_cpu: float = 0.0,
 ) -> grpc.Server:
     """Both services answer through ``core``; ``metrics`` count requests as gRPC sees
     them (the interceptor). ``max_threads`` threads answer unary calls and ``max_streams``
@@ -102,7 +104,9 @@ def build_server(
     ``health_servicer``, when given, is served and its services are set SERVING: the server
     is built only once the initial models have loaded. ``services`` are served too.
     ``install_prediction``, when given, registers the PredictionService in place of the
-    plain servicer (live shadowing)."""
+    plain servicer (live shadowing). A model RPC whose calls cost at most ``inline_cpu``
+    seconds of CPU is answered on the unary lane's poller (``unary``), unless it may wait
+    on other calls: under ``batching``, or a shadowed PredictionService's."""
     options: dict[str, int | str] = {
         "grpc.max_receive_message_length": MAX_MESSAGE_BYTES,
         "grpc.max_send_message_length": MAX_MESSAGE_BYTES,
@@ -119,6 +123,10 @@ def build_server(
             interceptors=[observe, StreamSlots(max_streams)],
         ),
         workers=max_threads, observe=observe.wrap,
+        inline=lambda path: None if batching or (
+            install_prediction is not None and path.startswith(f"/{SERVICES[0]}/")
+        ) else model_of(path),
+        inline_cpu=inline_cpu,
     )
     prediction = PredictionService(core, tensor_content=tensor_content)
     if install_prediction is None:
