@@ -205,8 +205,7 @@ class App:
             health_servicer=self._health,
             services=[grpc_service(self._oip)],
             install_prediction=self._shadow.install if self._shadow is not None else None,
-            batching=self.options.enable_batching,
-            inline_cpu=self.options.grpc_inline_call_cpu_us / 1e6,
+            inline_cpu=self.options.inline_cpu,
         )
         start_grpc(
             server, port=self.options.port, socket_path=self.options.grpc_socket_path,
@@ -235,6 +234,7 @@ class App:
                 readiness=self.readiness,
                 cors=self.options.rest_api_enable_cors_support,
                 limits=HttpLimits.from_options(self.options),
+                inline_cpu=self.options.inline_cpu,
                 mounts=[OipRest(self._oip,
                                 max_gzip_bytes=self.options.rest_api_max_gzip_bytes),
                         *((self._shadow.page,) if self._shadow is not None else ())],

@@ -107,10 +107,11 @@ class ServerOptions:
         "their own so they never starve unary calls; more answer RESOURCE_EXHAUSTED; "
         "0: as many as --grpc_max_threads", own=True,
     )
-    grpc_inline_call_cpu_us: int = flag(
-        500, "a model's gRPC calls costing at most this much CPU (µs, a moving mean) are "
-        "answered on the thread that receives them, with no hand-off to another; 0: "
-        "every call on a --grpc_max_threads thread (server/api/grpc/unary.py)", own=True,
+    inline_call_cpu_us: int = flag(
+        500, "a model's calls costing at most this much CPU (µs, a moving mean) are "
+        "answered on the thread that receives them (gRPC's unary poller, REST's event "
+        "loop), with no hand-off to a worker; never under --enable_batching; 0: never "
+        "(server/api/call_costs.py)", own=True,
     )
     rest_api_port: int = flag(0, "REST API port; 0: no REST API")
     rest_api_num_threads: int = flag(0, "threads answering REST requests; 0: four per CPU")
@@ -206,6 +207,12 @@ class ServerOptions:
         return self.grpc_max_streams or self.grpc_threads
 
     @property
+    def inline_cpu(self) -> float:
+        """Seconds of CPU a call may cost to be answered where it arrives: none to wait on
+        other calls, so never under batching."""
+        return 0.0 if self.enable_batching else self.inline_call_cpu_us / 1e6
+
+    @property
     def rest_threads(self) -> int:
         return self.rest_api_num_threads or _default_threads()
 
@@ -237,7 +244,7 @@ _LIMITS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "synthetic_warmup_dim": (lambda v: v >= 1, "expected a size of 1 or more"),
     "num_workers": (lambda v: v >= 1, "expected 1 or more processes"),
     "grpc_max_streams": (lambda v: v >= 0, "expected 0 or more streams"),
-    "grpc_inline_call_cpu_us": (lambda v: v >= 0, "expected 0 or more microseconds"),
+    "inline_call_cpu_us": (lambda v: v >= 0, "expected 0 or more microseconds"),
     "rest_api_max_gzip_bytes": (lambda v: v >= 1, "expected 1 or more bytes"),
     "rest_api_max_header_bytes": (lambda v: v >= 1, "expected 1 or more bytes"),
     "rest_api_idle_timeout_in_ms": (lambda v: v >= 1, "expected 1 or more milliseconds"),

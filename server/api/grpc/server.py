@@ -95,7 +95,6 @@ def build_server(
     health_servicer: health.HealthServicer | None = None,
     services: Sequence[Service] = (),
     install_prediction: Callable[[PredictionService, grpc.Server], None] | None = None,
-    batching: bool = False,
     inline_cpu: float = 0.0,
 ) -> grpc.Server:
     """Both services answer through ``core``; ``metrics`` count requests as gRPC sees
@@ -106,7 +105,7 @@ def build_server(
     ``install_prediction``, when given, registers the PredictionService in place of the
     plain servicer (live shadowing). A model RPC whose calls cost at most ``inline_cpu``
     seconds of CPU is answered on the unary lane's poller (``unary``), unless it may wait
-    on other calls: under ``batching``, or a shadowed PredictionService's."""
+    on other calls: a shadowed PredictionService's (the caller gives 0 under batching)."""
     options: dict[str, int | str] = {
         "grpc.max_receive_message_length": MAX_MESSAGE_BYTES,
         "grpc.max_send_message_length": MAX_MESSAGE_BYTES,
@@ -123,7 +122,7 @@ def build_server(
             interceptors=[observe, StreamSlots(max_streams)],
         ),
         workers=max_threads, observe=observe.wrap,
-        inline=lambda path: None if batching or (
+        inline=lambda path: None if (
             install_prediction is not None and path.startswith(f"/{SERVICES[0]}/")
         ) else model_of(path),
         inline_cpu=inline_cpu,

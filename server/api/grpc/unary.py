@@ -12,12 +12,8 @@ gives the call to a worker thread, which answers with one batch (initial metadat
 message and status). Streaming methods (health Watch, reflection) stay with grpc.Server.
 
 A call that costs little is answered on the polling thread itself, with no hand-off at
-all: one of a method the server allows that (a model RPC that never waits on other
-requests: no batching, no shadowing), for a model whose calls of that method have cost
-at most ``inline_cpu`` of the answering thread's CPU (--grpc_inline_call_cpu_us; a moving
-mean, measured on every successful call wherever it ran). The hand-off alone costs about
-0.08 ms of CPU, a third of such a call; a call that costs more runs on a worker, where it
-holds no other call up and runs beside others.
+all (``CallCosts`` says which): one of a method the server allows that (a model RPC that
+never waits on other requests: no batching, no shadowing).
 
 What a client sees is what grpc/_server.py gives it: the code, details and trailing
 metadata a handler sets or aborts with; UNKNOWN "Exception calling application: ..."
@@ -42,6 +38,8 @@ from typing import Any
 import grpc
 from grpc import _compression
 from grpc._cython import cygrpc
+
+from onnx_serving.server.api.call_costs import CallCosts
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +68,7 @@ def lane_available(server: grpc.Server) -> bool:
 class _Method:
     """A unary method's handler, as the lane calls it, and what its calls cost by model."""
 
-    __slots__ = ("behavior", "costs", "deserialize", "inline_cpu", "key", "path", "serialize")
+    __slots__ = ("behavior", "costs", "deserialize", "key", "path", "serialize")
 
     def __init__(self, path: str, handler: grpc.RpcMethodHandler, key: Key | None,
                  inline_cpu: float) -> None:
@@ -79,17 +77,7 @@ class _Method:
         self.deserialize = handler.request_deserializer
         self.serialize = handler.response_serializer
         self.key = key
-        self.inline_cpu = inline_cpu
-        # CPU seconds per successful call, by model; only models that answered are kept.
-        self.costs: dict[str, float] = {}
-
-    def cheap(self, key: str | None) -> bool:
-        cost = self.costs.get(key) if key is not None else None
-        return cost is not None and cost <= self.inline_cpu
-
-    def spent(self, key: str, seconds: float) -> None:
-        cost = self.costs.get(key)
-        self.costs[key] = seconds if cost is None else cost + (seconds - cost) * _WEIGHT
+        self.costs = CallCosts(inline_cpu)
 
 
 class _Context(grpc.ServicerContext):
@@ -292,7 +280,7 @@ def _answer(context: _Context, request: Any, key: str | None) -> None:
         return
     context.answer(serialized)
     if key is not None and context.code() is None:
-        method.spent(key, time.thread_time() - started)
+        method.costs.spent(key, time.thread_time() - started)
 
 
 class _Lane:
@@ -392,7 +380,7 @@ class _Lane:
                 return
             method = context.method
             key = method.key(request) if method.key is not None else None
-            if method.cheap(key):
+            if method.costs.cheap(key):
                 _answer(context, request, key)
             else:
                 self._work.put((context, request, key))

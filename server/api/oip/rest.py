@@ -95,7 +95,7 @@ class OipRest:
                     inflated = gunzip(body, self._max_gzip_bytes) if gzipped else body
                     return self._infer(name, asked, inflated, header, deadline, answered)
 
-                return await host.run(infer)
+                return await host.run(infer, (kind, name))
             if method != "GET" or action == "infer":
                 raise InvalidArgument(f"Malformed request: {method} {path}")
             if action == "ready":

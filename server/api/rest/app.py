@@ -14,7 +14,7 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Sequence
 from concurrent.futures import Executor
 from typing import Final, Protocol, TypeVar
 from urllib.parse import quote
@@ -23,6 +23,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from onnx_serving.server.api.call_costs import CallCosts
 from onnx_serving.server.api.rest.body import MAX_BODY_BYTES, is_gzip, too_large
 from onnx_serving.server.api.rest.handlers import Answer, RestHandler
 from onnx_serving.server.api.rest.http_status import error_body, http_status
@@ -60,8 +61,9 @@ R = TypeVar("R")
 class Host(Protocol):
     """What a mount's requests share with TF Serving's: the RestApp."""
 
-    def run(self, work: Callable[[Deadline], R]) -> Awaitable[R]:
-        """Runs blocking work on the thread pool under --rest_api_timeout_in_ms."""
+    def run(self, work: Callable[[Deadline], R], key: Hashable | None = None) -> Awaitable[R]:
+        """Runs blocking work on the thread pool under --rest_api_timeout_in_ms; work for
+        a ``key`` (a model's route) whose calls cost little runs on the event loop."""
         ...
 
     def record(self, kind: str, model: str, api: str, version: int | str | None, code: Code,
@@ -92,10 +94,14 @@ class RestApp:
         readiness: Readiness | None = None,
         cors: bool = False,
         mounts: Sequence[Mount] = (),
+        inline_cpu: float = 0.0,
     ) -> None:
         """``metrics_path``: where Prometheus scrapes (--monitoring_config_file), if anywhere;
-        ``cors``: TF's CORS headers on every API answer (--rest_api_enable_cors_support)."""
+        ``cors``: TF's CORS headers on every API answer (--rest_api_enable_cors_support);
+        ``inline_cpu``: a model's calls costing at most this much CPU (seconds) run on the
+        event loop (``CallCosts``)."""
         self._mounts = mounts
+        self._costs = CallCosts(inline_cpu)
         self._readiness = readiness
         self._cors = cors
         self._handler = handler
@@ -150,7 +156,7 @@ class RestApp:
             def work(deadline: Deadline) -> Answer:
                 return self._handler.handle(asked, body, gzipped, deadline)
 
-            answer = await self.run(work)
+            answer = await self.run(work, (route.kind, route.name))
             version = answer.version
             return Response(answer.body.encode("utf-8"), 200, media_type=JSON)
         except Exception as exc:
@@ -171,9 +177,12 @@ class RestApp:
                             kind, model, "" if version is None else version,
                             code.name, seconds * 1000)
 
-    async def run(self, work: Callable[[Deadline], R]) -> R:
+    async def run(self, work: Callable[[Deadline], R], key: Hashable | None = None) -> R:
         deadline = Deadline(self._timeout_ms / 1000 if self._timeout_ms > 0 else None)
-        future = asyncio.get_running_loop().run_in_executor(self._executor, work, deadline)
+        if self._costs.cheap(key):  # no hand-off: it costs more than such a call
+            return self._counted(work, deadline, key)
+        future = asyncio.get_running_loop().run_in_executor(
+            self._executor, self._counted, work, deadline, key)
         if self._timeout_ms <= 0:
             return await future
         try:
@@ -184,6 +193,15 @@ class RestApp:
                 f"Request did not complete within --rest_api_timeout_in_ms={self._timeout_ms}",
                 Code.DEADLINE_EXCEEDED,
             ) from None
+
+    def _counted(self, work: Callable[[Deadline], R], deadline: Deadline,
+                 key: Hashable | None) -> R:
+        """``work``, its CPU on this thread counted to ``key`` when it succeeds."""
+        started = time.thread_time()
+        result = work(deadline)
+        if key is not None:
+            self._costs.spent(key, time.thread_time() - started)
+        return result
 
 
 def error_response(exc: Exception, what: str) -> tuple[Response, Code]:

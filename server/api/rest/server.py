@@ -53,6 +53,7 @@ class RestServer:
         cors: bool = False,
         limits: HttpLimits | None = None,
         mounts: Sequence[Mount] = (),
+        inline_cpu: float = 0.0,
     ) -> None:
         """Requests are answered through ``core``; ``metrics`` count them as REST sees them
         and are served at ``metrics_path``. ``ssl_context``: serve HTTPS with it (its
@@ -60,6 +61,7 @@ class RestServer:
         connections and bodies (their defaults if None); ``mounts``: other protocols' paths
         (the Open Inference Protocol's /v2/)."""
         self._mounts = mounts
+        self._inline_cpu = inline_cpu
         self._limits = limits or HttpLimits.from_options(ServerOptions())
         self._core = core
         self._cors = cors
@@ -85,6 +87,7 @@ class RestServer:
             handler, self._executor, self._timeout_ms, self._metrics,
             metrics_path=self._metrics_path, access_log=self._access_log,
             readiness=self._readiness, cors=self._cors, mounts=self._mounts,
+            inline_cpu=self._inline_cpu,
         )
         context = self._ssl_context
         config = uvicorn.Config(
