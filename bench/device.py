@@ -24,7 +24,8 @@ cannot do is skipped with the reason.
   weights) and the same BERT-shaped encoder (bench.suite.models' sizes).
 - ``workers``: half_plus_two through the real server at ``--num_workers`` 1, 2,
   4, 8 (those that leave half the cores to the clients), driven by client
-  processes: throughput, p50, and the server's CPU per request.
+  processes: throughput, p50, and the server's CPU per request; and 1 worker once
+  more with ``--inline_call_cpu_us=0`` (every call handed to a worker thread).
 - ``gpu_tests``: the test modules whose checks depend on a GPU (GPU_TESTS).
 
 On the device machine (docs/performance.md, "Device check") ``--wheels`` names
@@ -801,12 +802,15 @@ def step_workers(context: Context) -> None:
                  f"counts {counts} (those up to half the cores)")
     spawn = multiprocessing.get_context("spawn")  # no gRPC state crosses a fork
     single: float | None = None
-    for workers in counts:
-        def one(workers: int = workers) -> dict[str, object]:
+    # And one worker with every call handed to a worker thread: whether answering cheap
+    # calls on the thread that receives them holds one process back on many cores.
+    for workers, flags in [*((w, ()) for w in counts), (1, ("--inline_call_cpu_us=0",))]:
+        def one(workers: int = workers, flags: tuple[str, ...] = flags) -> dict[str, object]:
             nonlocal single
             server = ServerProcess(["--model_name=half_plus_two", f"--model_base_path={model}",
-                                    f"--num_workers={workers}"],
-                                   context.scratch / f"workers{workers}.log").start(timeout=120)
+                                    f"--num_workers={workers}", *flags],
+                                   context.scratch / f"workers{workers}{len(flags)}.log",
+                                   ).start(timeout=120)
             try:
                 _wait_for_workers(server, workers)
                 assert server.process is not None
@@ -818,7 +822,8 @@ def step_workers(context: Context) -> None:
             row["vs 1 worker"] = float(row["req/s"]) / single  # type: ignore[arg-type]
             return row
 
-        context.attempt({"workers": workers}, one)
+        context.attempt({"workers": workers, "cheap calls": "on a worker" if flags
+                         else "where they arrive"}, one)
 
 
 def _wait_for_workers(server: Any, workers: int, timeout: float = 60.0) -> None:

@@ -245,3 +245,10 @@ def test_quick_methods_run_on_the_poller_and_slow_ones_on_workers() -> None:
     assert b"grpc-unary-poller" in quick
     assert all(name.startswith(b"grpc-unary-") for name in quick | slow | held)
     assert b"grpc-unary-poller" not in slow | held
+
+
+def test_a_server_that_never_started_stops() -> None:
+    """The app stops what it built even where a port could not be had."""
+    server = UnaryServer(grpc.server(futures.ThreadPoolExecutor(max_workers=1)), workers=2,
+                         observe=lambda _path, handler: handler)
+    assert server.stop(grace=None).wait(10)

@@ -12,8 +12,8 @@ gives the call to a worker thread, which answers with one batch (initial metadat
 message and status). Streaming methods (health Watch, reflection) stay with grpc.Server.
 
 A call that costs little is answered on the polling thread itself, with no hand-off at
-all (``CallCosts`` says which): one of a method the server allows that (a model RPC that
-never waits on other requests: no batching, no shadowing).
+all (``CallCosts`` says which), where its method allows it: a model RPC that never waits
+on other requests (no batching, no shadowing).
 
 What a client sees is what grpc/_server.py gives it: the code, details and trailing
 metadata a handler sets or aborts with; UNKNOWN "Exception calling application: ..."
@@ -46,8 +46,6 @@ log = logging.getLogger(__name__)
 Observe = Callable[[str, grpc.RpcMethodHandler], "grpc.RpcMethodHandler | None"]
 # A method's request -> the model it names: methods given one may run on the poller.
 Key = Callable[[Any], str]
-# The moving mean's weight of each new call.
-_WEIGHT = 1 / 16
 
 _NO_FLAGS = 0
 # Guards each call's termination callbacks, added by its worker and taken by the poller:
@@ -318,7 +316,8 @@ class _Lane:
     def join(self) -> None:
         """Once the core server has shut down: the lane ends with its last call."""
         for thread in self._threads:
-            thread.join()
+            if thread.ident is not None:  # never started: the server never was
+                thread.join()
 
     def _ask(self, method: _Method) -> None:
         self._core.request_registered_call(self._queue, self._queue, method.path, method)
@@ -454,9 +453,11 @@ class UnaryServer(grpc.Server):
         done = threading.Event()
 
         def both() -> None:
-            stopped.wait()
-            lane.join()
-            done.set()
+            try:
+                stopped.wait()
+                lane.join()
+            finally:
+                done.set()
 
         threading.Thread(target=both, name="grpc-unary-stop", daemon=True).start()
         return done
