@@ -48,8 +48,9 @@ Observe = Callable[[str, grpc.RpcMethodHandler], "grpc.RpcMethodHandler | None"]
 Key = Callable[[Any], str]
 
 _NO_FLAGS = 0
-# Guards each call's termination callbacks, added by its worker and taken by the poller:
-# held for a list append or swap, so one lock for all calls costs nothing in contention.
+# Guards each call's termination callbacks, added by the thread answering the call and
+# taken by the poller: held for a list append or swap, so one lock for all calls costs
+# nothing in contention.
 _LOCK = threading.Lock()
 _STATUS = {code: cygrpc.StatusCode(code.value[0]) for code in grpc.StatusCode}
 # What each event of a call's own batches is, in its tag: (kind, call).
@@ -152,7 +153,8 @@ class _Context(grpc.ServicerContext):
         self._compression = compression
 
     def disable_next_message_compression(self) -> None:
-        """Unary answers are one message; the channel's compression applies to it."""
+        """A no-op: the one answer is compressed as the channel says (grpc.Server would send
+        it uncompressed); the client reads the same message either way."""
 
     def send_initial_metadata(self, initial_metadata: Any) -> None:
         if self._cancelled:
