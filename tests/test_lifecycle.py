@@ -420,13 +420,15 @@ def test_refused_reload_to_a_corrupt_base_path_keeps_serving(live) -> None:
         moved = base.parent / "moved"  # and a good copy elsewhere replaces it, same number
         publish(moved, 1)
         reload(server.address, config_text(moved))
-        wait_for(lambda: "Unloaded servable version {name: live version: 1}" in server.logs())
+        loading = f"Loading servable version {{name: live version: 1}} from {moved / '1'}"
+        logs = server.logs()
+        assert loading in logs, logs  # the reload answers once the moved copy is loaded
+        wait_for(lambda: "Unloaded servable version {name: live version: 1}"
+                 in server.logs().partition(loading)[2])
         assert states(client) == {1: "AVAILABLE"}
         count = traffic.count()
         wait_for(lambda: traffic.count() > count + 20)
     assert traffic.errors == []
-    assert f"Loading servable version {{name: live version: 1}} from {moved / '1'}" \
-        in server.logs()
 
 
 @pytest.mark.parametrize("how", ["rpc", "file"])
