@@ -3,7 +3,7 @@ known to cost little, and no other."""
 
 from __future__ import annotations
 
-from onnx_serving.server.api.call_costs import CallCosts
+from onnx_serving.server.api.call_costs import CallCosts, sized
 
 
 def test_a_model_is_cheap_only_once_its_calls_are_known_to_cost_little() -> None:
@@ -30,3 +30,16 @@ def test_a_limit_of_zero_answers_every_call_on_a_worker() -> None:
     costs = CallCosts(0.0)
     costs.spent("m", 0.0)
     assert not costs.cheap("m")
+
+
+def test_a_request_of_a_size_not_yet_known_goes_to_a_worker() -> None:
+    """A model's small requests being cheap says nothing of a large one's cost."""
+    costs = CallCosts(0.0005)
+    assert sized("m", 42) == sized("m", 63) != sized("m", 64)
+    for _ in range(100):
+        costs.spent(sized("m", 42), 0.0001)
+    assert costs.cheap(sized("m", 50))
+    assert not costs.cheap(sized("m", 4_000_000))
+    costs.spent(sized("m", 4_000_000), 0.02)
+    assert not costs.cheap(sized("m", 4_000_000))
+    assert costs.cheap(sized("m", 42))  # the small ones stay where they are

@@ -226,7 +226,8 @@ def test_stop_lets_a_call_in_flight_finish_within_grace() -> None:
 
 def test_quick_methods_run_on_the_poller_and_slow_ones_on_workers() -> None:
     """A method allowed to run inline does once its calls are known to be short; one whose
-    calls take long goes to the workers however it is allowed."""
+    calls take long goes to the workers however it is allowed, and so does a request of
+    a size its method's calls have not had."""
     def where(request: bytes, context: grpc.ServicerContext) -> bytes:
         if request == b"slow":
             busy = time.thread_time() + 0.005
@@ -240,11 +241,12 @@ def test_quick_methods_run_on_the_poller_and_slow_ones_on_workers() -> None:
         quick = {served.call("Quick") for _ in range(20)}
         slow = {served.call("Slow", b"slow") for _ in range(20)}
         held = {served.call("Held") for _ in range(20)}
+        large = served.call("Quick", b"x" * 100_000)  # a size its calls have not had
     finally:
         served.close()
     assert b"grpc-unary-poller" in quick
-    assert all(name.startswith(b"grpc-unary-") for name in quick | slow | held)
-    assert b"grpc-unary-poller" not in slow | held
+    assert all(name.startswith(b"grpc-unary-") for name in quick | slow | held | {large})
+    assert b"grpc-unary-poller" not in slow | held | {large}
 
 
 def test_a_server_that_never_started_stops() -> None:

@@ -6,6 +6,11 @@ a call where it arrives when the calls of its model have cost at most ``limit`` 
 of their answering thread's CPU (a moving mean, counted on every successful call
 wherever it ran; --inline_call_cpu_us), and hands the rest to its workers, where a
 call that costs more holds up no other call and runs beside others.
+
+A call's cost grows with its request, so calls are costed by model and by the size of
+their request to a power of two (``sized``): one large request to a model whose small
+ones are cheap is a size not yet known, and goes to a worker instead of holding up every
+call behind it.
 """
 
 from __future__ import annotations
@@ -14,6 +19,12 @@ from collections.abc import Hashable
 
 # The moving mean's weight of each new call.
 _WEIGHT = 1 / 16
+
+
+def sized(key: Hashable, size: int) -> tuple[Hashable, int]:
+    """The key of a call of ``key`` whose request is ``size`` bytes: one per power of two,
+    so a model has a few dozen at most."""
+    return key, size.bit_length()
 
 
 class CallCosts:

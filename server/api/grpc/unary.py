@@ -32,14 +32,14 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from typing import Any
 
 import grpc
 from grpc import _compression
 from grpc._cython import cygrpc
 
-from onnx_serving.server.api.call_costs import CallCosts
+from onnx_serving.server.api.call_costs import CallCosts, sized
 
 log = logging.getLogger(__name__)
 
@@ -255,7 +255,7 @@ def _parse(context: _Context, payload: bytes) -> tuple[bool, Any]:
         return False, None
 
 
-def _answer(context: _Context, request: Any, key: str | None) -> None:
+def _answer(context: _Context, request: Any, key: Hashable | None) -> None:
     """The rest of a call, as grpc/_server.py's _unary_response_in_pool; a successful
     call's CPU on this thread is counted to its method and model."""
     started = time.thread_time()
@@ -292,7 +292,7 @@ class _Lane:
         self._queue = cygrpc.CompletionQueue()
         core.register_completion_queue(self._queue)
         self._methods: list[_Method] = []
-        self._work: queue.SimpleQueue[tuple[_Context, Any, str | None] | None] = \
+        self._work: queue.SimpleQueue[tuple[_Context, Any, Hashable | None] | None] = \
             queue.SimpleQueue()
         self._threads = [threading.Thread(target=self._worker, name=f"grpc-unary-{i}",
                                           daemon=True) for i in range(workers)]
@@ -380,7 +380,7 @@ class _Lane:
             if not parsed:
                 return
             method = context.method
-            key = method.key(request) if method.key is not None else None
+            key = sized(method.key(request), len(payload)) if method.key is not None else None
             if method.costs.cheap(key):
                 _answer(context, request, key)
             else:

@@ -34,6 +34,7 @@ from starlette.responses import Response
 from onnx_serving.codec.json_body import fast_object
 from onnx_serving.codec.oip import RawTensorError, element_count, from_raw, to_raw
 from onnx_serving.codec.tensors import element_bytes
+from onnx_serving.server.api.call_costs import sized
 from onnx_serving.server.api.oip.inference import (
     EXTENSIONS,
     SERVER_NAME,
@@ -95,7 +96,7 @@ class OipRest:
                     inflated = gunzip(body, self._max_gzip_bytes) if gzipped else body
                     return self._infer(name, asked, inflated, header, deadline, answered)
 
-                return await host.run(infer, (kind, name))
+                return await host.run(infer, sized((kind, name), len(body)))
             if method != "GET" or action == "infer":
                 raise InvalidArgument(f"Malformed request: {method} {path}")
             if action == "ready":

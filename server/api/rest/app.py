@@ -23,7 +23,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from onnx_serving.server.api.call_costs import CallCosts
+from onnx_serving.server.api.call_costs import CallCosts, sized
 from onnx_serving.server.api.rest.body import MAX_BODY_BYTES, is_gzip, too_large
 from onnx_serving.server.api.rest.handlers import Answer, RestHandler
 from onnx_serving.server.api.rest.http_status import error_body, http_status
@@ -156,7 +156,7 @@ class RestApp:
             def work(deadline: Deadline) -> Answer:
                 return self._handler.handle(asked, body, gzipped, deadline)
 
-            answer = await self.run(work, (route.kind, route.name))
+            answer = await self.run(work, sized((route.kind, route.name), len(body)))
             version = answer.version
             return Response(answer.body.encode("utf-8"), 200, media_type=JSON)
         except Exception as exc:
