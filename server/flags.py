@@ -108,10 +108,11 @@ class ServerOptions:
         "0: as many as --grpc_max_threads", own=True,
     )
     inline_call_cpu_us: int = flag(
-        500, "a model's calls costing at most this much CPU (µs, a moving mean) are "
-        "answered on the thread that receives them (gRPC's unary poller, REST's event "
-        "loop), with no hand-off to a worker; never under --enable_batching; 0: never "
-        "(server/api/call_costs.py)", own=True,
+        500, "a model's calls costing at most this much CPU (µs, a moving mean by request "
+        "size to a power of two) are answered on the thread that receives them (gRPC's "
+        "unary poller, REST's event loop), with no hand-off to a worker; never under "
+        "--enable_batching or for shadowed gRPC calls; 0: never (server/api/call_costs.py)",
+        own=True,
     )
     rest_api_port: int = flag(0, "REST API port; 0: no REST API")
     rest_api_num_threads: int = flag(0, "threads answering REST requests; 0: four per CPU")
