@@ -65,7 +65,8 @@ def lane_available(server: grpc.Server) -> bool:
 
 
 class _Method:
-    """A unary method's handler, as the lane calls it, and what its calls cost by model."""
+    """A unary method's handler, as the lane calls it, and what its calls cost by model
+    and request size."""
 
     __slots__ = ("behavior", "costs", "deserialize", "key", "path", "serialize")
 
@@ -257,7 +258,7 @@ def _parse(context: _Context, payload: bytes) -> tuple[bool, Any]:
 
 def _answer(context: _Context, request: Any, key: Hashable | None) -> None:
     """The rest of a call, as grpc/_server.py's _unary_response_in_pool; a successful
-    call's CPU on this thread is counted to its method and model."""
+    call's CPU on this thread is counted to its method's ``key``."""
     started = time.thread_time()
     method = context.method
     try:
