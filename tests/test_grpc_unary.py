@@ -249,6 +249,37 @@ def test_quick_methods_run_on_the_poller_and_slow_ones_on_workers() -> None:
     assert b"grpc-unary-poller" not in slow | held | {large}
 
 
+def test_workers_start_as_calls_need_them_up_to_the_most() -> None:
+    """No worker before a call; calls one after another take one; calls at once take one
+    each, at most the lane's ``workers``, and the calls beyond them wait their turn."""
+    def lane_threads() -> set[threading.Thread]:
+        return {t for t in threading.enumerate() if t.name.startswith("grpc-unary-")}
+
+    before = lane_threads()
+    gate = threading.Barrier(4 + 1)
+
+    def held(request: bytes, context: grpc.ServicerContext) -> bytes:
+        if request == b"wait":
+            gate.wait(10)
+        return threading.current_thread().name.encode()
+
+    served = Served({"Held": held}, lane=True)  # four workers at most
+    try:
+        assert {t.name for t in lane_threads() - before} == {"grpc-unary-poller"}
+        assert {served.call("Held") for _ in range(10)} == {b"grpc-unary-0"}
+        with futures.ThreadPoolExecutor(max_workers=6) as callers:
+            waiting = [callers.submit(served.call, "Held", b"wait") for _ in range(4)]
+            later = [callers.submit(served.call, "Held") for _ in range(2)]
+            gate.wait(10)  # all four workers hold a call at once
+            names = {f.result(timeout=10) for f in waiting + later}
+        workers = {t.name for t in lane_threads() - before} - {"grpc-unary-poller"}
+    finally:
+        served.close()
+    assert workers == {f"grpc-unary-{i}" for i in range(4)}
+    assert names <= {w.encode() for w in workers}
+    assert not lane_threads() - before  # stopped, the lane's threads have all ended
+
+
 def test_a_server_that_never_started_stops() -> None:
     """The app stops what it built even where a port could not be had."""
     server = UnaryServer(grpc.server(futures.ThreadPoolExecutor(max_workers=1)), workers=2,

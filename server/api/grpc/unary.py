@@ -295,10 +295,14 @@ class _Lane:
         self._methods: list[_Method] = []
         self._work: queue.SimpleQueue[tuple[_Context, Any, Hashable | None] | None] = \
             queue.SimpleQueue()
-        self._threads = [threading.Thread(target=self._worker, name=f"grpc-unary-{i}",
-                                          daemon=True) for i in range(workers)]
-        self._threads.append(threading.Thread(target=self._poll, name="grpc-unary-poller",
-                                              daemon=True))
+        # Workers start as calls need them, as gRPC Python's pool starts its threads: one
+        # token per worker that has answered a call and waits for the next. Only the
+        # poller starts them, so only it appends to the list.
+        self._most = workers
+        self._idle: queue.SimpleQueue[None] = queue.SimpleQueue()
+        self._workers: list[threading.Thread] = []
+        self._poller = threading.Thread(target=self._poll, name="grpc-unary-poller",
+                                        daemon=True)
         # The poller's counts: calls asked of the core and not yet given, calls given and
         # not yet closed. Both at 0: the server has shut down and the last call is over.
         self._asked = 0
@@ -313,14 +317,15 @@ class _Lane:
         """Once the core server has started."""
         for method in self._methods:
             self._ask(method)
-        for thread in self._threads:
-            thread.start()
+        self._poller.start()
 
     def join(self) -> None:
         """Once the core server has shut down: the lane ends with its last call."""
-        for thread in self._threads:
-            if thread.ident is not None:  # never started: the server never was
-                thread.join()
+        if self._poller.ident is None:  # never started: the server never was
+            return
+        self._poller.join()  # then no worker starts any more
+        for worker in self._workers:
+            worker.join()
 
     def _ask(self, method: _Method) -> None:
         self._core.request_registered_call(self._queue, self._queue, method.path, method)
@@ -336,7 +341,7 @@ class _Lane:
                 except Exception:  # one call's fault must not stop every other call
                     log.exception("The unary lane failed on an event; it goes on")
         finally:
-            for _ in self._threads[:-1]:
+            for _ in self._workers:
                 self._work.put(None)
 
     def _step(self, event: Any) -> bool:
@@ -385,11 +390,24 @@ class _Lane:
             if method.costs.cheap(key):
                 _answer(context, request, key)
             else:
-                self._work.put((context, request, key))
+                self._hand_over((context, request, key))
         elif context.is_active():  # the client closed without sending one
             context.fail(grpc.StatusCode.UNIMPLEMENTED,
                          f'"{context.method.path}" requires exactly one request message.'
                          .encode())
+
+    def _hand_over(self, item: tuple[_Context, Any, Hashable | None]) -> None:
+        """To a worker that waits, else to a new one while there are fewer than the most;
+        at the most, the call waits for the first worker free."""
+        self._work.put(item)
+        try:
+            self._idle.get_nowait()
+        except queue.Empty:
+            if len(self._workers) < self._most:
+                worker = threading.Thread(target=self._worker, daemon=True,
+                                          name=f"grpc-unary-{len(self._workers)}")
+                self._workers.append(worker)
+                worker.start()
 
     def _worker(self) -> None:
         while (item := self._work.get()) is not None:
@@ -397,6 +415,7 @@ class _Lane:
                 _answer(*item)
             except Exception:  # one call's fault must not take a worker away
                 log.exception("The unary lane failed to answer a call")
+            self._idle.put(None)
 
 
 class UnaryServer(grpc.Server):
