@@ -280,6 +280,28 @@ def test_workers_start_as_calls_need_them_up_to_the_most() -> None:
     assert not lane_threads() - before  # stopped, the lane's threads have all ended
 
 
+def test_a_worker_that_cannot_start_leaves_no_call_unanswered(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Out of threads, with no worker running, the poller answers the call itself."""
+    start = threading.Thread.start
+
+    def refuse_workers(thread: threading.Thread) -> None:
+        if thread.name.removeprefix("grpc-unary-").isdigit():  # a lane worker
+            raise RuntimeError("can't start new thread")
+        start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", refuse_workers)
+    served = Served({"Held": lambda request, context: threading.current_thread().name.encode()},
+                    lane=True)
+    try:
+        answers = {served.call("Held", timeout=10) for _ in range(3)}
+    finally:
+        served.close()
+    assert answers == {b"grpc-unary-poller"}
+    assert "could not start a worker (can't start new thread); 0 run" in caplog.text
+
+
 def test_a_server_that_never_started_stops() -> None:
     """The app stops what it built even where a port could not be had."""
     server = UnaryServer(grpc.server(futures.ThreadPoolExecutor(max_workers=1)), workers=2,

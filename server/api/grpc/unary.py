@@ -398,16 +398,28 @@ class _Lane:
 
     def _hand_over(self, item: tuple[_Context, Any, Hashable | None]) -> None:
         """To a worker that waits, else to a new one while there are fewer than the most;
-        at the most, the call waits for the first worker free."""
-        self._work.put(item)
+        at the most, the call waits for the first worker free. Where no worker runs and
+        none can start (the process is out of threads), the poller answers it."""
         try:
             self._idle.get_nowait()
         except queue.Empty:
-            if len(self._workers) < self._most:
-                worker = threading.Thread(target=self._worker, daemon=True,
-                                          name=f"grpc-unary-{len(self._workers)}")
-                self._workers.append(worker)
-                worker.start()
+            if (len(self._workers) < self._most and not self._start_worker()
+                    and not self._workers):
+                _answer(*item)
+                return
+        self._work.put(item)
+
+    def _start_worker(self) -> bool:
+        worker = threading.Thread(target=self._worker, daemon=True,
+                                  name=f"grpc-unary-{len(self._workers)}")
+        try:
+            worker.start()
+        except RuntimeError as exc:  # "can't start new thread": calls wait for those running
+            log.error("The unary lane could not start a worker (%s); %d run", exc,
+                      len(self._workers))
+            return False
+        self._workers.append(worker)
+        return True
 
     def _worker(self) -> None:
         while (item := self._work.get()) is not None:
