@@ -47,7 +47,8 @@ class Step:
     cpu_seconds: float = 0.0
 
 
-def _measure(step: Step, clients: int, seconds: float) -> None:
+def measure(step: Step, clients: int, seconds: float) -> None:
+    """One slot of ``step`` at ``clients``: its requests and its server's CPU added."""
     callers = [step.contender.caller() for _ in range(clients)]
     step.probe.readings.clear()
     sample = load.run(callers, seconds=seconds, warmup=1.0,
@@ -59,19 +60,21 @@ def _measure(step: Step, clients: int, seconds: float) -> None:
     step.contender.close()
 
 
-def _table(steps: list[Step], clients: int) -> str:
-    echo = steps[0]
-    echo_rate = echo.sample.throughput
-    echo_cpu = echo.cpu_seconds / max(echo.sample.count, 1)
+def table(steps: list[Step], clients: int) -> str:
+    """Each step's figures, and its ratios to the first step's."""
+    first = steps[0]
+    first_rate = first.sample.throughput
+    first_cpu = first.cpu_seconds / max(first.sample.count, 1)
     rows = [f"\n{clients} client(s)\n",
-            "| server | req/s | vs echo | p50 ms | server CPU ms/request | vs echo | errors |",
+            f"| server | req/s | vs {first.name} | p50 ms | server CPU ms/request | "
+            f"vs {first.name} | errors |",
             "| --- | --- | --- | --- | --- | --- | --- |"]
     for step in steps:
         cpu = step.cpu_seconds / max(step.sample.count, 1)
         rows.append(
             f"| {step.name} | {step.sample.throughput:.0f} | "
-            f"{step.sample.throughput / echo_rate:.2f}x | {step.sample.percentile_ms(50):.3f} | "
-            f"{cpu * 1000:.3f} | {cpu / echo_cpu:.2f}x | {step.sample.errors} |")
+            f"{step.sample.throughput / first_rate:.2f}x | {step.sample.percentile_ms(50):.3f} | "
+            f"{cpu * 1000:.3f} | {cpu / first_cpu:.2f}x | {step.sample.errors} |")
     return "\n".join(rows)
 
 
@@ -110,8 +113,8 @@ def main(argv: list[str]) -> int:
                         for name, address, pid in servers]
             for round_ in range(args.rounds):
                 for step in measured if round_ % 2 == 0 else reversed(measured):
-                    _measure(step, clients, args.seconds)
-            print(_table(measured, clients), flush=True)
+                    measure(step, clients, args.seconds)
+            print(table(measured, clients), flush=True)
     return 0
 
 

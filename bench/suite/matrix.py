@@ -46,9 +46,10 @@ MAX_WARMUP = 10.0
 
 def start_serving(
     model: BenchModel, plan: Plan, folder: Path, label: str, extra: Sequence[str] = (),
+    code: Path | None = None,
 ) -> tuple[ServerProcess, Probe]:
-    """onnx-serving on ``model`` with the suite's flags plus ``extra`` (later flags win);
-    Refused if it will not start with them."""
+    """onnx-serving on ``model`` with the suite's flags plus ``extra`` (later flags win),
+    from ``code`` where given (see ServerProcess); Refused if it will not start with them."""
     port, rest_port = free_port(), free_port()
     monitoring = folder / "monitoring.config"
     monitoring.write_text(stages.MONITORING_CONFIG)
@@ -69,7 +70,7 @@ def start_serving(
         runtime.write_text(json.dumps({"session": {"config_entries": dict(plan.ort_config)}}))
         flags.append(f"--runtime_config_file={runtime}")
     process = ServerProcess("onnx_serving.server", ["serve", *flags, *extra], port,
-                            label=f"{model.name}-{label}")
+                            label=f"{model.name}-{label}", code=code)
     try:
         process.wait_ready()
     except BaseException:

@@ -8,6 +8,7 @@ the contender is skipped with it as the note, before and after batching lands.
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -37,7 +38,10 @@ class ServerProcess:
 
     The log is removed after a normal stop, and kept (its path in the error) otherwise."""
 
-    def __init__(self, module: str, args: Sequence[str], port: int, *, label: str) -> None:
+    def __init__(self, module: str, args: Sequence[str], port: int, *, label: str,
+                 code: Path | None = None) -> None:
+        """``code``: a folder holding another ``onnx_serving`` to run instead of this
+        checkout's (bench/versus.py), found first on the process's import path."""
         self.label = label
         self.address = f"127.0.0.1:{port}"
         self._log = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed in stop()
@@ -45,9 +49,10 @@ class ServerProcess:
         )
         self.log_path = Path(self._log.name)
         self._ready = False
+        env = None if code is None else {**os.environ, "PYTHONPATH": str(code)}
         self._process = subprocess.Popen(
             [sys.executable, "-m", module, *args],
-            cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT,
+            cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT, env=env,
         )
 
     @property

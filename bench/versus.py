@@ -1,0 +1,82 @@
+"""onnx-serving at another commit beside this checkout's: whether a change moved a figure,
+or the machine did.
+
+    .venv/bin/python -m bench.versus --base REV [--model half_plus_two] [--clients 1,16]
+        [--seconds 4] [--rounds 4] [--flags="--grpc_max_threads=4 ..."]
+
+REV's code is checked out into a temporary git worktree and served by this checkout's
+virtual environment, on the same model with the same flags as this checkout's server;
+the two are driven in turns by the suite's client (bench/floor.py's slots: ``--seconds``
+each, the order reversed every other round), so the machine's drift lands on both. For
+each: throughput, p50 and the server's CPU per request, this checkout's beside REV's.
+Figures a single run reports differ by more than many changes do on a shared machine
+(docs/performance.md); this one's ratios do not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import subprocess
+import sys
+import tempfile
+from contextlib import ExitStack
+from pathlib import Path
+
+from bench.floor import Step, measure, table
+from bench.suite import payloads
+from bench.suite.matrix import start_serving
+from bench.suite.models import REPO, ensure
+from bench.suite.plan import parse
+from bench.suite.probes import Probe
+from bench.suite.runners import GrpcContender
+
+PACKAGE = "onnx_serving"  # the checkout's root is the package (pyproject.toml)
+
+
+def checkout(stack: ExitStack, rev: str, folder: Path) -> Path:
+    """A folder whose ``onnx_serving`` is ``rev``'s code, removed when ``stack`` closes."""
+    tree = folder / "tree"
+    subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", "--quiet",
+                    str(tree), rev], check=True)
+    stack.callback(subprocess.run, ["git", "-C", str(REPO), "worktree", "remove", "--force",
+                                    str(tree)], check=False)
+    code = folder / "code"
+    code.mkdir()
+    (code / PACKAGE).symlink_to(tree, target_is_directory=True)
+    return code
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--base", required=True, help="the commit to compare with (any rev)")
+    parser.add_argument("--model", default="half_plus_two")
+    parser.add_argument("--clients", default="1,16")
+    parser.add_argument("--seconds", type=float, default=4.0, help="per slot")
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--flags", default="", help="server flags for both, one string")
+    args = parser.parse_args(argv)
+    model = ensure(args.model, log=lambda line: print(line, file=sys.stderr))
+    request = payloads.request_bytes(model)
+    flags, plan = shlex.split(args.flags), parse([f"--models={model.name}"])
+    with ExitStack() as stack:
+        folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-versus-")))
+        code = checkout(stack, args.base, folder)
+        servers = []
+        for name, source in (("this checkout", None), (args.base, code)):
+            server, _ = start_serving(model, plan, folder, f"versus-{len(servers)}", flags,
+                                      code=source)
+            stack.callback(server.stop)
+            servers.append((name, server))
+        for clients in (int(c) for c in args.clients.split(",")):
+            steps = [Step(name, GrpcContender(name, server.address, request),
+                          Probe(server_pid=server.pid)) for name, server in servers]
+            for round_ in range(args.rounds):
+                for step in steps if round_ % 2 == 0 else reversed(steps):
+                    measure(step, clients, args.seconds)
+            print(table(steps, clients), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
