@@ -432,7 +432,8 @@ class _Lane:
 
 class UnaryServer(grpc.Server):
     """``server`` with the unary methods registered by method path answered by a lane of
-    ``workers`` threads, each through ``observe`` (the request metrics and access log).
+    up to ``workers`` threads, started as calls need them, each call through ``observe``
+    (the request metrics and access log).
     A method for which ``inline`` gives where its request names a model may run on the
     lane's poller, for a model whose calls cost at most ``inline_cpu`` seconds of CPU."""
 
