@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
+from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,7 +48,7 @@ class Step:
     cpu_seconds: float = 0.0
 
 
-def measure(step: Step, clients: int, seconds: float) -> None:
+def _measure(step: Step, clients: int, seconds: float) -> None:
     """One slot of ``step`` at ``clients``: its requests and its server's CPU added."""
     callers = [step.contender.caller() for _ in range(clients)]
     step.probe.readings.clear()
@@ -60,7 +61,7 @@ def measure(step: Step, clients: int, seconds: float) -> None:
     step.contender.close()
 
 
-def table(steps: list[Step], clients: int) -> str:
+def _table(steps: list[Step], clients: int) -> str:
     """Each step's figures, and its ratios to the first step's."""
     first = steps[0]
     first_rate = first.sample.throughput
@@ -108,14 +109,21 @@ def main(argv: list[str]) -> int:
             servers.append((name, process.address, process.pid))
         servers.append((SERVING, serving.address, serving.pid))
 
-        for clients in (int(c) for c in args.clients.split(",")):
-            measured = [Step(name, GrpcContender(name, address, request), Probe(server_pid=pid))
-                        for name, address, pid in servers]
-            for round_ in range(args.rounds):
-                for step in measured if round_ % 2 == 0 else reversed(measured):
-                    measure(step, clients, args.seconds)
-            print(table(measured, clients), flush=True)
+        in_turns(servers, request, args.clients, args.rounds, args.seconds)
     return 0
+
+
+def in_turns(servers: Sequence[tuple[str, str, int]], request: bytes, clients: str,
+             rounds: int, seconds: float) -> None:
+    """Prints each count of ``clients`` (comma-separated) a table of ``servers`` (name,
+    address, pid), measured in slots of ``seconds``, the order reversed every other round."""
+    for count in (int(c) for c in clients.split(",")):
+        steps = [Step(name, GrpcContender(name, address, request), Probe(server_pid=pid))
+                 for name, address, pid in servers]
+        for round_ in range(rounds):
+            for step in steps if round_ % 2 == 0 else reversed(steps):
+                _measure(step, count, seconds)
+        print(_table(steps, count), flush=True)
 
 
 if __name__ == "__main__":

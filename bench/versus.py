@@ -23,13 +23,11 @@ import tempfile
 from contextlib import ExitStack
 from pathlib import Path
 
-from bench.floor import Step, measure, table
+from bench.floor import in_turns
 from bench.suite import payloads
 from bench.suite.matrix import start_serving
 from bench.suite.models import REPO, ensure
 from bench.suite.plan import parse
-from bench.suite.probes import Probe
-from bench.suite.runners import GrpcContender
 
 PACKAGE = "onnx_serving"  # the checkout's root is the package (pyproject.toml)
 
@@ -67,14 +65,8 @@ def main(argv: list[str]) -> int:
             server, _ = start_serving(model, plan, folder, f"versus-{len(servers)}", flags,
                                       code=source)
             stack.callback(server.stop)
-            servers.append((name, server))
-        for clients in (int(c) for c in args.clients.split(",")):
-            steps = [Step(name, GrpcContender(name, server.address, request),
-                          Probe(server_pid=server.pid)) for name, server in servers]
-            for round_ in range(args.rounds):
-                for step in steps if round_ % 2 == 0 else reversed(steps):
-                    measure(step, clients, args.seconds)
-            print(table(steps, clients), flush=True)
+            servers.append((name, server.address, server.pid))
+        in_turns(servers, request, args.clients, args.rounds, args.seconds)
     return 0
 
 
