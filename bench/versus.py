@@ -9,8 +9,9 @@ virtual environment, on the same model with the same flags as this checkout's se
 the two are driven in turns by the suite's client (bench/floor.py's slots: ``--seconds``
 each, the order reversed every other round), so the machine's drift lands on both. For
 each: throughput, p50 and the server's CPU per request, this checkout's beside REV's.
-Figures a single run reports differ by more than many changes do on a shared machine
-(docs/performance.md); this one's ratios do not.
+On a shared machine figures from separate runs differ by more than many changes do
+(docs/performance.md); read the ratios of one run of this instead. REV's server must
+take the flags the suite starts servers with (bench/suite/matrix.py).
 """
 
 from __future__ import annotations
