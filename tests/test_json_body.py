@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import random
 import struct
+import threading
+from collections.abc import Iterator
 
 import pytest
 
-from onnx_serving.codec.json_body import fast_object
+from onnx_serving.codec.json_body import LARGE_BODY, CollectorPaused, fast_object
 
 
 def _as_json_reads(body: bytes) -> str:
@@ -82,3 +85,56 @@ def test_an_image_body_is_read_by_orjson() -> None:
     image = [[[rng.random() for _ in range(3)] for _ in range(224)] for _ in range(224)]
     body = json.dumps({"instances": [image]}).encode()
     assert fast_object(body) == json.loads(body)
+
+
+def _many_lists(rows: int) -> bytes:
+    return json.dumps({"instances": [[1.0]] * rows}).encode()
+
+
+@pytest.fixture
+def collector_on() -> Iterator[None]:
+    was = gc.isenabled()
+    gc.enable()
+    yield
+    if not was:
+        gc.disable()
+
+
+def test_a_large_body_is_parsed_with_the_collector_paused(collector_on: None) -> None:
+    """Its 100,000 lists would set the collector off about 140 times; none runs, and the
+    collector is on again once the parse is over."""
+    body = _many_lists(100_000)
+    assert len(body) >= LARGE_BODY
+    runs: list[int] = []
+
+    def count(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            runs.append(info["generation"])
+
+    gc.callbacks.append(count)
+    try:
+        document = fast_object(body)
+    finally:
+        gc.callbacks.remove(count)
+    assert document is not None and len(document["instances"]) == 100_000
+    assert runs == []
+    assert gc.isenabled()
+
+
+def test_the_collector_resumes_when_the_last_parse_ends(collector_on: None) -> None:
+    with CollectorPaused(LARGE_BODY):  # another thread's parse, still going
+        assert not gc.isenabled()
+        done = threading.Thread(target=fast_object, args=(_many_lists(20_000),))
+        done.start()
+        done.join()
+        assert not gc.isenabled()
+        with CollectorPaused(LARGE_BODY - 1):  # a small body: no pause of its own
+            pass
+        assert not gc.isenabled()
+    assert gc.isenabled()
+
+
+def test_a_collector_switched_off_stays_off(collector_on: None) -> None:
+    gc.disable()
+    assert fast_object(_many_lists(20_000)) is not None
+    assert not gc.isenabled()

@@ -31,7 +31,7 @@ import numpy as np
 from starlette.requests import Request
 from starlette.responses import Response
 
-from onnx_serving.codec.json_body import fast_object
+from onnx_serving.codec.json_body import CollectorPaused, fast_object
 from onnx_serving.codec.oip import RawTensorError, element_count, from_raw, to_raw
 from onnx_serving.codec.tensors import element_bytes
 from onnx_serving.server.api.call_costs import sized
@@ -175,7 +175,8 @@ def _split(body: bytes, header: str | None) -> tuple[dict[str, Any], memoryview]
     document: Any = fast_object(head)
     if document is None:
         try:
-            document = json.loads(head)
+            with CollectorPaused(len(head)):
+                document = json.loads(head)
         except (ValueError, UnicodeDecodeError) as exc:
             raise InvalidArgument(f"The request body is not valid JSON: {exc}") from None
     if not isinstance(document, dict):

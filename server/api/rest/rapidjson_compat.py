@@ -17,7 +17,7 @@ import re
 from decimal import Decimal
 from typing import Any, Final
 
-from onnx_serving.codec.json_body import fast_object
+from onnx_serving.codec.json_body import CollectorPaused, fast_object
 from onnx_serving.server.errors import InvalidArgument
 
 _DECODER: Final = json.JSONDecoder()
@@ -66,7 +66,8 @@ def parse_object(body: bytes) -> dict[str, Any]:
     if start == len(text):
         raise InvalidArgument(f"JSON Parse error: The document is empty. at offset: {len(body)}")
     try:
-        document, _ = _DECODER.raw_decode(text, start)
+        with CollectorPaused(len(body)):
+            document, _ = _DECODER.raw_decode(text, start)
     except json.JSONDecodeError as exc:
         message, position = _parse_error(exc, text)
         offset = len(text[:position].encode("utf-8", "surrogateescape"))

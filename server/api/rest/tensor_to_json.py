@@ -120,11 +120,19 @@ def _float_texts(flat: np.ndarray) -> list[str]:
 _PLAIN, _SHORT, _LONG, _NAN, _INF, _NEG_INF = range(6)
 
 
+# Values formatted in one call: about 3 ms of holding the GIL. A whole large tensor at
+# once held it for as long as 0.13 s (300,000 values), every other request waiting.
+_CHUNK = 8192
+
+
 def _write(writer: str, values: np.ndarray) -> list[str]:
     """A printf format for each value, or a fixed token (NaN, Infinity, -Infinity)."""
-    if writer.startswith("%"):
-        return list(map(writer.__mod__, values.tolist()))
-    return [writer] * values.size
+    if not writer.startswith("%"):
+        return [writer] * values.size
+    texts: list[str] = []
+    for start in range(0, values.size, _CHUNK):
+        texts.extend(map(writer.__mod__, values[start:start + _CHUNK].tolist()))
+    return texts
 
 
 def _six_digits_suffice(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
