@@ -1,12 +1,13 @@
 """The Open Inference Protocol beside TF Serving's API on one server: client p50 and throughput.
 
-    .venv/bin/python bench/oip.py [--seconds 5] [--clients 1] [--build]
+    .venv/bin/python bench/oip.py [--seconds 5] [--rounds 3] [--clients 1] [--build]
 
 One server speaks both protocols. For half_plus_two and MobileNetV2 (the bench suite's
 cached build, bench/suite/models.py; ``--build`` makes it where absent, which needs
-TensorFlow and a few minutes), the same batch-1 prediction is asked six ways, one after
-the other: TF Serving's gRPC Predict (``tensor_content``) and REST ``:predict`` (JSON,
-columns and rows),
+TensorFlow and a few minutes), the same batch-1 prediction is asked six ways in turns,
+in slots of ``--seconds / --rounds``, the order reversed every other round so that a
+shared machine's drift lands on every way: TF Serving's gRPC Predict
+(``tensor_content``) and REST ``:predict`` (JSON, columns and rows),
 OIP gRPC ModelInfer (``raw_input_contents``), OIP REST with the binary data extension
 (binary in and out) and OIP REST JSON. Each request is encoded once before the clock
 starts and each answer is read as bytes, not decoded: the figures are the server's and
@@ -120,8 +121,26 @@ def ways(model: models.BenchModel, channel: grpc.Channel, rest_port: int) -> lis
     ]
 
 
-def measure(way: Way, clients: int, seconds: float) -> tuple[float, float, float]:
-    """p50 and p99 latency (ms) and throughput (requests/s) of ``clients`` closed loops."""
+@dataclass
+class Tally:
+    """One way's latencies (ms) and measured seconds, over its slots."""
+
+    ms: list[np.ndarray]
+    seconds: float = 0.0
+
+    def add(self, ms: np.ndarray, seconds: float) -> None:
+        self.ms.append(ms)
+        self.seconds += seconds
+
+    def figures(self) -> tuple[float, float, float]:
+        """p50 and p99 latency (ms) and throughput (requests/s)."""
+        ms = np.concatenate(self.ms)
+        return float(np.percentile(ms, 50)), float(np.percentile(ms, 99)), len(ms) / self.seconds
+
+
+def measure(way: Way, clients: int, seconds: float) -> tuple[np.ndarray, float]:
+    """The latencies (ms) of ``clients`` closed loops over ``seconds``, and the seconds
+    they took."""
     warm = way.make()
     warm_until = time.perf_counter() + min(1.0, seconds / 4)
     while time.perf_counter() < warm_until:
@@ -142,13 +161,13 @@ def measure(way: Way, clients: int, seconds: float) -> tuple[float, float, float
     for thread in threads:
         thread.join()
     elapsed = time.perf_counter() - started
-    ms = np.concatenate([np.array(out) for out in latencies]) * 1000
-    return float(np.percentile(ms, 50)), float(np.percentile(ms, 99)), len(ms) / elapsed
+    return np.concatenate([np.array(out) for out in latencies]) * 1000, elapsed
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=5.0, help="per way and model")
+    parser.add_argument("--rounds", type=int, default=3, help="slots per way and model")
     parser.add_argument("--clients", type=int, default=1, help="closed loops at once")
     parser.add_argument("--build", action="store_true",
                         help="build MobileNetV2 if it is not cached (needs TensorFlow)")
@@ -172,19 +191,31 @@ def main() -> None:
             with grpc.insecure_channel(server.address, options=options) as channel:
                 for model in chosen:
                     print(f"\n{model.name}, batch 1, {args.clients} client(s), "
-                          f"{args.seconds:g} s each\n")
-                    print("| way | request bytes | p50 ms | p99 ms | requests/s | "
-                          "p50 / OIP gRPC's |\n| --- | --- | --- | --- | --- | --- |")
-                    base = None
-                    for way in ways(model, channel, rest_port):
-                        p50, p99, rate = measure(way, args.clients, args.seconds)
-                        if way.name.startswith("OIP gRPC"):
-                            base = p50
-                        ratio = f"{p50 / base:.2f}" if base else ""
-                        print(f"| {way.name} | {way.request_bytes} | {p50:.3f} | {p99:.3f} | "
-                              f"{rate:.0f} | {ratio} |", flush=True)
+                          f"{args.seconds:g} s each in {args.rounds} round(s)\n")
+                    asked = ways(model, channel, rest_port)
+                    tallies = {way.name: Tally([]) for way in asked}
+                    for round_ in range(args.rounds):
+                        for way in asked if round_ % 2 == 0 else reversed(asked):
+                            tallies[way.name].add(*measure(
+                                way, args.clients, args.seconds / args.rounds))
+                    print(_table(asked, tallies))
         finally:
             server.stop()
+
+
+def _table(asked: list[Way], tallies: dict[str, Tally]) -> str:
+    """Each way's figures, its p50 against OIP gRPC's and its throughput against TF
+    Serving gRPC's (the first way)."""
+    figures = {name: tally.figures() for name, tally in tallies.items()}
+    oip_p50 = next(figures[way.name][0] for way in asked if way.name.startswith("OIP gRPC"))
+    tf_rate = figures[asked[0].name][2]
+    rows = ["| way | request bytes | p50 ms | p99 ms | requests/s | p50 / OIP gRPC's | "
+            f"requests/s / {asked[0].name}'s |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for way in asked:
+        p50, p99, rate = figures[way.name]
+        rows.append(f"| {way.name} | {way.request_bytes} | {p50:.3f} | {p99:.3f} | {rate:.0f} "
+                    f"| {p50 / oip_p50:.2f} | {rate / tf_rate:.2f} |")
+    return "\n".join(rows)
 
 
 if __name__ == "__main__":
