@@ -2,30 +2,36 @@
 decode, run and encode, looped on one thread under cProfile (or timed bare).
 
     .venv/bin/python -m bench.handler_profile [--model half_plus_two] [--n 20000] [--profile]
-        [--cached_run]
+        [--cached_run] [--rest]
 
 The request bytes are parsed and the answer serialized as gRPC would with the servicer's
 own (de)serializers; the context is a stand-in with no deadline. What gRPC Python itself
 spends per call (its event loop, the hand-off to a pool thread, status) is not here: see
-bench/profile_server.py for the live server.
+bench/profile_server.py for the live server. ``--rest`` loops TF Serving's REST
+``:predict`` instead, from the JSON body (``{"instances": ...}``) to the JSON answer, without
+the HTTP server.
 """
 
 from __future__ import annotations
 
 import argparse
 import cProfile
+import json
 import pstats
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import grpc
 
 from bench.suite import payloads
-from bench.suite.models import ensure
+from bench.suite.models import BenchModel, ensure
 from onnx_serving.protos.tensorflow_serving.apis import predict_pb2
 from onnx_serving.server.api.grpc.observe import ObserveRequests
 from onnx_serving.server.api.grpc.prediction_service import PredictionService
+from onnx_serving.server.api.rest.handlers import RestHandler
+from onnx_serving.server.api.rest.routes import parse_route
 from onnx_serving.server.app import App
 from onnx_serving.server.flags import parse_flags
 
@@ -69,6 +75,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--cached_run", action="store_true",
                         help="answer each run with the first run's outputs, without calling "
                              "ONNX Runtime: the difference is what the run costs in the loop")
+    parser.add_argument("--rest", action="store_true",
+                        help="TF Serving's REST :predict (row format) instead of gRPC's Predict")
     args = parser.parse_args(argv)
     model = ensure(args.model, log=lambda line: print(line, file=sys.stderr))
     app = App(parse_flags([f"--model_name={model.name}",
@@ -78,6 +86,21 @@ def main(argv: list[str]) -> int:
         with app.manager.acquire(model.name) as (_, loaded):
             for session in loaded._sessions.values():
                 session._session = _FirstAnswer(session._session)
+    loop = _rest_loop(app, model) if args.rest else _grpc_loop(app, model)
+    loop(500)
+    started = time.thread_time()  # CPU, not wall: the machine may be shared
+    loop(args.n)
+    print(f"{(time.thread_time() - started) / args.n * 1e6:.1f} µs of CPU per "
+          f"{'REST :predict' if args.rest else 'Predict'} "
+          f"({model.name}, bare{', runs answered from a cache' if args.cached_run else ''})")
+    if args.profile:
+        profiler = cProfile.Profile()
+        profiler.runcall(loop, args.n)
+        pstats.Stats(profiler).sort_stats(*args.sort.split(",")).print_stats(args.lines)
+    return 0
+
+
+def _grpc_loop(app: App, model: BenchModel) -> Callable[[int], None]:
     handler = grpc.unary_unary_rpc_method_handler(
         PredictionService(app.serving).Predict,
         request_deserializer=predict_pb2.PredictRequest.FromString,
@@ -93,16 +116,23 @@ def main(argv: list[str]) -> int:
         for _ in range(n):
             serialize(behavior(parse(request), context))
 
-    loop(500)
-    started = time.thread_time()  # CPU, not wall: the machine may be shared
-    loop(args.n)
-    print(f"{(time.thread_time() - started) / args.n * 1e6:.1f} µs of CPU per Predict "
-          f"({model.name}, bare{', runs answered from a cache' if args.cached_run else ''})")
-    if args.profile:
-        profiler = cProfile.Profile()
-        profiler.runcall(loop, args.n)
-        pstats.Stats(profiler).sort_stats(*args.sort.split(",")).print_stats(args.lines)
-    return 0
+    return loop
+
+
+def _rest_loop(app: App, model: BenchModel) -> Callable[[int], None]:
+    handler = RestHandler(app.serving, max_gzip_bytes=1 << 30)
+    route = parse_route("POST", f"/v1/models/{model.name}:predict")
+    inputs = model.sample(1)
+    body = json.dumps({"instances": [
+        {alias: array[row].tolist() for alias, array in inputs.items()}
+        for row in range(len(next(iter(inputs.values()))))
+    ]}).encode()
+
+    def loop(n: int) -> None:
+        for _ in range(n):
+            handler.handle(route, body, False)
+
+    return loop
 
 
 if __name__ == "__main__":

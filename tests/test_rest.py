@@ -843,7 +843,22 @@ def test_float_texts_match_tf_element_by_element(dtype: np.dtype) -> None:
     with np.errstate(over="ignore"):
         array = values.astype(dtype)
     expected = [_tf_write_decimal(v, dtype) for v in array.astype(np.float64).tolist()]
-    assert element_texts(array) == expected
+    assert element_texts(array) == expected  # the whole-tensor path
+    one_by_one = [text for value in array for text in element_texts(np.array([value]))]
+    assert one_by_one == expected  # the path for a few values
+
+
+@pytest.mark.parametrize("dtype", [np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16)])
+def test_narrow_floats_read_the_same_few_or_many(dtype: np.dtype) -> None:
+    """Six digits always read back for 16-bit floats, written alone or in a large tensor."""
+    rng = np.random.default_rng(11)
+    with np.errstate(over="ignore"):
+        array = np.concatenate([
+            rng.standard_normal(500) * 10.0 ** rng.integers(-8, 8, 500),
+            [0.0, -0.0, 1e6, 65504.0, 0.1, math.nan, math.inf, -math.inf],
+        ]).astype(dtype)
+    one_by_one = [text for value in array for text in element_texts(np.array([value]))]
+    assert one_by_one == element_texts(array)
 
 
 def test_tensor_layout() -> None:

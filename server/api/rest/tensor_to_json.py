@@ -4,15 +4,17 @@ Floats follow TF's WriteDecimal: "%.6g" when that reads back as the same
 value, otherwise max_digits10 digits ("%.9g" for float32, "%.17g" for
 float64); ".0" is added to whole numbers printed without a point or
 exponent; NaN and infinities are written as the bare tokens NaN, Infinity
-and -Infinity. Which format each element needs is decided with numpy for
-the whole tensor; the most common format is applied to every element in one
-C-level map and the few others are patched in; brackets are laid out by
-joining rows, or with index arithmetic when rows are short.
+and -Infinity. A few values are written one by one; for more, which format
+each element needs is decided with numpy for the whole tensor, the most
+common format is applied to every element in one C-level map and the few
+others are patched in. Brackets are laid out by joining rows, or with index
+arithmetic when rows are short.
 """
 
 from __future__ import annotations
 
 import base64
+import math
 from collections.abc import Iterable, Sequence
 from json.encoder import encode_basestring  # type: ignore[attr-defined]
 from math import prod
@@ -25,6 +27,9 @@ BYTES_SUFFIX: Final = "_bytes"
 _EXACT_POWERS: Final = 22
 # Rows at least this long are joined row by row; shorter ones are laid out with numpy.
 _LONG_ROWS: Final = 8
+# Up to this many floats are written one by one: numpy's whole-tensor machinery costs
+# about 200 µs however few the values, a ranker's single score included.
+_FEW_FLOATS: Final = 32
 
 
 def is_bytes_alias(alias: str, array: np.ndarray) -> bool:
@@ -89,11 +94,16 @@ def _utf8(value: str | bytes) -> bytes:
 
 def _float_texts(flat: np.ndarray) -> list[str]:
     values = flat.astype(np.float64)
-    finite = np.isfinite(values)
     # half, bfloat16, float8 (which TF cannot write at all): six digits always read back.
     narrow = flat.dtype.itemsize <= 2
-    short = finite if narrow else finite & _six_digits_suffice(values, flat.dtype)
     long_format, long_limit = ("%.17g", 1e17) if flat.dtype == np.float64 else ("%.9g", 1e9)
+    if values.size <= _FEW_FLOATS:
+        return [
+            _float_text(value, flat.dtype, narrow, long_format, long_limit)
+            for value in values.tolist()
+        ]
+    finite = np.isfinite(values)
+    short = finite if narrow else finite & _six_digits_suffice(values, flat.dtype)
     whole = finite & (values == np.trunc(values))
     magnitude = np.abs(values)
     # Whole numbers that %g prints without an exponent get TF's ".0": exactly what "%.1f" gives.
@@ -118,6 +128,20 @@ def _float_texts(flat: np.ndarray) -> list[str]:
 
 
 _PLAIN, _SHORT, _LONG, _NAN, _INF, _NEG_INF = range(6)
+
+
+def _float_text(
+    value: float, dtype: np.dtype, narrow: bool, long_format: str, long_limit: float
+) -> str:
+    """One value by the same rules as the whole-tensor path, tested element by element."""
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "Infinity" if value > 0 else "-Infinity"
+    short = narrow or _reads_back(value, dtype)
+    if value.is_integer() and abs(value) < (1e6 if short else long_limit):
+        return f"{value:.1f}"
+    return ("%.6g" if short else long_format) % value
 
 
 # Values formatted in one call: about 3 ms of holding the GIL. A whole large tensor at
