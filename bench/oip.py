@@ -21,25 +21,21 @@ import http.client
 import json
 import sys
 import tempfile
-import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.suite import models
+from bench.suite import load, models
+from bench.suite.runners import Call
 from onnx_serving.codec.dtypes import oip_name
 from onnx_serving.codec.oip import to_raw
 from onnx_serving.codec.tensors import make_tensor_proto
 from onnx_serving.protos.inference import open_inference_grpc_pb2 as oip_pb
 from onnx_serving.protos.tensorflow_serving.apis import predict_pb2
 from tests.server_process import ServerProcess, free_port
-
-Call = Callable[[], None]
 
 
 @dataclass(frozen=True)
@@ -121,49 +117,6 @@ def ways(model: models.BenchModel, channel: grpc.Channel, rest_port: int) -> lis
     ]
 
 
-@dataclass
-class Tally:
-    """One way's latencies (ms) and measured seconds, over its slots."""
-
-    ms: list[np.ndarray]
-    seconds: float = 0.0
-
-    def add(self, ms: np.ndarray, seconds: float) -> None:
-        self.ms.append(ms)
-        self.seconds += seconds
-
-    def figures(self) -> tuple[float, float, float]:
-        """p50 and p99 latency (ms) and throughput (requests/s)."""
-        ms = np.concatenate(self.ms)
-        return float(np.percentile(ms, 50)), float(np.percentile(ms, 99)), len(ms) / self.seconds
-
-
-def measure(way: Way, clients: int, seconds: float) -> tuple[np.ndarray, float]:
-    """The latencies (ms) of ``clients`` closed loops over ``seconds``, and the seconds
-    they took."""
-    warm = way.make()
-    warm_until = time.perf_counter() + min(1.0, seconds / 4)
-    while time.perf_counter() < warm_until:
-        warm()
-    latencies: list[list[float]] = [[] for _ in range(clients)]
-    stop_at = time.perf_counter() + seconds
-
-    def loop(out: list[float]) -> None:
-        call = way.make()
-        while (start := time.perf_counter()) < stop_at:
-            call()
-            out.append(time.perf_counter() - start)
-
-    threads = [threading.Thread(target=loop, args=(out,)) for out in latencies]
-    started = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    elapsed = time.perf_counter() - started
-    return np.concatenate([np.array(out) for out in latencies]) * 1000, elapsed
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=5.0, help="per way and model")
@@ -193,28 +146,34 @@ def main() -> None:
                     print(f"\n{model.name}, batch 1, {args.clients} client(s), "
                           f"{args.seconds:g} s each in {args.rounds} round(s)\n")
                     asked = ways(model, channel, rest_port)
-                    tallies = {way.name: Tally([]) for way in asked}
+                    samples = {way.name: load.Sample() for way in asked}
+                    slot = args.seconds / args.rounds
                     for round_ in range(args.rounds):
                         for way in asked if round_ % 2 == 0 else reversed(asked):
-                            tallies[way.name].add(*measure(
-                                way, args.clients, args.seconds / args.rounds))
-                    print(_table(asked, tallies))
+                            samples[way.name].add(load.run(
+                                [way.make() for _ in range(args.clients)],
+                                seconds=slot, warmup=min(1.0, slot / 4)))
+                    print(_table(asked, samples))
         finally:
             server.stop()
 
 
-def _table(asked: list[Way], tallies: dict[str, Tally]) -> str:
+def _table(asked: list[Way], samples: dict[str, load.Sample]) -> str:
     """Each way's figures, its p50 against OIP gRPC's and its throughput against TF
-    Serving gRPC's (the first way)."""
-    figures = {name: tally.figures() for name, tally in tallies.items()}
-    oip_p50 = next(figures[way.name][0] for way in asked if way.name.startswith("OIP gRPC"))
-    tf_rate = figures[asked[0].name][2]
+    Serving gRPC's (the first way); a way's failed requests under the table."""
+    oip_p50 = next(samples[way.name].percentile_ms(50) for way in asked
+                   if way.name.startswith("OIP gRPC"))
+    tf_rate = samples[asked[0].name].throughput
     rows = ["| way | request bytes | p50 ms | p99 ms | requests/s | p50 / OIP gRPC's | "
             f"requests/s / {asked[0].name}'s |", "| --- | --- | --- | --- | --- | --- | --- |"]
     for way in asked:
-        p50, p99, rate = figures[way.name]
-        rows.append(f"| {way.name} | {way.request_bytes} | {p50:.3f} | {p99:.3f} | {rate:.0f} "
-                    f"| {p50 / oip_p50:.2f} | {rate / tf_rate:.2f} |")
+        sample = samples[way.name]
+        p50 = sample.percentile_ms(50)
+        rows.append(f"| {way.name} | {way.request_bytes} | {p50:.3f} "
+                    f"| {sample.percentile_ms(99):.3f} | {sample.throughput:.0f} "
+                    f"| {p50 / oip_p50:.2f} | {sample.throughput / tf_rate:.2f} |")
+    rows += [f"\n{way.name}: {samples[way.name].errors} failed, the first: "
+             f"{samples[way.name].first_error}" for way in asked if samples[way.name].errors]
     return "\n".join(rows)
 
 
