@@ -33,7 +33,7 @@ from bench.suite.matrix import start_echo, start_serving
 from bench.suite.models import ensure
 from bench.suite.plan import parse
 from bench.suite.probes import Probe
-from bench.suite.runners import GrpcContender
+from bench.suite.runners import Contender, GrpcContender
 from onnx_serving.server.runtime.threads import cores
 
 SERVING = "onnx-serving"
@@ -42,7 +42,7 @@ SERVING = "onnx-serving"
 @dataclass
 class Step:
     name: str
-    contender: GrpcContender
+    contender: Contender
     probe: Probe
     sample: load.Sample = field(default_factory=load.Sample)
     cpu_seconds: float = 0.0
@@ -102,24 +102,25 @@ def main(argv: list[str]) -> int:
                 ["--parse", f"--run={model.onnx_file}", f"--request={folder / 'request.bin'}"],
             "echo on onnx-serving's unary lane": ["--lane"],
         }
-        servers = []  # (name, address, pid), bottom step first
+        servers: list[tuple[Contender, int]] = []  # bottom step first
         for name, flags in steps.items():
             process = start_echo(stack, folder, f"floor-{len(servers)}", response,
                                  4 * cores(), flags)
-            servers.append((name, process.address, process.pid))
-        servers.append((SERVING, serving.address, serving.pid))
+            servers.append((GrpcContender(name, process.address, request), process.pid))
+        servers.append((GrpcContender(SERVING, serving.address, request), serving.pid))
 
-        in_turns(servers, request, args.clients, args.rounds, args.seconds)
+        in_turns(servers, args.clients, args.rounds, args.seconds)
     return 0
 
 
-def in_turns(servers: Sequence[tuple[str, str, int]], request: bytes, clients: str,
-             rounds: int, seconds: float) -> None:
-    """Prints each count of ``clients`` (comma-separated) a table of ``servers`` (name,
-    address, pid), measured in slots of ``seconds``, the order reversed every other round."""
+def in_turns(servers: Sequence[tuple[Contender, int]], clients: str, rounds: int,
+             seconds: float) -> None:
+    """Prints each count of ``clients`` (comma-separated) a table of ``servers`` (a
+    contender that calls the server, and its pid), measured in slots of ``seconds``, the
+    order reversed every other round."""
     for count in (int(c) for c in clients.split(",")):
-        steps = [Step(name, GrpcContender(name, address, request), Probe(server_pid=pid))
-                 for name, address, pid in servers]
+        steps = [Step(contender.name, contender, Probe(server_pid=pid))
+                 for contender, pid in servers]
         for round_ in range(rounds):
             for step in steps if round_ % 2 == 0 else reversed(steps):
                 _measure(step, count, seconds)

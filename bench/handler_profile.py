@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import json
 import pstats
 import sys
 import time
@@ -122,11 +121,7 @@ def _grpc_loop(app: App, model: BenchModel) -> Callable[[int], None]:
 def _rest_loop(app: App, model: BenchModel) -> Callable[[int], None]:
     handler = RestHandler(app.serving, max_gzip_bytes=1 << 30)
     route = parse_route("POST", f"/v1/models/{model.name}:predict")
-    inputs = model.sample(1)
-    body = json.dumps({"instances": [
-        {alias: array[row].tolist() for alias, array in inputs.items()}
-        for row in range(len(next(iter(inputs.values()))))
-    ]}).encode()
+    body = payloads.rest_rows_body(model)
 
     def loop(n: int) -> None:
         for _ in range(n):

@@ -17,7 +17,6 @@ the transport's, not a client library's encoding (which would add the most to JS
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import sys
 import tempfile
@@ -28,8 +27,8 @@ from pathlib import Path
 import grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.suite import load, models
-from bench.suite.runners import Call
+from bench.suite import load, models, payloads
+from bench.suite.runners import Call, HttpContender
 from onnx_serving.codec.dtypes import oip_name
 from onnx_serving.codec.oip import to_raw
 from onnx_serving.codec.tensors import make_tensor_proto
@@ -57,19 +56,7 @@ def grpc_way(name: str, channel: grpc.Channel, method: str, request: bytes) -> W
 
 
 def http_way(name: str, port: int, path: str, body: bytes, headers: dict[str, str]) -> Way:
-    def make() -> Call:
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-
-        def call() -> None:
-            connection.request("POST", path, body, headers)
-            response = connection.getresponse()
-            answer = response.read()
-            if response.status != 200:
-                raise RuntimeError(f"{path}: {response.status} {answer[:300]!r}")
-
-        return call
-
-    return Way(name, make, len(body))
+    return Way(name, HttpContender(name, port, path, body, headers).caller, len(body))
 
 
 def ways(model: models.BenchModel, channel: grpc.Channel, rest_port: int) -> list[Way]:
@@ -96,9 +83,6 @@ def ways(model: models.BenchModel, channel: grpc.Channel, rest_port: int) -> lis
                                      for d, array in zip(described, inputs.values(),
                                                          strict=True)]}).encode()
     tf_json = json.dumps({"inputs": {k: v.tolist() for k, v in inputs.items()}}).encode()
-    tf_rows = json.dumps({"instances": [
-        {k: v[i].tolist() for k, v in inputs.items()}
-        for i in range(len(next(iter(inputs.values()))))]}).encode()
     v2 = f"/v2/models/{model.name}/infer"
     return [
         grpc_way("TF Serving gRPC Predict", channel,
@@ -112,7 +96,8 @@ def ways(model: models.BenchModel, channel: grpc.Channel, rest_port: int) -> lis
                  f"/v1/models/{model.name}:predict", tf_json,
                  {"Content-Type": "application/json"}),
         http_way("TF Serving REST :predict (JSON rows)", rest_port,
-                 f"/v1/models/{model.name}:predict", tf_rows, {"Content-Type": "application/json"}),
+                 f"/v1/models/{model.name}:predict", payloads.rest_rows_body(model),
+                 {"Content-Type": "application/json"}),
         http_way("OIP REST JSON", rest_port, v2, as_json, {"Content-Type": "application/json"}),
     ]
 

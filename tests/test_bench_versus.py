@@ -35,8 +35,12 @@ def test_the_base_is_that_commits_code_first_on_the_import_path(tmp_path: Path) 
     assert str(tree) not in _git("worktree", "list")
 
 
-def test_both_servers_answer_and_are_reported(capsys: pytest.CaptureFixture[str]) -> None:
-    assert versus.main(["--base=HEAD", "--clients=2", "--seconds=0.3", "--rounds=2"]) == 0
+@pytest.mark.parametrize("extra", [[], ["--rest"]])
+def test_both_servers_answer_and_are_reported(
+    extra: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert versus.main(["--base=HEAD", "--clients=2", "--seconds=0.3", "--rounds=2",
+                        *extra]) == 0
     rows = [line.split("|") for line in capsys.readouterr().out.splitlines()
             if line.startswith("| ") and not line.startswith(("| server", "| ---"))]
     assert [row[1].strip() for row in rows] == ["this checkout", "HEAD"]

@@ -70,7 +70,7 @@ def start_serving(
         runtime.write_text(json.dumps({"session": {"config_entries": dict(plan.ort_config)}}))
         flags.append(f"--runtime_config_file={runtime}")
     process = ServerProcess("onnx_serving.server", ["serve", *flags, *extra], port,
-                            label=f"{model.name}-{label}", code=code)
+                            label=f"{model.name}-{label}", code=code, rest_port=rest_port)
     try:
         process.wait_ready()
     except BaseException:

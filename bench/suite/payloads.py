@@ -1,8 +1,10 @@
-"""The bytes on the wire: the request every gRPC contender gets, and what the light
-client would spend making it and reading the answer (which the suite leaves out)."""
+"""The bytes on the wire: the request every gRPC contender gets, TF Serving REST's body
+for the same prediction, and what the light client would spend making the request and
+reading the answer (which the suite leaves out)."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 
@@ -20,6 +22,15 @@ def request_bytes(model: BenchModel, batch: int = 1) -> bytes:
     for alias, array in model.sample(batch).items():
         encode_into(request.inputs[alias], array)
     return request.SerializeToString()
+
+
+def rest_rows_body(model: BenchModel, batch: int = 1) -> bytes:
+    """The same prediction as TF Serving REST ``:predict``'s row format: ``{"instances":
+    [{alias: row, ...}, ...]}``."""
+    inputs = model.sample(batch)
+    return json.dumps({"instances": [
+        {alias: array[row].tolist() for alias, array in inputs.items()} for row in range(batch)
+    ]}).encode()
 
 
 def client_costs(model: BenchModel, response: bytes) -> tuple[float, float]:

@@ -39,11 +39,13 @@ class ServerProcess:
     The log is removed after a normal stop, and kept (its path in the error) otherwise."""
 
     def __init__(self, module: str, args: Sequence[str], port: int, *, label: str,
-                 code: Path | None = None) -> None:
+                 code: Path | None = None, rest_port: int | None = None) -> None:
         """``code``: a folder holding another ``onnx_serving`` to run instead of this
-        checkout's (bench/versus.py), found first on the process's import path."""
+        checkout's (bench/versus.py), found first on the process's import path.
+        ``rest_port``: the REST port ``args`` open, if any, for REST callers."""
         self.label = label
         self.address = f"127.0.0.1:{port}"
+        self.rest_port = rest_port
         self._log = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed in stop()
             prefix=f"bench-{label}-", suffix=".log", delete=False
         )

@@ -6,12 +6,15 @@ onnx-serving, onnx-serving with batching and the echo server are driven by
 the very same class: the request is serialized once, sent as bytes, and the
 response is taken as bytes (identity serializers), so the client's own cost
 is small and identical for all three, and the difference between them is the
-server's. The in-process contenders run the model on arrays (ONNX Runtime) or
-tensors (TensorFlow) made once, with the same thread settings as the server.
+server's. A REST contender posts a body made once, on a keep-alive connection
+per thread, and reads the answer as bytes. The in-process contenders run the
+model on arrays (ONNX Runtime) or tensors (TensorFlow) made once, with the same
+thread settings as the server.
 """
 
 from __future__ import annotations
 
+import http.client
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -71,6 +74,37 @@ class GrpcContender:
             channel.close()
         self._open.clear()
         self._shared = None
+
+
+@dataclass
+class HttpContender:
+    """A POST of ``body`` to ``path`` on 127.0.0.1:``port``; a status other than 200 raises."""
+
+    name: str
+    port: int
+    path: str
+    body: bytes
+    headers: Mapping[str, str]
+    _open: list[http.client.HTTPConnection] = field(default_factory=list)
+
+    def caller(self) -> Call:
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=600)
+        self._open.append(connection)
+        path, body, headers = self.path, self.body, dict(self.headers)
+
+        def call() -> None:
+            connection.request("POST", path, body, headers)
+            response = connection.getresponse()
+            answer = response.read()
+            if response.status != 200:
+                raise RuntimeError(f"{path}: {response.status} {answer[:300]!r}")
+
+        return call
+
+    def close(self) -> None:
+        for connection in self._open:
+            connection.close()
+        self._open.clear()
 
 
 def session_options(
