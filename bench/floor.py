@@ -41,7 +41,6 @@ SERVING = "onnx-serving"
 
 @dataclass
 class Step:
-    name: str
     contender: Contender
     probe: Probe
     sample: load.Sample = field(default_factory=load.Sample)
@@ -67,13 +66,13 @@ def _table(steps: list[Step], clients: int) -> str:
     first_rate = first.sample.throughput
     first_cpu = first.cpu_seconds / max(first.sample.count, 1)
     rows = [f"\n{clients} client(s)\n",
-            f"| server | req/s | vs {first.name} | p50 ms | server CPU ms/request | "
-            f"vs {first.name} | errors |",
+            f"| server | req/s | vs {first.contender.name} | p50 ms | server CPU ms/request | "
+            f"vs {first.contender.name} | errors |",
             "| --- | --- | --- | --- | --- | --- | --- |"]
     for step in steps:
         cpu = step.cpu_seconds / max(step.sample.count, 1)
         rows.append(
-            f"| {step.name} | {step.sample.throughput:.0f} | "
+            f"| {step.contender.name} | {step.sample.throughput:.0f} | "
             f"{step.sample.throughput / first_rate:.2f}x | {step.sample.percentile_ms(50):.3f} | "
             f"{cpu * 1000:.3f} | {cpu / first_cpu:.2f}x | {step.sample.errors} |")
     return "\n".join(rows)
@@ -119,7 +118,7 @@ def in_turns(servers: Sequence[tuple[Contender, int]], clients: str, rounds: int
     contender that calls the server, and its pid), measured in slots of ``seconds``, the
     order reversed every other round."""
     for count in (int(c) for c in clients.split(",")):
-        steps = [Step(contender.name, contender, Probe(server_pid=pid))
+        steps = [Step(contender, Probe(server_pid=pid))
                  for contender, pid in servers]
         for round_ in range(rounds):
             for step in steps if round_ % 2 == 0 else reversed(steps):
