@@ -846,6 +846,9 @@ def test_float_texts_match_tf_element_by_element(dtype: np.dtype) -> None:
     assert element_texts(array) == expected  # the whole-tensor path
     one_by_one = [text for value in array for text in element_texts(np.array([value]))]
     assert one_by_one == expected  # the path for a few values
+    in_hundreds = [text for start in range(0, array.size, 100)
+                   for text in element_texts(array[start:start + 100])]
+    assert in_hundreds == expected
 
 
 @pytest.mark.parametrize("dtype", [np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16)])
