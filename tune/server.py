@@ -22,6 +22,19 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def end(process: subprocess.Popen[bytes], grace: float = 30.0) -> int:
+    """Stops a server process as its orchestrator would (SIGTERM, then SIGKILL after
+    ``grace`` seconds); its exit status."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return process.returncode
+
+
 class Server:
     """``onnx-serving serve`` with ``flags``; ready once ``model`` answers its status."""
 
@@ -63,13 +76,7 @@ class Server:
         return self.log_path.read_text(errors="replace")[-1500:]
 
     def stop(self, keep_log: bool = False) -> None:
-        if self._process.poll() is None:
-            self._process.terminate()
-            try:
-                self._process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
+        end(self._process)
         self._log.close()
         if not keep_log:
             self.log_path.unlink(missing_ok=True)

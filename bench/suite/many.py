@@ -35,7 +35,8 @@ import numpy as np
 from bench.suite import payloads
 from bench.suite.echo_server import PATH
 from bench.suite.models import BenchModel
-from bench.suite.processes import ServerProcess, free_port
+from bench.suite.processes import ServerProcess
+from onnx_serving.tune.server import free_port
 
 Log = Callable[[str], None]
 SMALL_WIDTH = 256

@@ -35,10 +35,11 @@ from bench.suite.plan import (
     variant_name,
 )
 from bench.suite.probes import Probe
-from bench.suite.processes import Refused, ServerProcess, free_port
+from bench.suite.processes import Refused, ServerProcess
 from bench.suite.results import Cell, ModelFacts, Results
 from bench.suite.runners import Contender, GrpcContender, OrtContender, TensorFlowContender
 from onnx_serving.server.runtime.threads import cores
+from onnx_serving.tune.server import free_port
 
 Log = Callable[[str], None]
 MAX_WARMUP = 10.0

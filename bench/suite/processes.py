@@ -9,7 +9,6 @@ the contender is skipped with it as the note, before and after batching lands.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -21,16 +20,11 @@ from types import TracebackType
 import grpc
 
 from bench.suite.models import REPO
+from onnx_serving.tune.server import end
 
 
 class Refused(Exception):
     """The server exited before serving; ``str()`` is the reason it gave."""
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class ServerProcess:
@@ -87,13 +81,7 @@ class ServerProcess:
         return f"exited with status {self._process.returncode}: {text.strip()[-500:]}"
 
     def stop(self) -> None:
-        if self._process.poll() is None:
-            self._process.terminate()
-            try:
-                self._process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
+        end(self._process)
         self._log.close()
         if self._ready:  # served and stopped: nothing in the log to look at
             self.log_path.unlink(missing_ok=True)
