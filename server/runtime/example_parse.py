@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 from google.protobuf.message import DecodeError
 
-from onnx_serving.protos.tensorflow.core.example import example_pb2, feature_pb2
+from onnx_serving.protos.tensorflow.core.example import example_pb2
 from onnx_serving.server.errors import InvalidArgument, ModelLoadError
 
 # The Feature oneof each dtype is read from, and TensorFlow's name for the dtype in messages.
@@ -87,7 +87,8 @@ class ExampleParse:
                 f"[{','.join(map(str, serialized.shape))}]"
             )
         scalar = serialized.ndim == 0
-        features = [_feature_map(value) for value in serialized.reshape(-1)]
+        keys = {f.key for f in self.dense} | {f.key for f in self.sparse}
+        features = [_spec_features(value, keys) for value in serialized.reshape(-1)]
         feeds: dict[str, np.ndarray] = {}
         for dense in self.dense:
             array = _parse_dense(dense, features)  # every feature is checked, as in TensorFlow
@@ -104,38 +105,49 @@ class ExampleParse:
         return feeds
 
 
-def _feature_map(value: object) -> Mapping[str, feature_pb2.Feature]:
+# A feature of one example as the spec reads it: its kind (the Feature oneof set) and
+# its values, copied out of the parsed message.
+_Found = tuple[str, list[Any]]
+
+
+def _spec_features(value: object, keys: set[str]) -> dict[str, _Found]:
+    """The example's features that the spec names, by key; one holding no list at all is
+    left out (TensorFlow treats it as absent). Only these outlive the parse: a parsed
+    Example costs many times its bytes, and a request's examples (each with its context
+    merged in) would otherwise all be held at once."""
     data = value.encode() if isinstance(value, str) else value
     if not isinstance(data, bytes):
         raise InvalidArgument(f"Could not parse example input, value: '{value}'")
     try:
-        return example_pb2.Example.FromString(data).features.feature
+        feature_map = example_pb2.Example.FromString(data).features.feature
     except DecodeError as exc:
         raise InvalidArgument(
             f"Could not parse example input, value: '{data.decode('latin-1')}'"
         ) from exc
+    kept: dict[str, _Found] = {}
+    for key in keys:
+        feature = feature_map.get(key)
+        kind = None if feature is None else feature.WhichOneof("kind")
+        if kind is not None:
+            kept[key] = (kind, getattr(feature, kind).value[:])
+    return kept
 
 
 def _values(
-    key: str, dtype_name: str, feature: feature_pb2.Feature, index: int, *, sparse: bool = False
-) -> Sequence[Any] | None:
-    """The feature's values; None when it holds no list at all (treated as absent)."""
-    kind = feature.WhichOneof("kind")
-    if kind is None:
-        return None
+    key: str, dtype_name: str, found: _Found, index: int, *, sparse: bool = False
+) -> list[Any]:
+    """The feature's values, once its kind is the spec's."""
+    kind, values = found
     if kind != _KINDS[dtype_name][0]:
         got, expected = _TF_TYPE_BY_KIND[kind], _KINDS[dtype_name][2]
         raise _example_error(key, index, (
             f"Data types don't match. Expected type: {expected}, Actual type: {got}" if sparse
             else f"Data types don't match. Data type: {got} but expected type: {expected}"
         ))  # TensorFlow words the two cases differently
-    values: Sequence[Any] = getattr(feature, kind).value
     return values
 
 
-def _parse_dense(
-    spec: DenseFeature, features: Sequence[Mapping[str, feature_pb2.Feature]]
-) -> np.ndarray:
+def _parse_dense(spec: DenseFeature, features: Sequence[Mapping[str, _Found]]) -> np.ndarray:
     dtype = _KINDS[spec.dtype_name][1]
     size = int(np.prod(spec.shape, dtype=np.int64))
     lists: list[Sequence[Any] | np.ndarray] = []
@@ -170,7 +182,7 @@ def _parse_dense(
 
 
 def _parse_sparse(
-    spec: SparseFeature, features: Sequence[Mapping[str, feature_pb2.Feature]]
+    spec: SparseFeature, features: Sequence[Mapping[str, _Found]]
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     dtype = _KINDS[spec.dtype_name][1]
     lists: list[Sequence[Any]] = []

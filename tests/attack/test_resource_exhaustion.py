@@ -12,7 +12,7 @@ import json
 import shutil
 import signal
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -21,10 +21,11 @@ import pytest
 import requests
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-from onnx_serving.codec.tensors import make_ndarray
+from onnx_serving.codec.tensors import MAX_FILL_BYTES, make_ndarray
 from onnx_serving.protos.tensorflow.core.framework import types_pb2
 from tests.models import EXAMPLES
 from tests.server_process import ServerProcess, free_port
+from tests.test_classify import example, regress_request
 from tests.test_observability import sample
 from tests.test_request_log import files, records, small_filesystem, wait_for
 from tests.test_rest import _slow_model as slow_model
@@ -109,6 +110,7 @@ def test_a_broadcast_bomb_is_refused_before_any_allocation(attacked) -> None:
     ([2**30, 2**30], types_pb2.DT_FLOAT, {"float_val": [1.0]}, "RESOURCE_EXHAUSTED"),
     ([2**31, 2**31], types_pb2.DT_DOUBLE, {}, "RESOURCE_EXHAUSTED"),
     ([2**62, 2**62], types_pb2.DT_DOUBLE, {}, "INVALID_ARGUMENT"),  # over int64: malformed
+    ([0, 2**31, 2**31], types_pb2.DT_FLOAT, {}, "INVALID_ARGUMENT"),  # empty, not indexable
     ([2**27], types_pb2.DT_STRING, {"string_val": [b"a"]}, "RESOURCE_EXHAUSTED"),
     ([2**27, 1], types_pb2.DT_FLOAT, {"tensor_content": b"\0\0\0\0"}, "INVALID_ARGUMENT"),
     ([1] * 65, types_pb2.DT_FLOAT, {"float_val": [1.0]}, "INVALID_ARGUMENT"),
@@ -119,6 +121,56 @@ def test_huge_declared_shapes(attacked, dims, dtype, fields, code) -> None:
     error = refused(server, x_request(dims, dtype, **fields))
     assert error.code() == getattr(grpc.StatusCode, code), error.details()
     assert error.details().startswith("tensor parsing error: x: ")
+    still_answers(server)
+
+
+CONTEXT = example(**{f"f{i}": 1.0 for i in range(2000)})  # 37 KB, shared by every example
+
+
+def peak_growth_mib(pid: int, work: Callable[[], None]) -> float:
+    """How far the process's resident memory rose above where it was, while ``work`` ran."""
+    (Path("/proc") / str(pid) / "clear_refs").write_text("5")  # resets the peak (VmHWM)
+    before = _status_kib(pid, "VmRSS")
+    work()
+    return (_status_kib(pid, "VmHWM") - before) / 1024
+
+
+def _status_kib(pid: int, field: str) -> int:
+    text = (Path("/proc") / str(pid) / "status").read_text()
+    return int(text.split(f"{field}:")[1].split()[0])
+
+
+def test_examples_sharing_a_large_context(attacked) -> None:
+    """Copies of a context, one merged into each example as TF Serving merges them, are
+    bytes the request does not carry: bounded as a tensor's filled values are. Under the
+    bound, only the features the signature reads outlive each example's parse."""
+    server, rest_port = attacked
+    over = MAX_FILL_BYTES // len(CONTEXT.SerializeToString()) + 1
+    with server.channel() as channel:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.Regress(regress_request("regress_x_to_y", *[example(x=2.0)] * over,
+                                         model="half_plus_two", context=CONTEXT),
+                         timeout=TIMEOUT)
+        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "over the limit" in caught.value.details()
+        answer = requests.post(
+            f"http://127.0.0.1:{rest_port}/v1/models/half_plus_two:regress",
+            json={"signature_name": "regress_x_to_y", "examples": [{"x": 2.0}] * over,
+                  "context": {f"f{i}": 1.0 for i in range(2000)}}, timeout=TIMEOUT)
+        assert answer.status_code == 429 and "over the limit" in answer.json()["error"]
+
+        under = regress_request("regress_x_to_y", *[example(x=2.0)] * (over - 1),
+                                model="half_plus_two", context=CONTEXT)
+        answered: list[float] = []
+
+        def regress() -> None:
+            response = stub.Regress(under, timeout=TIMEOUT)
+            answered.extend(r.value for r in response.result.regressions)
+
+        # Every merged example parsed at once peaked about 780 MiB higher.
+        assert peak_growth_mib(server.process.pid, regress) < 300
+    assert answered == [3.0] * (over - 1)
     still_answers(server)
 
 
