@@ -15,7 +15,7 @@ from typing import Final
 
 import numpy as np
 
-from onnx_serving.codec.tensors import element_bytes
+from onnx_serving.codec.tensors import MAX_RANK, addressable, element_bytes
 
 _LENGTH: Final = np.dtype("<u4")
 
@@ -24,15 +24,21 @@ class RawTensorError(ValueError):
     """Raw bytes that do not hold a tensor of the datatype and shape given."""
 
 
-def element_count(shape: Sequence[int]) -> int:
+def element_count(shape: Sequence[int], dtype: np.dtype) -> int:
+    """How many elements of ``dtype`` ``shape`` holds, once numpy can hold them."""
+    text = f"shape [{','.join(map(str, shape))}]"
     if any(d < 0 for d in shape):
-        raise RawTensorError(f"shape [{','.join(map(str, shape))}] has a negative dimension")
+        raise RawTensorError(f"{text} has a negative dimension")
+    if len(shape) > MAX_RANK:
+        raise RawTensorError(f"{text} has {len(shape)} dimensions; at most {MAX_RANK} are served")
+    if not addressable(shape, dtype.itemsize):
+        raise RawTensorError(f"{text} is past what can be indexed")
     return prod(shape)
 
 
 def from_raw(data: bytes | memoryview, dtype: np.dtype, shape: Sequence[int]) -> np.ndarray:
     """The tensor in ``data``: exactly its bytes, no more, no fewer."""
-    count = element_count(shape)
+    count = element_count(shape, dtype)
     if dtype.kind == "O":
         return _strings(memoryview(data), count).reshape(tuple(shape))
     expected = count * dtype.itemsize

@@ -15,6 +15,7 @@ we build those bytes with numpy and let protobuf parse them in C.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from math import prod
@@ -165,6 +166,12 @@ def shape_of(proto: TensorProto) -> tuple[int, ...]:
     return dims
 
 
+def addressable(shape: Sequence[int], itemsize: int) -> bool:
+    """Whether numpy can index an array of ``shape``: its non-zero dimensions must span
+    fewer than 2**63 bytes, an empty array's too (TF accepts [0, 2**40, 2**40])."""
+    return prod([d for d in shape if d]) * itemsize < 2**63
+
+
 def make_ndarray(proto: TensorProto) -> np.ndarray:
     """Decodes a TensorProto. DT_STRING becomes an object array of ``bytes``."""
     kind = KINDS.get(proto.dtype)
@@ -179,6 +186,11 @@ def make_ndarray(proto: TensorProto) -> np.ndarray:
         )
     if count == 0:
         # TF allocates no buffer for an empty tensor, so its values go unread.
+        if not addressable(shape, kind.numpy.itemsize):
+            raise TensorCodecError(
+                f"tensor shape {list(shape)} of {dtype_name(proto.dtype)} holds no values, "
+                "but its other dimensions are past what can be indexed"
+            )
         return np.empty(shape, dtype=kind.numpy)
     content = proto.tensor_content  # each read of a bytes field is a copy: read it once
     if content:

@@ -267,6 +267,48 @@ def test_grpc_errors(stub: pb_grpc.GRPCInferenceServiceStub, request_: pb.ModelI
     assert words in error.value.details()
 
 
+def _shaped(request: pb.ModelInferRequest, shape: list[int]) -> pb.ModelInferRequest:
+    del request.inputs[0].shape[:]
+    request.inputs[0].shape.extend(shape)
+    return request
+
+
+def typed_infer(values: list[float], shape: list[int]) -> pb.ModelInferRequest:
+    request = pb.ModelInferRequest(model_name="versions")
+    request.inputs.add(name="x", datatype="FP32", shape=shape).contents.fp32_contents.extend(
+        values)
+    return request
+
+
+UNINDEXABLE = [0, 2**62, 2**62]  # no elements, but numpy cannot index the others
+
+
+@pytest.mark.parametrize(("request_", "words"), [
+    (_shaped(raw_infer("versions", np.zeros([0], np.float32), "FP32", name="x"), UNINDEXABLE),
+     "past what can be indexed"),
+    (typed_infer([], UNINDEXABLE), "past what can be indexed"),
+    (_shaped(raw_infer("versions", np.zeros([1], np.float32), "FP32", name="x"), [1] * 65),
+     "65 dimensions; at most 64"),
+    (typed_infer([1.0], [1] * 65), "65 dimensions; at most 64"),
+], ids=["raw-empty-unindexable", "typed-empty-unindexable", "raw-rank-65", "typed-rank-65"])
+def test_grpc_shapes_numpy_cannot_hold(stub: pb_grpc.GRPCInferenceServiceStub,
+                                       request_: pb.ModelInferRequest, words: str) -> None:
+    """Refused as the client's fault, as TF Serving's API refuses them, not as INTERNAL."""
+    with pytest.raises(grpc.RpcError) as error:
+        stub.ModelInfer(request_)
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert words in error.value.details()
+
+
+def test_grpc_typed_nan_is_a_float_like_any_other(
+        stub: pb_grpc.GRPCInferenceServiceStub) -> None:
+    """NaN in fp32_contents reaches the model as it does in raw contents or over REST."""
+    response = stub.ModelInfer(typed_infer([2.0, float("nan")], [2, 1]))
+    y = response.outputs[0].contents.fp32_contents
+    assert y[0] == 2.0 + int(response.model_version)  # each version adds its number
+    assert np.isnan(y[1])
+
+
 def test_grpc_raw_size_mismatch_and_fp16_typed(stub: pb_grpc.GRPCInferenceServiceStub) -> None:
     request = raw_infer("id_fp32", np.zeros([2, 2], np.float32), "FP32")
     request.raw_input_contents[0] = b"\0" * 12
@@ -437,8 +479,23 @@ def test_rest_version_label_and_requested_binary_output(oip_server: ServerProces
     ("/v2/models/versions/infer", b"{not json", 400, "not valid JSON"),
     ("/v2/models/versions/infer", {"outputs": []}, 400, "'inputs'"),
     ("/v2/nowhere", {}, 404, "/v2/nowhere"),
+    ("/v2/models/versions/infer",
+     {"inputs": [{"name": "x", "datatype": "FP32", "shape": UNINDEXABLE, "data": []}]},
+     400, "past what can be indexed"),
+    ("/v2/models/versions/infer",
+     {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1] * 65, "data": [1]}]},
+     400, "65 dimensions; at most 64"),
+    ("/v2/models/versions/infer",
+     {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 1], "data": [10**400]}]},
+     400, "out of range for FP32"),
+    ("/v2/models/versions/infer", b'{"inputs": [{"name": "x", "datatype": "FP32", '
+     b'"shape": [1, 1], "data": ' + b"[" * 990 + b"1" + b"]" * 990 + b"}]}",
+     400, "nested deeper than 64 lists"),
+    ("/v2/models/versions/infer", b'{"inputs": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+     400, "nested too deeply"),
 ], ids=["unknown-model", "datatype", "shape", "count", "value", "bad-json", "no-inputs",
-        "path"])
+        "path", "empty-unindexable", "rank-65", "integer-past-double", "data-990-deep",
+        "body-100000-deep"])
 def test_rest_errors(oip_server: ServerProcess, path: str, body: Any, status: int,
                      words: str) -> None:
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
@@ -469,6 +526,12 @@ def test_rest_bad_binary_header(oip_server: ServerProcess) -> None:
                              headers)
     assert status == 400
     assert "named by no input" in json.loads(answer)["error"]
+    # A digit to str.isdigit, not to int(): still the client's fault.
+    body, headers = binary_infer([("input", "FP32", array)], binary_output=False)
+    headers["Inference-Header-Content-Length"] = "\u00b2"  # superscript two, sent as latin-1
+    status, _, answer = http(oip_server, "POST", "/v2/models/id_fp32/infer", body, headers)
+    assert status == 400
+    assert "Inference-Header-Content-Length" in json.loads(answer)["error"]
 
 
 def test_rest_gzip_bodies_as_for_v1(oip_server: ServerProcess) -> None:

@@ -77,6 +77,7 @@ def served(repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
             f"--rest_api_max_gzip_bytes={MAX_GZIP_BYTES}",
             f"--rest_api_idle_timeout_in_ms={IDLE_MS}",
             f"--rest_api_read_timeout_in_ms={READ_MS}",
+            "--enable_access_log",
     )
     yield target
     target.process.stop()
@@ -257,6 +258,20 @@ def test_partial_requests_time_out(served: Target, sent: bytes) -> None:
         answer = read_until_closed(sock)
     assert answer.startswith(b"HTTP/1.1 408 ")
     assert f"did not arrive within {READ_MS} ms".encode() in answer
+    assert_still_answers(served)
+
+
+def test_a_client_gone_mid_body_is_cancelled_not_a_server_error(served: Target) -> None:
+    """Nobody is left to answer: counted as CANCELLED, with no traceback in the log."""
+    logged = len(served.process.logs())
+    for _ in range(3):
+        with served.connect() as sock:
+            sock.sendall(HEAD + b"Content-Length: 100\r\n\r\n{\"instances\"")
+    deadline = time.monotonic() + TIMEOUT
+    while (since := served.process.logs()[logged:]).count("status=CANCELLED") < 3:
+        assert time.monotonic() < deadline, since
+        time.sleep(0.05)
+    assert "Traceback" not in since and "Unexpected error" not in since, since
     assert_still_answers(served)
 
 

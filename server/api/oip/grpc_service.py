@@ -173,7 +173,7 @@ def _typed(name: str, datatype: str, shape: list[int], contents: Any, dtype: np.
     field, carried = _TYPED[datatype]
     values = getattr(contents, field)
     try:
-        count = element_count(shape)
+        count = element_count(shape, dtype)
     except RawTensorError as exc:
         raise InvalidArgument(f"input '{name}': {exc}") from None
     if len(values) != count:
@@ -185,10 +185,13 @@ def _typed(name: str, datatype: str, shape: list[int], contents: Any, dtype: np.
         array = np.empty(count, dtype=object)
         array[:] = list(values)
         return array.reshape(shape)
-    wide = np.array(values, dtype=carried)
-    array = wide.astype(dtype)
-    if not np.array_equal(array, wide):
-        raise InvalidArgument(f"input '{name}' has {field} values out of range for {datatype}")
+    array = np.array(values, dtype=carried)
+    if carried != dtype:  # a narrower integer: every value must fit
+        narrowed = array.astype(dtype)
+        if not np.array_equal(narrowed, array):
+            raise InvalidArgument(
+                f"input '{name}' has {field} values out of range for {datatype}")
+        array = narrowed
     return array.reshape(shape)
 
 

@@ -33,7 +33,7 @@ from starlette.responses import Response
 
 from onnx_serving.codec.json_body import CollectorPaused, fast_object
 from onnx_serving.codec.oip import RawTensorError, element_count, from_raw, to_raw
-from onnx_serving.codec.tensors import element_bytes
+from onnx_serving.codec.tensors import MAX_RANK, element_bytes
 from onnx_serving.server.api.call_costs import sized
 from onnx_serving.server.api.oip.inference import (
     EXTENSIONS,
@@ -165,12 +165,13 @@ def _split(body: bytes, header: str | None) -> tuple[dict[str, Any], memoryview]
     """The JSON header and the binary data after it."""
     size = len(body)
     if header is not None:
-        if not header.strip().isdigit() or int(header) > len(body):
+        digits = header.strip()
+        if not (digits.isascii() and digits.isdigit()) or int(digits) > len(body):
             raise InvalidArgument(
                 f"Inference-Header-Content-Length {header!r} is not a length within the "
                 f"{len(body)}-byte body"
             )
-        size = int(header)
+        size = int(digits)
     head = body[:size]
     document: Any = fast_object(head)
     if document is None:
@@ -179,6 +180,9 @@ def _split(body: bytes, header: str | None) -> tuple[dict[str, Any], memoryview]
                 document = json.loads(head)
         except (ValueError, UnicodeDecodeError) as exc:
             raise InvalidArgument(f"The request body is not valid JSON: {exc}") from None
+        except RecursionError:
+            raise InvalidArgument("The request body is not valid JSON: it is nested too "
+                                  "deeply") from None
     if not isinstance(document, dict):
         raise InvalidArgument("The request body must be a JSON object")
     return document, memoryview(body)[size:]
@@ -244,10 +248,10 @@ def _raw_input(name: str, datatype: str, shape: list[int], data: memoryview) -> 
 def _json_input(name: str, datatype: str, shape: list[int], data: Any) -> InputData:
     def decode(dtype: np.dtype) -> np.ndarray:
         try:
-            count = element_count(shape)
+            count = element_count(shape, dtype)
         except RawTensorError as exc:
             raise InvalidArgument(f"input '{name}': {exc}") from None
-        values = _flatten(data)
+        values = _flatten(name, data)
         if len(values) != count:
             raise InvalidArgument(
                 f"input '{name}' has {len(values)} elements, but shape "
@@ -258,13 +262,24 @@ def _json_input(name: str, datatype: str, shape: list[int], data: Any) -> InputD
     return InputData(name, datatype, shape, decode)
 
 
-def _flatten(data: Any) -> list[Any]:
-    """``data`` flat or nested (row-major), as its elements."""
+def _flatten(name: str, data: Any) -> list[Any]:
+    """``data`` flat or nested (row-major), as its elements; nested no deeper than a
+    tensor's rank may be."""
     if not isinstance(data, list):
         return [data]
     flat: list[Any] = []
-    for item in data:
-        flat.extend(_flatten(item) if isinstance(item, list) else (item,))
+    lists = [iter(data)]  # the lists being read, outermost first
+    while lists:
+        for item in lists[-1]:
+            if isinstance(item, list):
+                if len(lists) == MAX_RANK:
+                    raise InvalidArgument(
+                        f"input '{name}' has data nested deeper than {MAX_RANK} lists")
+                lists.append(iter(item))
+                break
+            flat.append(item)
+        else:
+            lists.pop()
     return flat
 
 
@@ -291,7 +306,10 @@ def _typed(name: str, datatype: str, values: Sequence[Any], dtype: np.dtype) -> 
         info = np.iinfo(dtype)
         if any(v < info.min or v > info.max for v in values):
             raise InvalidArgument(f"input '{name}' has values out of range for {datatype}")
-    return np.array(values, dtype=np.float64 if kind == "f" else dtype).astype(dtype)
+    try:
+        return np.array(values, dtype=np.float64 if kind == "f" else dtype).astype(dtype)
+    except OverflowError:  # an integer past a double's range
+        raise InvalidArgument(f"input '{name}' has values out of range for {datatype}") from None
 
 
 def _json_data(output: InferOutput) -> list[Any]:

@@ -28,7 +28,7 @@ from onnx_serving.server.api.rest.body import MAX_BODY_BYTES, is_gzip, too_large
 from onnx_serving.server.api.rest.handlers import Answer, RestHandler
 from onnx_serving.server.api.rest.http_status import error_body, http_status
 from onnx_serving.server.api.rest.routes import API_LABELS, V1_PATH, Route, parse_route
-from onnx_serving.server.errors import Code, FailedPrecondition, ServingError
+from onnx_serving.server.errors import Cancelled, Code, FailedPrecondition, ServingError
 from onnx_serving.server.metrics import CONTENT_TYPE, REST, Metrics
 from onnx_serving.server.runtime.deadline import Deadline
 
@@ -128,13 +128,10 @@ class RestApp:
         else:
             mount = next((m for m in self._mounts if m.owns(scope["path"])), None)
             request = Request(scope, receive)
-            try:
-                # A CORS preflight is answered here for every path, a mount's included.
-                response = await self._answer(request, path) \
-                    if mount is None or request.method == "OPTIONS" \
-                    else await mount.answer(request, self)
-            except ClientDisconnect:
-                return  # nobody is left to answer
+            # A CORS preflight is answered here for every path, a mount's included.
+            response = await self._answer(request, path) \
+                if mount is None or request.method == "OPTIONS" \
+                else await mount.answer(request, self)
             if self._cors:
                 response.headers.update(CORS_HEADERS)
         await response(scope, receive, send)
@@ -227,11 +224,14 @@ async def read_body(request: Request) -> bytes:
         raise too_large()
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            raise too_large()
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > MAX_BODY_BYTES:
+                raise too_large()
+            chunks.append(chunk)
+    except ClientDisconnect:  # counted as cancelled; its answer goes nowhere
+        raise Cancelled("The client went away before its request's body arrived") from None
     return b"".join(chunks)
 
 
