@@ -345,6 +345,25 @@ def test_broken_or_empty_config_file_changes_nothing(live) -> None:
     assert "Unloaded servable version" not in server.logs()
 
 
+def test_a_model_added_before_its_versions_serves_once_they_are_there(live) -> None:
+    """The file names a model whose base path holds no version yet (the config first, then
+    the copy): refused, said once, and tried at every poll until the version is there."""
+    server, base, config = live
+    later = base.parent / "later"
+    later.mkdir()
+    config.write_text(f"model_config_list {{ {model_entry('live', base)} "
+                      f"{model_entry('later', later)} }}")
+    refusal = "1 model(s) did not become available: {{name: later due to error: no version"
+    with Traffic(server.address) as traffic, Client(server.address) as client:
+        wait_for(lambda: refusal in server.logs())
+        polls = server.logs().count("No versions of servable later found")
+        wait_for(lambda: server.logs().count("No versions of servable later found") > polls + 2)
+        assert server.logs().count(refusal) == 1
+        publish(later, 1)
+        wait_for(lambda: client.predict("later", {"x": X})["y"][0, 0] == 11.0)
+    assert traffic.errors == []
+
+
 def test_refused_reloads_change_nothing(live) -> None:
     """A reload is checked whole before anything changes, and one that fails while loading
     is rolled back: models, versions and labels serve as before, with no failed request."""
@@ -426,6 +445,32 @@ def test_refused_reload_to_a_corrupt_base_path_keeps_serving(live) -> None:
         wait_for(lambda: "Unloaded servable version {name: live version: 1}"
                  in server.logs().partition(loading)[2])
         assert states(client) == {1: "AVAILABLE"}
+        count = traffic.count()
+        wait_for(lambda: traffic.count() > count + 20)
+    assert traffic.errors == []
+
+
+def test_labels_beside_a_newer_version_that_never_loads(live) -> None:
+    """A reload that only moves labels loads nothing, so a newer version directory still
+    being copied does not refuse it. Once that version is there and fails to load, the
+    old one serves only until a fixed copy loads: a label on it is refused, saying so
+    (TF Serving takes it, and the label names a version gone once the fix loads); one on
+    the failed version is refused as TF Serving refuses it."""
+    server, base, _ = live
+    with Traffic(server.address) as traffic, Client(server.address) as client:
+        (base / "9").mkdir()  # a copy not started yet
+        reload(server.address, config_text(base, labels={"stable": 1}))
+        (base / "9" / "model.onnx").write_bytes(b"garbage")  # a copy that never loads
+        wait_for(lambda: client.status("live", version=9)[0].error_message != "")
+        for labels, words in (({"stable": 1, "also": 1}, "version 1 of model live, which "
+                               "serves only until a version its policy wants loads"),
+                              ({"stable": 9}, "version 9 of model live, which is not "
+                               "currently available")):
+            with pytest.raises(grpc.RpcError) as info:
+                reload(server.address, config_text(base, labels=labels))
+            assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            assert words in info.value.details()
+        assert client.predict("live", {"x": X}, label="stable")["y"][0, 0] == 11.0
         count = traffic.count()
         wait_for(lambda: traffic.count() > count + 20)
     assert traffic.errors == []

@@ -18,7 +18,10 @@ from onnx_serving.server.errors import (
     InvalidArgument,
     ModelLoadError,
     ServableNotFound,
+    ServingError,
 )
+from onnx_serving.server.repository.applier import RefusedBeforeLoading
+from onnx_serving.server.repository.config_poller import ConfigFilePoller
 from onnx_serving.server.repository.manager import LoadOptions, ModelManager
 from onnx_serving.server.repository.model_config import ModelConfig
 from onnx_serving.server.repository.source import SettleFilter, VersionDir
@@ -190,6 +193,17 @@ def test_a_fixed_copy_of_a_failed_version_is_picked_up(loader) -> None:
         assert loader.calls == ["1"]
         manager.aspire(NAME, versions(1, tag="fixed"))
         wait_for(lambda: states(manager) == {1: State.AVAILABLE})
+
+
+def test_a_fixed_copy_does_not_wait_for_the_failed_versions_retry(loader) -> None:
+    with make(loader, max_retries=3, retry_interval=60.0) as manager:
+        loader.fail.add("1")
+        manager.aspire(NAME, versions(1))
+        wait_for(lambda: manager.statuses(NAME, 1)[0].error is not None)
+        loader.fail.clear()
+        manager.aspire(NAME, versions(1, tag="fixed"))  # a minute before its retry
+        wait_for(lambda: states(manager) == {1: State.AVAILABLE})
+        assert loader.calls == ["1", "1"]
 
 
 def test_a_version_wanted_back_while_it_unloads_loads_again(manager, loader) -> None:
@@ -382,3 +396,40 @@ def test_a_failed_version_no_longer_wanted_ends_with_a_log_line(loader, caplog) 
         assert states(manager) == {1: State.END}
         assert "Version {name: m version: 1} failed to load and is no longer wanted" \
             in caplog.text
+
+
+def test_config_file_poller_retries_and_applies_edits_made_during_start_up(
+        tmp_path: Path) -> None:
+    """The text in force is the one read with the first config, so an edit made while the
+    first models load is applied at the first poll. A config refused before anything
+    loaded is tried at every poll; one refused after loading at 1, 2, then 4 polls."""
+    path = tmp_path / "models.config"
+    entry = 'config {{ name: "{0}" base_path: "/models/{0}" model_platform: "onnx" }}'
+    path.write_text(f"model_config_list {{ {entry.format('a')} }}")
+    tried: list[list[str]] = []
+    refusals: list[ServingError | None] = []
+
+    def apply(configs: list[ModelConfig]) -> None:
+        tried.append([c.name for c in configs])
+        refusal = refusals.pop(0) if refusals else None
+        if refusal is not None:
+            raise refusal
+
+    poller = ConfigFilePoller(path, 1.0, apply)
+    path.write_text(f"model_config_list {{ {entry.format('a')} {entry.format('b')} }}")
+    refusals += [RefusedBeforeLoading("no version found under /models/b")] * 2
+    for _ in range(3):
+        poller._poll()
+    assert tried == [["a", "b"]] * 3  # refused twice, then in force
+    poller._poll()
+    assert len(tried) == 3  # the text in force is not applied again
+
+    path.write_text(f"model_config_list {{ {entry.format('c')} }}")
+    refusals += [ServingError("1 model(s) did not become available")] * 3
+    polls_with_a_try = []
+    for poll in range(1, 9):
+        before = len(tried)
+        poller._poll()
+        if len(tried) > before:
+            polls_with_a_try.append(poll)
+    assert polls_with_a_try == [1, 2, 4, 8]  # then 1, 2 and 4 polls apart

@@ -42,6 +42,12 @@ from onnx_serving.server.repository.source import scan_versions
 log = logging.getLogger(__name__)
 
 
+class RefusedBeforeLoading(ServingError):
+    """A reload refused before it loaded anything: a model it adds or changes has no
+    version on disk (yet), a base path cannot be listed, or a label names a version not
+    there. Trying the same config again costs a listing of each base path."""
+
+
 class ConfigApplier:
     def __init__(
         self, manager: ModelManager[Any], poller: Poller, *, allow_unavailable_labels: bool,
@@ -82,13 +88,17 @@ class ConfigApplier:
     def _reload(self, configs: list[ModelConfig], timeout: float | None) -> None:
         before = {c.name: c for c in self.configs}
         changed = [c for c in configs if before.get(c.name) != c]
-        self._check(configs, changed)
+        loading = [c for c in changed if _loads_anew(before.get(c.name), c)]
+        try:
+            self._check(configs, loading)
+        except ServingError as exc:
+            raise RefusedBeforeLoading(exc.message, exc.code) from None
         kept = [c for name, c in before.items() if name not in {n.name for n in configs}]
         # Until the new config is in force, removed models serve, and so do the versions
         # of changed models that serve now (their labels still name them).
-        with self._manager.holding(c.name for c in changed):
+        with self._manager.holding(c.name for c in loading):
             self._set(configs + kept)
-            unavailable = self._manager.wait_settled([c.name for c in changed], timeout)
+            unavailable = self._manager.wait_settled([c.name for c in loading], timeout)
             label_errors = [
                 e.error for c in configs
                 for e in self._manager.label_errors(c.name, c.labels,
@@ -98,7 +108,7 @@ class ConfigApplier:
                 log.error("Reload refused; the previous config stays in force")
                 self._set(self.configs)
                 _raise_first(unavailable, label_errors)
-            for config in changed:
+            for config in loading:
                 self._manager.promote(config.name, config.labels)
             self._set(configs)
             for config in configs:
@@ -116,11 +126,11 @@ class ConfigApplier:
                      self._manager.serving_versions(config.name), labels)
         self._on_applied(configs)
 
-    def _check(self, configs: list[ModelConfig], changed: list[ModelConfig]) -> None:
+    def _check(self, configs: list[ModelConfig], loading: list[ModelConfig]) -> None:
         """What can be known before loading anything: versions on disk, and labels."""
         coming: dict[str, set[int]] = {}
         missing: dict[str, str] = {}
-        for config in changed:
+        for config in loading:
             try:
                 found = scan_versions(config.name, config.base_path)
             except BasePathUnavailable as exc:
@@ -141,6 +151,14 @@ class ConfigApplier:
         self._manager.set_models(configs)
         self._poller.set_configs(configs)
         self._poller.scan_settled()
+
+
+def _loads_anew(before: ModelConfig | None, after: ModelConfig) -> bool:
+    """Whether ``after`` asks for versions ``before`` did not: a new model, another base
+    path or policy. A change of labels (or request log) alone loads nothing: its labels
+    are checked against the versions serving, as TF Serving checks them, and a newer
+    version that never loads does not refuse it."""
+    return before is None or (before.base_path, before.policy) != (after.base_path, after.policy)
 
 
 def _raise_first(unavailable: dict[str, str], label_errors: list[FailedPrecondition]) -> None:

@@ -21,15 +21,18 @@ class LabelError:
 
 def refused_labels(
     name: str, labels: Mapping[str, int], *, available: Iterable[int],
-    current: Mapping[str, int], allow_unavailable: bool,
+    current: Mapping[str, int], allow_unavailable: bool, replaced: Iterable[int] = (),
 ) -> list[LabelError]:
     """The labels of model ``name`` the rule refuses, given the versions ``available`` to
-    labels and the labels it has now."""
-    available = set(available)
+    labels and the labels it has now. ``replaced``: versions that serve only until one
+    their policy wants loads (a label on one would then name a version gone)."""
+    available, replaced = set(available), set(replaced)
     return [
         LabelError(label, FailedPrecondition(
-            f"Request to assign label to version {version} of model {name}, "
-            "which is not currently available for inference"
+            f"Request to assign label to version {version} of model {name}, which "
+            + ("serves only until a version its policy wants loads: label a version the "
+               "policy keeps" if version in replaced
+               else "is not currently available for inference")
         ))
         for label, version in labels.items()
         if version not in available

@@ -203,9 +203,11 @@ class ModelManager(Generic[S]):
                 model.source_error = None
             for version, found in versions.items():
                 known = model.versions.get(version)
-                # A failed version whose files changed (a fixed copy) starts afresh.
-                if known is not None and known.state is State.END and not known.busy \
-                        and known.error is not None and known.fingerprint != found.fingerprint:
+                # A failed version whose files changed (a fixed copy) starts afresh, also
+                # while a retry of the old files waits.
+                if known is not None and known.state is not State.AVAILABLE \
+                        and not known.busy and known.error is not None \
+                        and known.fingerprint != found.fingerprint:
                     del model.versions[version]
             model.aspired = dict(versions)
             self._reconcile(model)
@@ -246,11 +248,12 @@ class ModelManager(Generic[S]):
             model = self._models.get(name)
             live = model is not None and not model.removed
             target = self._target(name)
+            serving = target.serving() if target is not None else []
             return refused_labels(
                 name, labels, allow_unavailable=allow_unavailable,
                 current=model.config.labels if model is not None and live else {},
-                available=coming if coming is not None
-                else target.serving() if target is not None else (),
+                available=coming if coming is not None else serving,
+                replaced=set(target.available()) - set(serving) if target is not None else (),
             )
 
     # -- how it is served -----------------------------------------------------
