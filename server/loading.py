@@ -78,11 +78,12 @@ class ModelLoader:
                      version_dir)
         started = time.perf_counter()
         try:
-            warm_up(model, model_dir, self._warmup, self._core)
-        except ModelLoadError:
-            self._metrics.warmup(str(version_dir), False, time.perf_counter() - started)
+            warmed = warm_up(model, model_dir, self._warmup, self._core)
+        except ModelLoadError as exc:
+            self._metrics.warmup(str(version_dir), exc, time.perf_counter() - started)
             raise
-        self._metrics.warmup(str(version_dir), True, time.perf_counter() - started)
+        if warmed:
+            self._metrics.warmup(str(version_dir), None, time.perf_counter() - started)
         return model
 
     @staticmethod

@@ -38,7 +38,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from onnx_serving.protos.tensorflow_serving.config import monitoring_config_pb2
-from onnx_serving.server.errors import Code
+from onnx_serving.server.errors import Code, ServingError
 from onnx_serving.server.repository.model_config import read_text_proto
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -105,7 +105,7 @@ class Metrics:
         self._warmup_latency = Histogram(
             ":tensorflow:serving:model_warmup_latency",
             "Distribution of wall time (in microseconds) for warming up the model.",
-            ["model_path", "status"], buckets=_LOAD_BUCKETS, registry=r,
+            ["model_path", "status"], buckets=TF_LATENCY_BUCKETS, registry=r,
         )
         self._stage_latency = Histogram(
             ":onnx_serving:request_stage_latency",
@@ -274,8 +274,11 @@ class Metrics:
     def request_log(self, model: str, written: bool) -> None:
         self._child(self._request_log, model, "written" if written else "dropped").inc()
 
-    def warmup(self, model_path: str, ok: bool, seconds: float) -> None:
-        self._warmup_latency.labels(model_path, "OK" if ok else "FAILED").observe(seconds * 1e6)
+    def warmup(self, model_path: str, error: ServingError | None, seconds: float) -> None:
+        """A version's warmup, labelled as TF Serving's Status::ToString() words it: ``OK``,
+        or the code and message."""
+        status = "OK" if error is None else f"{error.code.name}: {error.message}"
+        self._warmup_latency.labels(model_path, status).observe(seconds * 1e6)
 
     def load(self, model: str, ok: bool, seconds: float) -> None:
         self._load_latency.labels(model, "OK" if ok else "FAILED").observe(seconds * 1e6)

@@ -97,19 +97,23 @@ class WarmupOptions:
 def warm_up(
     model: LoadedModel, version_dir: Path, options: WarmupOptions,
     core: ServingCore | None = None,
-) -> None:
+) -> bool:
     """``model``, loaded from ``version_dir`` and not yet served, warmed up through
     ``core``'s pipeline (its checks, --enable_signature_method_name_check included), or
     through a core of the server's defaults when none is given (``onnx-serving convert``
-    checks a converted version so)."""
+    checks a converted version so). Whether there was a warmup to run: TF Serving times
+    one only then (saved_model_warmup_util.cc)."""
     if not options.enabled:
-        return
+        return False
     path = version_dir / WARMUP_FILE
     if path.exists():
         replaying = core.in_hand(model) if core is not None else ServingCore(OneVersion(model))
         _replay(replaying, path, max(1, options.iterations))
-    elif options.synthetic:
+        return True
+    if options.synthetic:
         _synthetic(model, version_dir, options.synthetic_dim)
+        return True
+    return False
 
 
 def _replay(core: ServingCore, path: Path, iterations: int) -> None:

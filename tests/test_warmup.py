@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import struct
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import requests
 import tensorflow as tf
 from tensorflow_serving.apis import (
     classification_pb2,
@@ -20,9 +22,10 @@ from tensorflow_serving.apis import (
 )
 
 from onnx_serving.client import Client
+from onnx_serving.codec.served_model import WARMUP_FILE
 from onnx_serving.codec.tfrecord import TFRecordError, read_records, write_records
 from tests.models import EXAMPLES, add_constant, classifier, classifier_signatures
-from tests.server_process import ServerProcess
+from tests.server_process import ServerProcess, free_port
 
 
 def predict_log(x: list[float], input_name: str = "x") -> bytes:
@@ -128,10 +131,14 @@ def test_warmup_replays_before_a_version_is_available(tmp_path: Path) -> None:
         f'config {{ name: "{name}" base_path: "{tmp_path / name}" }}'
         for name in ("good", "bad", "many", "synthetic", "examples", "method")
     ) + " }")
+    monitoring = tmp_path / "monitoring.config"
+    monitoring.write_text("prometheus_config { enable: true }")
+    rest_port = free_port()
     server = ServerProcess(
         [f"--model_config_file={config}", "--num_request_iterations_for_warmup=2",
          "--max_num_load_retries=0", "--enable_synthetic_warmup",
-         "--enable_signature_method_name_check"],
+         "--enable_signature_method_name_check", f"--rest_api_port={rest_port}",
+         f"--monitoring_config_file={monitoring}"],
         tmp_path / "server.log",
     ).start()
     try:
@@ -156,5 +163,20 @@ def test_warmup_replays_before_a_version_is_available(tmp_path: Path) -> None:
         assert "Number of warmup records read: 3." in logs
         assert warmed < logs.index("Successfully loaded servable version {name: good")
         assert "Synthetic warmup of signature serving_default" in logs
+        # Timed as TF Serving times it: labelled by its Status::ToString().
+        metrics = requests.get(
+            f"http://127.0.0.1:{rest_port}/monitoring/prometheus/metrics", timeout=30).text
+        warmups = {
+            name: [status for status in re.findall(
+                r':tensorflow:serving:model_warmup_latency_count\{model_path="[^"]*/'
+                + name + r'/1",status="((?:[^"\\]|\\.)*)"\}', metrics)]
+            for name in ("good", "bad", "many", "synthetic", "examples", "method")
+        }
+        assert warmups["good"] == warmups["synthetic"] == warmups["examples"] == ["OK"]
+        assert warmups["bad"][0].startswith("INVALID_ARGUMENT: ")
+        assert "warmup record 1 of" in warmups["bad"][0]
+        assert warmups["many"] == ["INVALID_ARGUMENT: Number of warmup records exceeds the "
+                                   f"maximum (1000) at {tmp_path / 'many' / '1' / WARMUP_FILE}"]
+        assert warmups["method"][0].startswith("INVALID_ARGUMENT: ")
     finally:
         server.stop()
