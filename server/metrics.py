@@ -45,9 +45,11 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 # TF Serving's request and runtime latency buckets: 10 µs * 1.8^i, 33 of them.
 TF_LATENCY_BUCKETS = [10 * 1.8**i for i in range(33)]
-# Loads and warmups take seconds to minutes: 1 ms * 2^i up to about 9 hours.
+# Loads take seconds to minutes: 1 ms * 2^i up to about 9 hours.
 _LOAD_BUCKETS = [1e3 * 2**i for i in range(25)]
-_BATCH_BUCKETS = [2**i for i in range(15)]
+# TF Serving's batching_util.h (sizes) and batching_session.cc (queuing, to about 1 s).
+_BATCH_BUCKETS = [2**i for i in range(14)]
+_QUEUING_BUCKETS = [100 * 1.2**i for i in range(52)]
 
 GRPC, REST = "GRPC", "REST"
 # One request a version answered: its status and seconds.
@@ -123,24 +125,28 @@ class Metrics:
             "requests in flight included.",
             ["model_name"], buckets=_LOAD_BUCKETS, registry=r,
         )
+        # Labels and buckets as TF Serving's (batching_util.h, batching_session.cc).
         batching = ":tensorflow:serving:batching_session:"
         self._processed_batch = Histogram(
-            batching + "processed_batch_size",
-            "Tracks the batch size distribution on processing, padding included.",
-            ["thread_pool_name"], buckets=_BATCH_BUCKETS, registry=r,
+            batching + "processed_batch_size", "Tracks the batch size distribution on processing.",
+            buckets=_BATCH_BUCKETS, registry=r,
+        )
+        self._input_batch = Histogram(
+            batching + "input_batch_size", "Tracks the batch size distribution on the inputs.",
+            buckets=_BATCH_BUCKETS, registry=r,
         )
         self._padding = Histogram(
             batching + "padding_size", "Tracks the padding size distribution on batches.",
-            ["thread_pool_name"], buckets=_BATCH_BUCKETS, registry=r,
+            ["execution_batch_size"], buckets=_BATCH_BUCKETS, registry=r,
         )
         self._queuing = Histogram(
             batching + "queuing_latency",
-            "Tracks the latency (in microseconds) from a task's enqueuing to its batch's run.",
-            ["thread_pool_name"], buckets=TF_LATENCY_BUCKETS, registry=r,
+            "Distribution of wall time spent (in microseconds) in queuing",
+            ["thread_pool_name"], buckets=_QUEUING_BUCKETS, registry=r,
         )
         self._batches = Counter(
-            batching + "wrapped_run_count", "Tracks the number of batches run.",
-            ["thread_pool_name"], registry=r,
+            batching + "wrapped_run_count", "Total count of run calls on the wrapped session",
+            registry=r,
         )
         self._batch_size = Histogram(
             ":onnx_serving:batch_size",
@@ -258,16 +264,19 @@ class Metrics:
         return observe
 
     def batch(
-        self, model: str, pool: str, rows: int, padded_rows: int, queue_seconds: list[float]
+        self, model: str, pool: str, rows: int, padded_rows: int,
+        tasks: list[tuple[int, float]],
     ) -> None:
-        """One batch run: its size, padding, and each task's wait (the "queue" stage)."""
-        self._child(self._processed_batch, pool).observe(padded_rows)
-        self._child(self._padding, pool).observe(padded_rows - rows)
-        self._child(self._batches, pool).inc()
+        """One batch run: its size, padding, and each task's rows and wait (the "queue"
+        stage)."""
+        self._processed_batch.observe(padded_rows)
+        self._child(self._padding, str(padded_rows)).observe(padded_rows - rows)
+        self._batches.inc()
         self._child(self._batch_size, model).observe(rows)
         queuing = self._child(self._queuing, pool)
         queue_stage = self._child(self._stage_latency, model, "BATCH", "queue")
-        for seconds in queue_seconds:
+        for task_rows, seconds in tasks:
+            self._input_batch.observe(task_rows)
             queuing.observe(seconds * 1e6)
             queue_stage.observe(seconds * 1e6)
 

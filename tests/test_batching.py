@@ -350,14 +350,14 @@ def test_allowed_batch_sizes_pad_the_batch_and_drop_the_padding(
     pool: ThreadPoolExecutor,
 ) -> None:
     gate = Gate()
-    seen: list[tuple[int, int, int]] = []
+    seen: list[tuple[int, int, list[int]]] = []
     options = BatchingOptions(
         max_batch_size=8, allowed_batch_sizes=(2, 4, 8), num_batch_threads=1
     )
 
-    def observe(batch_size: int, padded_size: int, queue_seconds: list[float]) -> None:
-        seen.append((batch_size, padded_size, len(queue_seconds)))
-        assert all(0 <= s < 5 for s in queue_seconds)
+    def observe(batch_size: int, padded_size: int, tasks: list[tuple[int, float]]) -> None:
+        seen.append((batch_size, padded_size, [task_rows for task_rows, _ in tasks]))
+        assert all(0 <= seconds < 5 for _, seconds in tasks)
 
     with Batcher(gate, options, observe=observe) as batcher:
         blocker = hold(batcher, gate, pool)
@@ -369,7 +369,7 @@ def test_allowed_batch_sizes_pad_the_batch_and_drop_the_padding(
         stats = batcher.stats
     assert [r.tolist() for r in results] == [[[2.0]], [[4.0]], [[6.0]]]
     assert [b["x"].ravel().tolist() for b in gate.batches] == [[-1, -1], [1, 2, 3, 3]]
-    assert seen == [(1, 2, 1), (3, 4, 3)]
+    assert seen == [(1, 2, [1]), (3, 4, [1, 1, 1])]
     assert (stats.rows, stats.padded_rows, stats.batches) == (4, 2, 2)
 
 
@@ -528,7 +528,7 @@ def test_batchers_share_a_scheduler() -> None:
 
 
 def test_a_failing_observer_does_not_stop_batching() -> None:
-    def observe(batch_size: int, padded_size: int, queue_seconds: list[float]) -> None:
+    def observe(batch_size: int, padded_size: int, tasks: list[tuple[int, float]]) -> None:
         raise RuntimeError("metrics broke")
 
     with Batcher(double, BatchingOptions(num_batch_threads=1), observe=observe) as batcher:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -49,8 +50,15 @@ def test_concurrent_requests_are_batched_and_answered_each(tmp_path: Path) -> No
     rows = sample(text, ":onnx_serving:batch_size_sum", model_name="half_plus_two")
     assert rows >= 320  # every request's two rows went through a batch (warmup aside)
     assert batches < 160  # so batches held more than one request on average
-    assert sample(text, ":tensorflow:serving:batching_session:wrapped_run_count",
-                  thread_pool_name="batch_threads") == batches
+    # TF Serving's labels: none on the run count, sizes and inputs (each request's rows).
+    assert sample(text, ":tensorflow:serving:batching_session:wrapped_run_count") == batches
+    assert sample(text, ":tensorflow:serving:batching_session:processed_batch_size_count") \
+        == batches
+    assert sample(text, ":tensorflow:serving:batching_session:input_batch_size_sum") == rows
+    padding = ":tensorflow:serving:batching_session:padding_size_count"
+    assert re.search(padding + r'\{execution_batch_size="\d+"\}', text)
+    assert sample(text, ":tensorflow:serving:batching_session:queuing_latency_count",
+                  thread_pool_name="batch_threads") >= 160
     assert sample(text, ":onnx_serving:request_stage_latency_count", model_name="half_plus_two",
                   stage="queue") >= 160
 

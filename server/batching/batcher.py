@@ -28,8 +28,9 @@ log = logging.getLogger(__name__)
 
 Run = Callable[[dict[str, np.ndarray]], Mapping[str, np.ndarray]]
 """Runs one batch: inputs by name, each with the batch on dimension 0; outputs likewise."""
-Observe = Callable[[int, int, list[float]], None]
-"""Told of every batch run: rows, rows after padding, and each task's seconds in the queue."""
+Observe = Callable[[int, int, list[tuple[int, float]]], None]
+"""Told of every batch run: rows, rows after padding, and each task's rows and seconds in
+the queue."""
 
 
 @dataclass(frozen=True)
@@ -195,7 +196,8 @@ class Batcher:
             counts["tasks"] += len(tasks)
         if self._observe is not None:
             try:
-                self._observe(rows, padded, [started - task.enqueued for task in tasks])
+                self._observe(rows, padded,
+                              [(task.rows, started - task.enqueued) for task in tasks])
             except Exception:
                 # Metrics must not take batch threads down; say so and carry on.
                 log.exception("Batch observer failed")
