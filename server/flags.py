@@ -240,6 +240,9 @@ _LIMITS: dict[str, tuple[Callable[[Any], bool], str]] = {
         lambda v: v in ("availability_preserving", "resource_preserving"),
         "expected availability_preserving or resource_preserving",
     ),
+    "port": (lambda v: 0 <= v <= 65535, "expected a port from 0 to 65535"),
+    "rest_api_port": (lambda v: 0 <= v <= 65535, "expected a port from 0 to 65535"),
+    "grpc_max_threads": (lambda v: v >= 0, "expected 0 (four per CPU) or more threads"),
     "max_num_load_retries": (lambda v: v >= 0, "expected a count of 0 or more"),
     "load_retry_interval_micros": (lambda v: v >= 0, "expected 0 or more microseconds"),
     "synthetic_warmup_dim": (lambda v: v >= 1, "expected a size of 1 or more"),
@@ -305,6 +308,20 @@ _TRUE = ("true", "1")
 _FALSE = ("false", "0")
 
 
+def takes_value(name: str) -> bool:
+    """Whether flag ``name`` written bare (``--name``, no ``=``) takes the next argument as
+    its value; a boolean one is true instead."""
+    return _TYPES.get(name) != "bool" and name not in _BOOLEAN_TF_FLAGS
+
+
+# TF Serving's integer flags are int32 (tensorflow::Flag), but these int64; ours that count
+# bytes are too. A value past its type is refused as TF's parser refuses it: a wait of
+# 10**11 seconds would otherwise overflow a thread's timeout long after start-up.
+_INT64_FLAGS = frozenset({
+    "load_retry_interval_micros", "rest_api_max_gzip_bytes", "request_log_max_file_bytes",
+})
+
+
 def _parse_value(name: str, raw: str) -> Any:
     kind = _TYPES[name]
     if kind == "bool":
@@ -321,12 +338,15 @@ def _parse_value(name: str, raw: str) -> Any:
                 f"Illegal value '{raw}' for flag --{name}: expected a number"
             ) from None
     if kind == "int":
+        bits = 64 if name in _INT64_FLAGS else 32
         try:
-            return int(raw)
+            value = int(raw)
         except ValueError:
+            value = None
+        if value is None or not -(2 ** (bits - 1)) <= value < 2 ** (bits - 1):
             raise ConfigError(
-                f"Illegal value '{raw}' for flag --{name}: expected an integer"
-            ) from None
+                f"Illegal value '{raw}' for flag --{name}: expected a {bits}-bit integer")
+        return value
     return raw
 
 
@@ -352,7 +372,7 @@ def parse_flags(argv: Sequence[str]) -> ServerOptions:
         if not known:
             raise ConfigError(f"Unknown command line flag '{name}'")
         if not has_value:
-            if _TYPES.get(name) == "bool" or name in _BOOLEAN_TF_FLAGS:
+            if not takes_value(name):
                 raw = "true"
             elif args:
                 raw = args.pop(0)

@@ -55,8 +55,8 @@ def read_ssl_config(path: Path) -> TlsConfig:
     try:
         _server_context(config)
     except ssl.SSLError as exc:
-        raise ConfigError(f"SSL config file {path} has an unusable key or certificate: {exc}") \
-            from exc
+        raise ConfigError(f"SSL config file {path} has an unusable key or certificate (a key "
+                          f"under a passphrase cannot be used): {exc}") from exc
     return config
 
 
@@ -70,11 +70,17 @@ def _server_context(config: TlsConfig) -> ssl.SSLContext:
         with os.fdopen(fd, "w") as out:
             out.write(config.server_key)
         cert.write_text(config.server_cert)
-        context.load_cert_chain(cert, key)
+        # A key under a passphrase has none to give here (SSLConfig carries none): refused,
+        # where OpenSSL would otherwise ask for it on the terminal.
+        context.load_cert_chain(cert, key, password=_no_passphrase)
     if config.custom_ca:
         context.load_verify_locations(cadata=config.custom_ca)
     context.verify_mode = ssl.CERT_REQUIRED if config.client_verify else ssl.CERT_NONE
     return context
+
+
+def _no_passphrase() -> bytes:
+    return b""
 
 
 def _grpc_certificates(config: TlsConfig) -> grpc.ServerCertificateConfiguration:
@@ -90,7 +96,7 @@ class ServerTls:
     def __init__(self, path: Path, poll_seconds: int = 0) -> None:
         self._path = path
         self._poll_seconds = poll_seconds
-        self._text = path.read_text() if path.exists() else ""
+        self._bytes = path.read_bytes() if path.exists() else b""
         self._config = read_ssl_config(path)
         self._generation = 0
         self._rest: ssl.SSLContext | None = None
@@ -149,12 +155,12 @@ class ServerTls:
     def _poll(self) -> None:
         while not self._stop.wait(self._poll_seconds):
             try:
-                text = self._path.read_text()
+                data = self._path.read_bytes()
             except OSError as exc:
                 log.error("Cannot re-read SSL config file %s: %s", self._path, exc)
                 continue
-            if text != self._text:
-                self._text = text
+            if data != self._bytes:
+                self._bytes = data
                 self.reload()
 
     def reload(self) -> None:

@@ -39,6 +39,7 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 from onnx_serving.server.errors import Code, ServingError
+from onnx_serving.server.flags import takes_value
 from onnx_serving.server.metrics import MULTIPROCESS_DIR_ENV
 from onnx_serving.server.repository.model_config import ModelConfig, read_config_file, to_text
 
@@ -60,8 +61,18 @@ _STOP_SECONDS = 60.0
 
 
 def worker_argv(argv: Sequence[str]) -> list[str]:
-    """The same flags, as one worker of many."""
-    own = [a for a in argv if not a.lstrip("-").startswith(("num_workers", "reuse_port"))]
+    """The same flags, as one worker of many: --num_workers and --reuse_port replaced,
+    written either way (``--num_workers=2`` or ``--num_workers 2``)."""
+    own: list[str] = []
+    args = list(argv)
+    while args:
+        token = args.pop(0)
+        name, has_value, _ = token.lstrip("-").partition("=")
+        flag = [token]
+        if token.startswith("-") and not has_value and takes_value(name) and args:
+            flag.append(args.pop(0))
+        if name not in ("num_workers", "reuse_port"):
+            own += flag
     return [*own, "--num_workers=1", "--reuse_port=true"]
 
 

@@ -18,6 +18,7 @@ from onnx_serving.server.runtime import config as runtime_config
 from onnx_serving.server.runtime import gpu_memory, session
 from onnx_serving.server.runtime.config import Provider
 from onnx_serving.server.runtime.gpu_memory import CUDA, with_memory_limit
+from onnx_serving.server.workers import worker_argv
 
 
 def test_defaults_are_tf_servings() -> None:
@@ -59,12 +60,27 @@ def test_flag_syntaxes() -> None:
         (["--max_num_load_retries=-1"], "expected a count of 0 or more"),
         (["--port=0"], "at least one of --port or --grpc_socket_path"),
         (["positional"], "Unexpected argument 'positional'"),
+        (["--port=70000"], "expected a port from 0 to 65535"),
+        (["--rest_api_port=-1"], "expected a port from 0 to 65535"),
+        (["--grpc_max_threads=-1"], "expected 0 (four per CPU) or more threads"),
+        (["--file_system_poll_wait_seconds=99999999999"], "expected a 32-bit integer"),
+        (["--shutdown_delay_seconds=2147483648"], "expected a 32-bit integer"),
+        (["--load_retry_interval_micros=9223372036854775808"], "expected a 64-bit integer"),
     ],
 )
 def test_refused_flags(argv: list[str], message: str) -> None:
     with pytest.raises(ConfigError, match=None) as info:
         parse_flags(argv)
     assert message in info.value.message
+
+
+def test_worker_flags_written_either_way() -> None:
+    """Each of --num_workers' processes gets the same flags, as one worker of many."""
+    assert worker_argv(["--num_workers", "2", "--model_name", "num_workers", "--reuse_port",
+                        "--port=9000", "--num_workers=3", "--reuse_port=false"]) == [
+        "--model_name", "num_workers", "--port=9000", "--num_workers=1", "--reuse_port=true"]
+    assert parse_flags(["--model_base_path=/m", "--load_retry_interval_micros=99999999999"]
+                       ).load_retry_interval_micros == 99999999999
 
 
 def test_refused_flags_at_their_default_are_accepted() -> None:

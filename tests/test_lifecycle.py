@@ -334,6 +334,8 @@ def test_broken_or_empty_config_file_changes_nothing(live) -> None:
     it rewrites) is TF Serving's "no action", not a config that serves nothing."""
     server, _, config = live
     with Traffic(server.address) as traffic:
+        config.write_bytes(b"\xff\xfe not UTF-8")  # reported; the poller goes on
+        wait_for(lambda: "Cannot re-read model config file" in server.logs())
         config.write_text("this is not a config")
         wait_for(lambda: "Error parsing text-format" in server.logs())
         config.write_text("")

@@ -206,14 +206,19 @@ def test_rest_over_https_with_client_certificates(mtls: Mtls, pki: Pki) -> None:
 
 def test_certificates_reload_without_restart(mtls: Mtls, pki: Pki) -> None:
     """Runs last in this module: it leaves the server on the next CA."""
-    mtls.config.write_text("server_key: 'not a key'")  # invalid: ignored, logged
     old = credentials(pki.ca, pki.client)
     deadline = time.monotonic() + 20
-    while "SSL config not reloaded" not in mtls.server.logs():
-        assert time.monotonic() < deadline
-        time.sleep(0.2)
-    with grpc.secure_channel(mtls.server.address, old) as channel:
-        assert predict(channel) == 3.0
+    # Invalid, not UTF-8, a key under a passphrase: each ignored and logged, and polling
+    # goes on (a rotation after them still applies, below).
+    for count, bad in enumerate((b"server_key: 'not a key'", b"\xff\xfe not text",
+                                 encrypted_key_config(pki).encode()), start=1):
+        mtls.config.write_bytes(bad)
+        while mtls.server.logs().count("SSL config not reloaded") < count:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        with grpc.secure_channel(mtls.server.address, old) as channel:
+            assert predict(channel) == 3.0
+    assert "passphrase" in mtls.server.logs() and "Traceback" not in mtls.server.logs()
 
     mtls.config.write_text(ssl_config(pki.next_server, pki.next_ca, client_verify=True))
     new = credentials(pki.next_ca, pki.next_client)
@@ -255,6 +260,25 @@ def test_tls_without_client_certificates_and_plaintext_rest(
         assert response.json() == {"predictions": [3.0]}  # REST stays plaintext, as in TF
     finally:
         server.stop()
+
+
+def encrypted_key_config(pki: Pki) -> str:
+    """The server's own key and certificate, the key under a passphrase."""
+    key = serialization.load_pem_private_key(pki.server.key, None)
+    locked = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                               serialization.BestAvailableEncryption(b"secret"))
+    return ssl_config(Pem(locked, pki.server.cert), None, client_verify=False)
+
+
+def test_a_key_under_a_passphrase_stops_start_up_without_a_prompt(
+    pki: Pki, tmp_path: Path
+) -> None:
+    config = tmp_path / "ssl.config"
+    config.write_text(encrypted_key_config(pki))
+    server = ServerProcess([MODEL, f"--ssl_config_file={config}"], tmp_path / "server.log")
+    with pytest.raises(RuntimeError, match="a key under a passphrase cannot be used"):
+        server.start()
+    assert "Traceback" not in server.logs() and "PEM pass phrase" not in server.logs()
 
 
 @pytest.mark.parametrize(

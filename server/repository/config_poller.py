@@ -63,7 +63,7 @@ class ConfigFilePoller:
         path = self._path
         try:
             text = read_text(path)
-        except OSError as exc:
+        except (OSError, UnicodeDecodeError) as exc:  # a poll must not end the poller
             log.error("Cannot re-read model config file %s: %s", path, exc)
             return
         if text == self._in_force:
@@ -93,7 +93,7 @@ class ConfigFilePoller:
     def _read(self) -> str | None:
         try:
             return read_text(self._path)
-        except OSError:
+        except (OSError, UnicodeDecodeError):
             return None
 
 

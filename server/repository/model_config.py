@@ -60,7 +60,7 @@ def read_text_proto(path: Location, message: Message, what: str) -> None:
     """Fills ``message`` from a protobuf text file; errors name the file and the line."""
     try:
         text = read_text(path)
-    except OSError as exc:
+    except (OSError, UnicodeDecodeError) as exc:  # gone, unreadable, or not UTF-8
         raise ConfigError(f"Cannot read {what} file {path}: {exc}") from exc
     try:
         text_format.Parse(text, message)

@@ -240,7 +240,7 @@ class Shadowing:
         self._figures: dict[str, Figures] = {}
         self._links: dict[Endpoint, _Link] = {}
         self._routes: dict[str, _Route] = {}
-        self._text = path.read_text() if path.exists() else ""
+        self._bytes = path.read_bytes() if path.exists() else b""
         self.apply(read_shadow_config(path))  # a bad file stops start-up
         self._executor = ThreadPoolExecutor(THREADS, thread_name_prefix="shadow")
         self._disagreements = Disagreements(log_options, lambda model, written: None)
@@ -279,13 +279,13 @@ class Shadowing:
     def _poll(self, seconds: float) -> None:
         while not self._stopped.wait(seconds):
             try:
-                text = self._path.read_text()
+                data = self._path.read_bytes()
             except OSError as exc:
                 log.error("Cannot re-read shadow config file %s: %s", self._path, exc)
                 continue
-            if text == self._text:
+            if data == self._bytes:
                 continue
-            self._text = text
+            self._bytes = data
             try:
                 self.apply(read_shadow_config(self._path))
             except ServingError as exc:
