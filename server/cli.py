@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from onnx_serving.server.errors import ConfigError
 from onnx_serving.server.flags import parse_flags, usage
-from onnx_serving.server.workers import run_workers
+from onnx_serving.server.workers import check_ports_free, run_workers
 
 if TYPE_CHECKING:
     from onnx_serving.server.app import App
@@ -56,6 +56,7 @@ def serve(argv: Sequence[str]) -> int:
     try:
         options = parse_flags(argv)
         if options.num_workers > 1:
+            check_ports_free([options.port, options.rest_api_port])
             return run_workers(argv, options.num_workers)  # with its own signal handlers
         # Imported here: the parent of --num_workers' processes loads no models, nor their
         # libraries (it only supervises).

@@ -28,6 +28,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -38,7 +39,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from onnx_serving.server.errors import Code, ServingError
+from onnx_serving.server.errors import Code, ConfigError, ServingError
 from onnx_serving.server.flags import takes_value
 from onnx_serving.server.metrics import MULTIPROCESS_DIR_ENV
 from onnx_serving.server.repository.model_config import ModelConfig, read_config_file, to_text
@@ -74,6 +75,25 @@ def worker_argv(argv: Sequence[str]) -> list[str]:
         if name not in ("num_workers", "reuse_port"):
             own += flag
     return [*own, "--num_workers=1", "--reuse_port=true"]
+
+
+def check_ports_free(ports: Sequence[int]) -> None:
+    """Refuses to start workers on a port another process serves: they share theirs
+    (SO_REUSEPORT), so a second server started on the same ports by mistake would
+    otherwise take part of the first one's traffic without a word. A plain bind, as one
+    server alone listens, fails on a port in use (SO_REUSEADDR lets a closed one's
+    lingering connections be)."""
+    for port in ports:
+        if not port:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(("0.0.0.0", port))
+                probe.listen(1)  # Linux may find the conflict only here
+            except OSError as exc:
+                raise ConfigError(f"Cannot listen on 0.0.0.0:{port}: "
+                                  f"{exc.strerror or exc}") from exc
 
 
 def run_workers(argv: Sequence[str], count: int) -> int:

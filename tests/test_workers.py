@@ -7,6 +7,7 @@ import os
 import re
 import signal
 import socket
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -149,6 +150,25 @@ def test_a_worker_killed_fails_the_server(tmp_path: Path) -> None:
         assert server.process.wait(timeout=60) == 128 + signal.SIGKILL  # not a clean exit
         assert not alive(other)
         assert f"Worker {killed} was killed by SIGKILL; stopping the others" in server.logs()
+    finally:
+        server.stop()
+
+
+def test_workers_refuse_ports_another_server_holds(tmp_path: Path) -> None:
+    """Workers share their ports, so a second server started on the same ones by mistake
+    would take part of the first one's traffic: it is refused instead."""
+    server = two_workers(tmp_path)
+    try:
+        second = ServerProcess(
+            [f"--model_base_path={EXAMPLES / 'models' / 'half_plus_two'}", "--num_workers=2"],
+            tmp_path / "second.log", port=server.port,
+        )
+        refused = subprocess.run(second.command(), capture_output=True, text=True, timeout=60)
+        assert refused.returncode == 1
+        assert f"Cannot listen on 0.0.0.0:{server.port}" in refused.stderr
+        with Client(server.address) as client:
+            assert client.predict("default", {"x": np.array([[2.0]], np.float32)}
+                                  )["y"][0, 0] == 3.0
     finally:
         server.stop()
 
