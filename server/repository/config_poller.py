@@ -85,9 +85,12 @@ class ConfigFilePoller:
         except ServingError as exc:
             if previous is None or exc.message != previous.message:
                 log.error("Reloading %s: %s", path, exc.message)
-            wait = 0.0 if isinstance(exc, RefusedBeforeLoading) else \
-                min(MAX_RETRY_WAIT, 2 * previous.wait) if previous is not None and previous.wait \
-                else self._interval
+            if isinstance(exc, RefusedBeforeLoading):
+                wait = 0.0  # at every poll: a listing is all a try costs
+            elif previous is not None and previous.wait:
+                wait = min(MAX_RETRY_WAIT, 2 * previous.wait)
+            else:
+                wait = self._interval
             self._refused = _Refused(text, exc.message, wait)
 
     def _read(self) -> str | None:

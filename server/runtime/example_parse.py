@@ -24,6 +24,7 @@ import base64
 import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -72,6 +73,11 @@ class ExampleParse:
     dense: tuple[DenseFeature, ...]
     sparse: tuple[SparseFeature, ...]
 
+    @cached_property
+    def keys(self) -> frozenset[str]:
+        """The features the spec reads, dense and sparse: found once, not per request."""
+        return frozenset(f.key for f in self.dense) | {f.key for f in self.sparse}
+
     @property
     def graph_inputs(self) -> set[str]:
         names = {f.name for f in self.dense}
@@ -87,8 +93,7 @@ class ExampleParse:
                 f"[{','.join(map(str, serialized.shape))}]"
             )
         scalar = serialized.ndim == 0
-        keys = {f.key for f in self.dense} | {f.key for f in self.sparse}
-        features = [_spec_features(value, keys) for value in serialized.reshape(-1)]
+        features = [_spec_features(value, self.keys) for value in serialized.reshape(-1)]
         feeds: dict[str, np.ndarray] = {}
         for dense in self.dense:
             array = _parse_dense(dense, features)  # every feature is checked, as in TensorFlow
@@ -110,7 +115,7 @@ class ExampleParse:
 _Found = tuple[str, list[Any]]
 
 
-def _spec_features(value: object, keys: set[str]) -> dict[str, _Found]:
+def _spec_features(value: object, keys: frozenset[str]) -> dict[str, _Found]:
     """The example's features that the spec names, by key; one holding no list at all is
     left out (TensorFlow treats it as absent). Only these outlive the parse: a parsed
     Example costs many times its bytes, and a request's examples (each with its context
